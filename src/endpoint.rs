@@ -1,0 +1,308 @@
+//! Binding the endpoint: where its key comes from, the preset, and iroh's own options.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use directories::ProjectDirs;
+use iroh::{
+    Endpoint, SecretKey,
+    endpoint::{self, presets::Preset},
+};
+use tracing::info;
+use zeroize::Zeroizing;
+
+use crate::{Error, IdentityLock, KeyProblem, key, key_file};
+
+/// How long an open waits, by default, for another endpoint to release the identity.
+///
+/// Long enough for a restart in which the old process is still closing; short enough
+/// that a second copy of a program fails while its user is still watching.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The name of the key file in a [default location](Builder::default_location).
+pub const DEFAULT_KEY_FILE_NAME: &str = "endpoint.key";
+
+/// Opens iroh endpoints whose identity survives restarts.
+///
+/// Both ways in give back a plain [`iroh::Endpoint`], usable wherever one is (a
+/// [`Router`](iroh::protocol::Router), your own protocols), at no cost: there is no
+/// wrapper to unwrap. Close it as any endpoint, with [`Endpoint::close`]; that also
+/// releases the identity for the next open.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// let endpoint = iroh_identity::PersistentEndpoint::open("endpoint.key").await?;
+/// println!("{}", endpoint.id()); // the same on every run
+/// endpoint.close().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PersistentEndpoint;
+
+impl PersistentEndpoint {
+    /// Binds an endpoint with the key stored at `path`, generating and storing one on
+    /// first use, with iroh's [`N0`](iroh::endpoint::presets::N0) preset.
+    ///
+    /// The same as `PersistentEndpoint::builder().key_path(path).bind()`; see
+    /// [`Builder::bind`] for what happens, the errors and the guarantees.
+    ///
+    /// # Errors
+    ///
+    /// See [`Builder::bind`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Endpoint, Error> {
+        Self::builder().key_path(path).bind().await
+    }
+
+    /// Starts configuring an endpoint: key location, preset, iroh options, lock wait.
+    pub fn builder() -> Builder {
+        Builder {
+            location: None,
+            preset: Box::new(|builder| builder.preset(endpoint::presets::N0)),
+            configure: Vec::new(),
+            key_env: None,
+            lock_wait: DEFAULT_LOCK_WAIT,
+            read_options: key_file::ReadOptions::default(),
+        }
+    }
+}
+
+/// The key file of an application in the user's local data directory:
+/// `$XDG_DATA_HOME/<application>/endpoint.key` on Linux, `~/Library/Application
+/// Support/<qualifier>.<organization>.<application>/endpoint.key` on macOS,
+/// `%LOCALAPPDATA%\<organization>\<application>\data\endpoint.key` on Windows.
+///
+/// The directory is local, never roaming: a roaming profile would carry the identity to
+/// a second machine and run it there at the same time.
+///
+/// # Errors
+///
+/// [`Error::NoHomeDirectory`] when the user has no home directory.
+pub fn default_key_path(
+    qualifier: &str,
+    organization: &str,
+    application: &str,
+) -> Result<PathBuf, Error> {
+    ProjectDirs::from(qualifier, organization, application)
+        .map(|dirs| dirs.data_local_dir().join(DEFAULT_KEY_FILE_NAME))
+        .ok_or(Error::NoHomeDirectory)
+}
+
+/// A step applied to iroh's own endpoint builder.
+type Configure = Box<dyn FnOnce(endpoint::Builder) -> endpoint::Builder + Send>;
+
+/// Configures and binds an endpoint with a persistent identity; made by
+/// [`PersistentEndpoint::builder`].
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use iroh::{RelayMode, endpoint::presets};
+/// use iroh_identity::PersistentEndpoint;
+///
+/// let endpoint = PersistentEndpoint::builder()
+///     .default_location("com", "example", "chat")
+///     .key_from_env("IROH_SECRET")
+///     .preset(presets::N0)
+///     .configure(|builder| builder.alpns(vec![b"chat/1".to_vec()]).relay_mode(RelayMode::Disabled))
+///     .bind()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Builder {
+    location: Option<Location>,
+    preset: Configure,
+    configure: Vec<Configure>,
+    key_env: Option<String>,
+    lock_wait: Duration,
+    read_options: key_file::ReadOptions,
+}
+
+/// Where the key file is.
+#[derive(Debug)]
+enum Location {
+    Path(PathBuf),
+    Default {
+        qualifier: String,
+        organization: String,
+        application: String,
+    },
+}
+
+impl Builder {
+    /// Keeps the key in the file at `path`. Missing directories are created (`0700`).
+    pub fn key_path(mut self, path: impl AsRef<Path>) -> Self {
+        self.location = Some(Location::Path(path.as_ref().to_owned()));
+        self
+    }
+
+    /// Keeps the key in the application's local data directory, as
+    /// [`default_key_path`] names it.
+    pub fn default_location(
+        mut self,
+        qualifier: &str,
+        organization: &str,
+        application: &str,
+    ) -> Self {
+        self.location = Some(Location::Default {
+            qualifier: qualifier.to_owned(),
+            organization: organization.to_owned(),
+            application: application.to_owned(),
+        });
+        self
+    }
+
+    /// Uses this iroh preset instead of [`N0`](iroh::endpoint::presets::N0).
+    pub fn preset(mut self, preset: impl Preset + Send + 'static) -> Self {
+        self.preset = Box::new(move |builder| builder.preset(preset));
+        self
+    }
+
+    /// Sets anything else on iroh's [`endpoint::Builder`]: ALPNs, relay mode, bind
+    /// addresses, address lookup, hooks.
+    ///
+    /// Steps run after the preset, in the order given. The secret key is set after all of
+    /// them, so nothing here can replace the identity.
+    pub fn configure(
+        mut self,
+        step: impl FnOnce(endpoint::Builder) -> endpoint::Builder + Send + 'static,
+    ) -> Self {
+        self.configure.push(Box::new(step));
+        self
+    }
+
+    /// Takes the key from the environment variable `name` when it is set, as 64 hex or
+    /// 52 base32 characters (white space around it and upper case are fine). This is the
+    /// `IROH_SECRET` convention of sendme and dumbpipe.
+    ///
+    /// When the variable is set it wins: the key file is neither read, nor created, nor
+    /// locked. When it is set but not a key, opening fails; the file is not used in its
+    /// place. When it is unset, the key file is used as usual.
+    pub fn key_from_env(mut self, name: impl Into<String>) -> Self {
+        self.key_env = Some(name.into());
+        self
+    }
+
+    /// How long to wait for another endpoint with this identity to close before failing
+    /// with [`Error::InUse`]; [`DEFAULT_LOCK_WAIT`] unless set. Zero tries once.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Accepts a key file of the current user that group or others may access, instead
+    /// of failing with [`Error::InsecurePermissions`]. Unix only; off by default.
+    pub fn allow_insecure_permissions(mut self, allow: bool) -> Self {
+        self.read_options.allow_insecure_permissions = allow;
+        self
+    }
+
+    /// Loads the key, or generates and stores one, locks the identity and binds.
+    ///
+    /// The key file is read if it exists (in any format the crate knows) and never
+    /// written again. If there is none, a new key is generated and published as PKCS#8
+    /// PEM, crash-safely, in a way that leaves racing processes with the same key.
+    /// Then the identity is locked: if another endpoint holds it, this waits for up to
+    /// [`lock_wait`](Self::lock_wait). The lock stays with the returned endpoint and all
+    /// its clones until one of them is closed or the last is dropped.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidKey`], [`Error::NotAFile`], [`Error::DanglingSymlink`]:
+    ///   something unusable is at the key path. It is left exactly as it was.
+    /// - [`Error::InsecurePermissions`] (unix): the key file is yours and group or
+    ///   others may access it.
+    /// - [`Error::InUse`]: another endpoint still holds the identity.
+    /// - [`Error::InvalidEnvKey`]: the chosen environment variable is set to something
+    ///   that is not a key.
+    /// - [`Error::NoKeyPath`], [`Error::NoHomeDirectory`]: there is no key location.
+    /// - [`Error::Io`]: the key file or its directory cannot be read or created.
+    /// - [`Error::Bind`]: iroh cannot bind.
+    ///
+    /// # Security
+    ///
+    /// A key file of yours that group or others may access is refused, like OpenSSH
+    /// does. New key files are `0600` and new directories `0700`, whatever the umask.
+    /// No key material appears in errors, `Debug` output or logs.
+    pub async fn bind(self) -> Result<Endpoint, Error> {
+        let env_key = match &self.key_env {
+            Some(name) => key_from_env(name)?,
+            None => None,
+        };
+        let (secret_key, lock) = match env_key {
+            Some(key) => (key, None),
+            None => {
+                let path = self.location.ok_or(Error::NoKeyPath)?.resolve()?;
+                let (key, file) = key_file::load_or_create(&path, self.read_options)?;
+                let lock =
+                    IdentityLock::wait_for(file, &path, self.lock_wait, Some(key.public())).await?;
+                (key, Some(lock))
+            }
+        };
+        let mut builder = (self.preset)(endpoint::Builder::empty());
+        for step in self.configure {
+            builder = step(builder);
+        }
+        let endpoint = builder
+            .secret_key(secret_key)
+            .bind()
+            .await
+            .map_err(Error::Bind)?;
+        if let Some(lock) = lock {
+            lock.hold_until_closed(&endpoint);
+        }
+        Ok(endpoint)
+    }
+}
+
+impl Location {
+    fn resolve(self) -> Result<PathBuf, Error> {
+        match self {
+            Self::Path(path) => Ok(path),
+            Self::Default {
+                qualifier,
+                organization,
+                application,
+            } => default_key_path(&qualifier, &organization, &application),
+        }
+    }
+}
+
+/// Reads the key from the environment variable `name`, or `None` if it is unset.
+fn key_from_env(name: &str) -> Result<Option<SecretKey>, Error> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    let invalid = |problem| Error::InvalidEnvKey {
+        name: name.to_owned(),
+        problem,
+    };
+    let len = value.len();
+    let value = Zeroizing::new(
+        value
+            .into_string()
+            .map_err(|_| invalid(KeyProblem::NotHexOrBase32 { len }))?,
+    );
+    let (key, format) = key::decode_text(&value).map_err(invalid)?;
+    info!(variable = name, id = %key.public(), %format, "using the endpoint key from the environment");
+    Ok(Some(key))
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("location", &self.location)
+            .field("key_env", &self.key_env)
+            .field("lock_wait", &self.lock_wait)
+            .field(
+                "allow_insecure_permissions",
+                &self.read_options.allow_insecure_permissions,
+            )
+            .field("configure_steps", &self.configure.len())
+            .finish_non_exhaustive()
+    }
+}

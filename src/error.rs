@@ -1,0 +1,219 @@
+//! The crate's one error type.
+
+use std::{fmt, io, path::PathBuf, time::Duration};
+
+/// Everything that can go wrong while loading, creating or locking a key, or binding.
+///
+/// Every variant that concerns a file names its path. No variant ever holds key material,
+/// so errors are safe to log and print.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on the key file or its directory failed.
+    ///
+    /// `action` says what was being done (`"open key file"`, `"create directory"`, ...)
+    /// and `path` what it was done to; the underlying error is the [`source`].
+    ///
+    /// [`source`]: std::error::Error::source
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What was being done, e.g. `"read key file"`.
+        action: &'static str,
+        /// The file or directory it was done to.
+        path: PathBuf,
+        /// The error the operating system reported.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The key file exists, but its content is not a usable Ed25519 secret key.
+    ///
+    /// The file is left exactly as it was: a damaged identity is never replaced.
+    #[error("key file {} {problem}; the file was left unchanged", path.display())]
+    InvalidKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with its content.
+        problem: KeyProblem,
+    },
+
+    /// Something other than a regular file (a directory, a FIFO, ...) is at the key path.
+    #[error("key file {} is {kind}, not a regular file; it was left unchanged", path.display())]
+    NotAFile {
+        /// The key path.
+        path: PathBuf,
+        /// What is there instead, e.g. `"a directory"`.
+        kind: &'static str,
+    },
+
+    /// The key path is a symbolic link whose target does not exist.
+    ///
+    /// No key is created through a dangling link: its target may be a volume that is not
+    /// mounted yet, and a key created elsewhere would become a second identity.
+    #[error(
+        "key file {} is a symbolic link to a missing file; fix the link or remove it",
+        path.display()
+    )]
+    DanglingSymlink {
+        /// The key path.
+        path: PathBuf,
+    },
+
+    /// The key file belongs to the current user and group or others may access it.
+    ///
+    /// Like OpenSSH, the crate refuses such a key. Fix it with `chmod 600 PATH`, or accept
+    /// it with [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions).
+    #[error(
+        "key file {path} is accessible by group or others (mode {mode:04o}); \
+         run `chmod 600 {path}` to make it private",
+        path = path.display()
+    )]
+    InsecurePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// Another endpoint holds this identity, and it was not released within the wait.
+    ///
+    /// Only one live endpoint may use an identity at a time. See
+    /// [`Builder::lock_wait`](crate::Builder::lock_wait).
+    #[error(
+        "key file {} is in use by another endpoint (waited {waited:?}); close that endpoint \
+         or stop its process first",
+        path.display()
+    )]
+    InUse {
+        /// The key file.
+        path: PathBuf,
+        /// How long this open waited for the other endpoint to close, to the millisecond.
+        waited: Duration,
+    },
+
+    /// The environment variable chosen with [`Builder::key_from_env`](crate::Builder::key_from_env)
+    /// is set, but does not hold a key.
+    ///
+    /// The key file is not used as a fallback: that would silently run another identity.
+    #[error("environment variable {name} {problem}; unset it to use the key file")]
+    InvalidEnvKey {
+        /// The variable's name.
+        name: String,
+        /// What is wrong with its value.
+        problem: KeyProblem,
+    },
+
+    /// No key location was given: neither a path nor a default location.
+    #[error("no key file location: set one with Builder::key_path or Builder::default_location")]
+    NoKeyPath,
+
+    /// The default per-user location cannot be determined (no home directory).
+    #[error("no home directory to hold the default key file; give a key path instead")]
+    NoHomeDirectory,
+
+    /// iroh failed to bind the endpoint; the source is iroh's own error.
+    #[error("cannot bind the iroh endpoint")]
+    Bind(#[source] iroh::endpoint::BindError),
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// What is wrong with the content of a key file or environment variable.
+///
+/// Its `Display` completes a sentence that starts with the key's source, e.g.
+/// "key file endpoint.key *is empty*".
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyProblem {
+    /// There is nothing in it (or only white space).
+    Empty,
+    /// It is larger than any key file could be, so it was not read.
+    TooLarge {
+        /// Its size in bytes.
+        len: u64,
+    },
+    /// Its content matches none of the formats this crate reads.
+    UnknownFormat {
+        /// Its size in bytes.
+        len: usize,
+    },
+    /// It is not 64 hex or 52 base32 characters (environment variables only).
+    NotHexOrBase32 {
+        /// Its length in characters, after trimming white space.
+        len: usize,
+    },
+    /// It has the length of a hex or base32 key but characters outside that alphabet.
+    InvalidText {
+        /// `"hex"` or `"base32"`.
+        encoding: &'static str,
+    },
+    /// It starts like a known format but does not decode: truncated or corrupted.
+    Damaged {
+        /// The format it claims to be, e.g. `"PKCS#8 PEM"`.
+        format: &'static str,
+    },
+    /// The public key stored beside the secret key does not match it.
+    PublicKeyMismatch,
+    /// It is an encrypted private key.
+    Encrypted,
+    /// It is an OpenSSH private key, which this version of the crate does not read.
+    OpenSsh,
+    /// It is a PKCS#8 key of another algorithm.
+    OtherAlgorithm {
+        /// The algorithm's name, or its OID when the name is not known.
+        algorithm: String,
+    },
+    /// It is PEM, but of something other than a private key.
+    OtherPem {
+        /// The PEM label, e.g. `"RSA PRIVATE KEY"`.
+        label: String,
+    },
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("is empty"),
+            Self::TooLarge { len } => write!(f, "is {len} bytes, too large to be a key"),
+            Self::UnknownFormat { len } => write!(
+                f,
+                "is not a key in a known format ({len} bytes; expected PKCS#8 PEM or DER, \
+                 32 raw bytes, or 64 hex or 52 base32 characters)"
+            ),
+            Self::NotHexOrBase32 { len } => write!(
+                f,
+                "is not a key ({len} characters; expected 64 hex or 52 base32 characters)"
+            ),
+            Self::InvalidText { encoding } => {
+                write!(
+                    f,
+                    "has the length of a {encoding} key but is not valid {encoding}"
+                )
+            }
+            Self::Damaged { format } => write!(f, "is a damaged or truncated {format} key"),
+            Self::PublicKeyMismatch => f.write_str(
+                "holds a public key that does not match its secret key (the file is damaged)",
+            ),
+            Self::Encrypted => f.write_str(
+                "is an encrypted private key; store it unencrypted, protected by file permissions",
+            ),
+            Self::OpenSsh => f.write_str(
+                "is an OpenSSH private key, which this version cannot read; convert it to PKCS#8",
+            ),
+            Self::OtherAlgorithm { algorithm } => {
+                write!(f, "holds a {algorithm} key, not an Ed25519 key")
+            }
+            Self::OtherPem { label } => {
+                write!(f, "is a PEM \"{label}\", not an Ed25519 private key")
+            }
+        }
+    }
+}

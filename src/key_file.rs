@@ -1,0 +1,298 @@
+//! The key file: reading one without ever changing it, and creating one so that a crash
+//! or a race can never leave a torn key or a second identity.
+//!
+//! Creation writes the key to a temporary file in the key's own directory (created
+//! `0600`), syncs it, publishes it under the key's name with a rename or link that fails
+//! if anything is already there, and syncs the directory. Creators take a lock on the
+//! directory, so that one at a time creates, and remove the temporary files that
+//! interrupted runs left behind: a temporary file never outlives the next creation.
+
+use std::{
+    ffi::{OsStr, OsString},
+    fs::{self, File},
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+    process,
+};
+
+use iroh::SecretKey;
+use tracing::{debug, info};
+use zeroize::Zeroizing;
+
+use crate::{Error, KeyProblem, key, sys};
+
+/// The largest key file that is read. Real ones are a few hundred bytes; anything far
+/// larger is not a key and is refused without being read.
+const MAX_KEY_FILE_LEN: u64 = 16 * 1024;
+
+/// How an existing key file is judged.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReadOptions {
+    /// Accept a key file of the current user that group or others may access.
+    pub(crate) allow_insecure_permissions: bool,
+}
+
+/// Loads the Ed25519 secret key stored at `path`, or generates one and stores it there.
+///
+/// This is the key alone, for those who build their [`iroh::Endpoint`] themselves; it
+/// gives the same guarantees about the file as [`PersistentEndpoint::open`]. The call
+/// blocks on file I/O (and on first use, on `fsync`): from async code, run it with
+/// [`tokio::task::spawn_blocking`] if a few milliseconds matter.
+///
+/// It takes no lock: to keep a second endpoint from running the same identity, hold an
+/// [`IdentityLock`] for as long as yours is open.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use iroh::{Endpoint, endpoint::presets};
+///
+/// let key = iroh_identity::load_or_generate("endpoint.key")?;
+/// let endpoint = Endpoint::builder(presets::N0).secret_key(key).bind().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// - [`Error::InvalidKey`], [`Error::NotAFile`], [`Error::DanglingSymlink`]: something
+///   is at `path` that is not a usable key. It is left exactly as it was.
+/// - [`Error::InsecurePermissions`] (unix): the key is yours and group or others may
+///   read or write it.
+/// - [`Error::Io`]: the file or its directory cannot be read or created; the error names
+///   the path and the operation.
+///
+/// # Security
+///
+/// A new key file is created with mode `0600` and missing directories with `0700`,
+/// whatever the umask. An existing file is never written, replaced or deleted.
+///
+/// [`PersistentEndpoint::open`]: crate::PersistentEndpoint::open
+/// [`IdentityLock`]: crate::IdentityLock
+pub fn load_or_generate(path: impl AsRef<Path>) -> Result<SecretKey, Error> {
+    load_or_create(path.as_ref(), ReadOptions::default()).map(|(key, _file)| key)
+}
+
+/// Loads the key at `path`, creating the file first if nothing is there. Returns the key
+/// and the open key file, so that the caller can lock exactly the file it read.
+pub(crate) fn load_or_create(
+    path: &Path,
+    options: ReadOptions,
+) -> Result<(SecretKey, File), Error> {
+    if let Some(loaded) = load_existing(path, options)? {
+        return Ok(loaded);
+    }
+    create(path)?;
+    // Ours or, if another process won the race, theirs.
+    load_existing(path, options)?
+        .ok_or_else(|| Error::io("open key file", path, io::ErrorKind::NotFound.into()))
+}
+
+/// Opens and reads the key file, or returns `None` if there is none.
+fn load_existing(path: &Path, options: ReadOptions) -> Result<Option<(SecretKey, File)>, Error> {
+    let file = match sys::open_key_file(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return match fs::symlink_metadata(path) {
+                Ok(_) => Err(Error::DanglingSymlink { path: path.into() }),
+                Err(_) => Ok(None),
+            };
+        }
+        Err(err) => return Err(Error::io("open key file", path, err)),
+    };
+    let key = read(&file, path, options)?;
+    Ok(Some((key, file)))
+}
+
+/// Checks and reads an open key file.
+fn read(file: &File, path: &Path, options: ReadOptions) -> Result<SecretKey, Error> {
+    let metadata = file
+        .metadata()
+        .map_err(|err| Error::io("read metadata of key file", path, err))?;
+    if !metadata.is_file() {
+        return Err(Error::NotAFile {
+            path: path.into(),
+            kind: sys::describe(metadata.file_type()),
+        });
+    }
+    if !options.allow_insecure_permissions
+        && let Some(mode) = sys::exposed_mode(&metadata)
+    {
+        return Err(Error::InsecurePermissions {
+            path: path.into(),
+            mode,
+        });
+    }
+    let too_large = |len| Error::InvalidKey {
+        path: path.into(),
+        problem: KeyProblem::TooLarge { len },
+    };
+    if metadata.len() > MAX_KEY_FILE_LEN {
+        return Err(too_large(metadata.len()));
+    }
+    // Room for one byte more than allowed, so that the buffer never grows: growing would
+    // leave a copy of the key behind in freed memory.
+    let mut content = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize + 1));
+    file.take(MAX_KEY_FILE_LEN + 1)
+        .read_to_end(&mut content)
+        .map_err(|err| Error::io("read key file", path, err))?;
+    if content.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(too_large(content.len() as u64));
+    }
+    let (key, format) = key::decode(&content).map_err(|problem| Error::InvalidKey {
+        path: path.into(),
+        problem,
+    })?;
+    debug!(path = %path.display(), id = %key.public(), %format, "loaded endpoint key");
+    Ok(key)
+}
+
+/// Creates a key file where there was none. Returns once a complete key file is at
+/// `path`: this process's, or that of a process that created it first.
+fn create(path: &Path) -> Result<(), Error> {
+    let name = path.file_name().ok_or_else(|| {
+        let err = io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name");
+        Error::io("create key file", path, err)
+    })?;
+    let dir = parent_dir(path);
+    create_dirs(dir)?;
+
+    let dir_lock = sys::lock_dir(dir);
+    if fs::symlink_metadata(path).is_ok() {
+        debug!(path = %path.display(), "another process created the key file first");
+        return Ok(());
+    }
+    if dir_lock.is_some() {
+        // Every creator holds the directory lock while its temporary file exists, so any
+        // temporary file seen now was left by a run that was killed.
+        remove_temp_files(dir, name);
+    }
+
+    let key = SecretKey::generate();
+    let temp = TempFile::create(dir, name)?;
+    temp.write_durably(key::encode_pkcs8_pem(&key).as_bytes())?;
+    match sys::publish_no_clobber(&temp.path, path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            debug!(path = %path.display(), "another process created the key file first");
+            return Ok(());
+        }
+        Err(err) => return Err(Error::io("publish key file", path, err)),
+    }
+    drop(temp);
+    sys::sync_dir(dir).map_err(|err| Error::io("sync directory", dir, err))?;
+    info!(path = %path.display(), id = %key.public(), "generated a new endpoint key");
+    Ok(())
+}
+
+/// Creates the missing directories above a key file, `0700`, each one made durable.
+fn create_dirs(dir: &Path) -> Result<(), Error> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|ancestor| {
+            !ancestor.as_os_str().is_empty()
+                && matches!(fs::metadata(ancestor), Err(err) if err.kind() == io::ErrorKind::NotFound)
+        })
+        .collect();
+    for created in missing.into_iter().rev() {
+        match sys::create_private_dir(created) {
+            Ok(()) => {}
+            // A racing process made it.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(Error::io("create directory", created, err)),
+        }
+        let parent = parent_dir(created);
+        sys::sync_dir(parent).map_err(|err| Error::io("sync directory", parent, err))?;
+    }
+    Ok(())
+}
+
+/// The directory a path is in; `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Temporary files of a key named `name` are `.NAME.tmp-PID-N`: hidden, beside it.
+fn temp_prefix(name: &OsStr) -> OsString {
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp-");
+    prefix
+}
+
+/// Removes the temporary files that killed runs left beside the key `name`.
+fn remove_temp_files(dir: &Path, name: &OsStr) {
+    let prefix = temp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(prefix.as_encoded_bytes())
+        {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    debug!(path = %path.display(), "removed a temporary key file of an interrupted run")
+                }
+                Err(err) => {
+                    debug!(path = %path.display(), %err, "cannot remove a temporary key file")
+                }
+            }
+        }
+    }
+}
+
+/// A temporary key file, removed when dropped unless it was renamed away.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl TempFile {
+    fn create(dir: &Path, name: &OsStr) -> Result<Self, Error> {
+        let mut base = temp_prefix(name);
+        base.push(process::id().to_string());
+        let mut attempt = 0;
+        loop {
+            let mut file_name = base.clone();
+            file_name.push(format!("-{attempt}"));
+            let path = dir.join(file_name);
+            match sys::create_private_file(&path) {
+                Ok(file) => return Ok(Self { path, file }),
+                // Left by an earlier process with the same id, where the directory
+                // cannot be locked and so is not cleaned.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(err) => return Err(Error::io("create temporary key file", path, err)),
+            }
+        }
+    }
+
+    fn write_durably(&self, content: &[u8]) -> Result<(), Error> {
+        (&self.file)
+            .write_all(content)
+            .map_err(|err| Error::io("write temporary key file", &self.path, err))?;
+        self.file
+            .sync_all()
+            .map_err(|err| Error::io("sync temporary key file", &self.path, err))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // Gone already after a rename; after a link, or on failure, this removes it.
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                debug!(path = %self.path.display(), %err, "cannot remove a temporary key file")
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! A persistent identity for [iroh](https://docs.rs/iroh) endpoints.
+//!
+//! An endpoint's identity is an Ed25519 key; its public half is the [`EndpointId`] that
+//! peers dial. iroh makes a new one on every start unless it is given one. This crate
+//! keeps it in a file: loaded when it is there, generated and stored safely when it is
+//! not, locked while an endpoint uses it.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let endpoint = iroh_identity::PersistentEndpoint::open("endpoint.key").await?;
+//! println!("{}", endpoint.id()); // the same on every run
+//! endpoint.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`PersistentEndpoint::open`] gives back a plain [`iroh::Endpoint`].
+//! [`PersistentEndpoint::builder`] chooses a default per-user location, the preset, any
+//! option of iroh's own builder, an environment variable and the lock wait. For those who
+//! bind the endpoint themselves, [`load_or_generate`] gives the key alone and
+//! [`IdentityLock`] the lock.
+//!
+//! # Design
+//!
+//! - **Format.** New keys are PKCS#8 v2 PEM (`BEGIN PRIVATE KEY`), which holds the public
+//!   key too, so a damaged file is detected instead of becoming another identity. Keys
+//!   are read by content: PKCS#8 PEM or DER, the 32 raw bytes iroh's documentation
+//!   writes, or 64 hex or 52 base32 characters. A file is never rewritten in another
+//!   format.
+//! - **An identity is never lost.** An existing key file is never written, replaced or
+//!   deleted, even when it is damaged, unreadable, of an unknown format or the wrong
+//!   size: that is an error naming the path and the problem.
+//! - **Crash-safe creation.** A new key is written to a temporary file beside it
+//!   (`0600`), synced, published under its name by a rename that never replaces
+//!   anything, and the directory is synced. A crash leaves no key or a whole one.
+//! - **First-run races.** Processes that create the same key at once all end up with
+//!   the same one: the losers read the winner's.
+//! - **One live endpoint per identity.** The key file is locked (`flock`) while an
+//!   endpoint, or any clone of it, is open. A second open waits a little
+//!   ([`DEFAULT_LOCK_WAIT`]), then fails with [`Error::InUse`]. Closing the endpoint,
+//!   dropping its last clone or the death of the process releases it.
+//! - **Read-only keys.** When the key exists nothing is written, so a read-only file or
+//!   directory (a Kubernetes secret) works, lock included.
+//!
+//! # Security
+//!
+//! On unix, new key files are `0600` and new directories `0700` whatever the umask. Like
+//! OpenSSH, a key file of the current user that group or others may access is refused
+//! with [`Error::InsecurePermissions`], which says to run `chmod 600`; a key owned by
+//! another user (root's secret mount) is not judged by its mode. No key material appears
+//! in any error, `Debug` output or log line, and buffers that held key bytes are zeroed.
+//!
+//! # Limitations
+//!
+//! - When the key comes from an environment variable ([`Builder::key_from_env`]) there
+//!   is no file, so no lock: nothing stops two processes started with the same variable.
+//! - OpenSSL reads PKCS#8 v2 only from version 3.5 on; older versions (3.0 is common)
+//!   reject the crate's key files. The key is still standard PKCS#8.
+//! - Locks are advisory `flock` locks, per host: two machines sharing a key over a
+//!   network file system are not kept apart.
+//! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and keys
+//!   are published with a hard link.
+//!
+//! [`EndpointId`]: iroh::EndpointId
+
+#![deny(missing_docs, unsafe_code, rustdoc::broken_intra_doc_links)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod endpoint;
+mod error;
+mod key;
+mod key_file;
+mod lock;
+mod sys;
+
+pub use endpoint::{
+    Builder, DEFAULT_KEY_FILE_NAME, DEFAULT_LOCK_WAIT, PersistentEndpoint, default_key_path,
+};
+pub use error::{Error, KeyProblem};
+pub use key_file::load_or_generate;
+pub use lock::IdentityLock;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,166 @@
+//! The examples, run as a user runs them: their output is a contract.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::support::{example, list, temp_dir, write_private};
+
+fn persistent(args: &[&Path], home: &Path) -> Output {
+    Command::new(example("persistent"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .expect("run the persistent example")
+}
+
+/// Checks the two lines of `persistent` and returns the id.
+fn id_line(output: &Output, key_path: &Path) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let id = lines[0].strip_prefix("endpoint id: ").expect("first line");
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{id}"
+    );
+    assert_eq!(lines[1], format!("key file: {}", key_path.display()));
+    id.to_owned()
+}
+
+#[test]
+fn persistent_prints_the_same_id_on_every_run_and_exits_promptly() {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let start = Instant::now();
+    let first = id_line(&persistent(&[&path], dir.path()), &path);
+    let elapsed = start.elapsed();
+    eprintln!("persistent example, first run offline: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    let second = id_line(&persistent(&[&path], dir.path()), &path);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn persistent_without_a_path_uses_the_per_user_data_directory() {
+    let home = temp_dir();
+    let expected = home
+        .path()
+        .join(".local/share/iroh-identity-example/endpoint.key");
+    let first = id_line(&persistent(&[], home.path()), &expected);
+    assert!(expected.exists());
+    assert_eq!(first, id_line(&persistent(&[], home.path()), &expected));
+}
+
+#[test]
+fn persistent_reports_an_error_in_one_line_and_fails() {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    write_private(&path, b"not a key");
+    let output = persistent(&[&path], dir.path());
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A running `echo serve`, stopped with Ctrl-C (SIGINT) or killed when dropped.
+struct Server {
+    child: Child,
+    id: String,
+    ticket: String,
+}
+
+impl Server {
+    fn start(key: &Path) -> Self {
+        let mut child = Command::new(example("echo"))
+            .args(["serve".as_ref(), key.as_os_str()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start echo serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = || lines.next().expect("a line").expect("read");
+        let id = next()
+            .strip_prefix("endpoint id: ")
+            .expect("id line")
+            .to_owned();
+        let ticket = next()
+            .strip_prefix("ticket: ")
+            .expect("ticket line")
+            .to_owned();
+        Self { child, id, ticket }
+    }
+
+    /// Ctrl-C, then the exit status within a bound.
+    fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "echo serve did not stop on Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(ticket: &str, message: &str) -> Output {
+    Command::new(example("echo"))
+        .args(["connect", ticket, message])
+        .output()
+        .expect("run echo connect")
+}
+
+#[test]
+fn echo_serves_keeps_its_id_across_restarts_and_stops_on_ctrl_c() {
+    let dir = temp_dir();
+    let key = dir.path().join("server.key");
+
+    let server = Server::start(&key);
+    let output = connect(&server.ticket, "hello, persistent world");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hello, persistent world\n"
+    );
+    let id = server.id.clone();
+    assert!(
+        server.interrupt().success(),
+        "echo serve did not exit cleanly"
+    );
+
+    let restarted = Server::start(&key);
+    assert_eq!(restarted.id, id, "the restarted server has another id");
+    let output = connect(&restarted.ticket, "again");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "again\n",
+        "{output:?}"
+    );
+    assert!(restarted.interrupt().success());
+    assert_eq!(list(dir.path()), ["server.key"]);
+}

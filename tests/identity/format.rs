@@ -1,0 +1,92 @@
+//! Guarantee 1: new keys are PKCS#8 v2 PEM; every known format loads to the right id;
+//! an existing file is never rewritten in another format.
+
+use std::fs;
+
+use data_encoding::{BASE32_NOPAD, HEXLOWER, HEXUPPER};
+use ed25519_dalek::{
+    SigningKey,
+    ed25519::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes},
+};
+use iroh_identity::load_or_generate;
+
+use crate::support::{known_key, temp_dir, write_private};
+
+#[test]
+fn a_new_key_is_pkcs8_v2_pem_holding_its_public_key() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let key = load_or_generate(&path)?;
+
+    let pem = fs::read_to_string(&path)?;
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+    assert!(pem.ends_with("-----END PRIVATE KEY-----\n"), "{pem}");
+    let pair = KeypairBytes::from_pkcs8_pem(&pem)?;
+    assert_eq!(pair.secret_key, key.to_bytes());
+    let public = pair.public_key.expect("PKCS#8 v2 carries the public key");
+    assert_eq!(public.as_ref(), key.public().as_bytes());
+    Ok(())
+}
+
+#[test]
+fn every_known_format_loads_to_the_same_id_and_stays_as_it_was() -> anyhow::Result<()> {
+    let key = known_key();
+    let bytes = key.to_bytes();
+    let signing_key = SigningKey::from_bytes(&bytes);
+    let pem_v1 = KeypairBytes {
+        secret_key: bytes,
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())?;
+    let formats: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "PKCS#8 v2 PEM",
+            signing_key
+                .to_pkcs8_pem(Default::default())?
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
+            "PKCS#8 v1 PEM (openssl genpkey)",
+            pem_v1.as_bytes().to_vec(),
+        ),
+        (
+            "PKCS#8 v2 DER",
+            signing_key.to_pkcs8_der()?.as_bytes().to_vec(),
+        ),
+        ("raw 32 bytes (iroh's docs)", bytes.to_vec()),
+        ("hex", HEXLOWER.encode(&bytes).into_bytes()),
+        (
+            "upper-case hex with a newline",
+            format!("{}\n", HEXUPPER.encode(&bytes)).into_bytes(),
+        ),
+        ("base32", BASE32_NOPAD.encode(&bytes).into_bytes()),
+        (
+            "lower-case base32 with spaces",
+            format!("  {}  \n", BASE32_NOPAD.encode(&bytes).to_lowercase()).into_bytes(),
+        ),
+    ];
+    for (format, content) in formats {
+        let dir = temp_dir();
+        let path = dir.path().join("endpoint.key");
+        write_private(&path, &content);
+        let loaded =
+            load_or_generate(&path).unwrap_or_else(|err| panic!("{format} does not load: {err}"));
+        assert_eq!(loaded.public(), key.public(), "{format}");
+        assert_eq!(fs::read(&path)?, content, "{format} was rewritten");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_same_file_gives_the_same_key_every_time() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let first = load_or_generate(&path)?;
+    let content = fs::read(&path)?;
+    for _ in 0..3 {
+        assert_eq!(load_or_generate(&path)?.to_bytes(), first.to_bytes());
+    }
+    assert_eq!(fs::read(&path)?, content);
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Guarantee 7 within one process: one live endpoint per identity. The lock follows the
+//! endpoint and its clones, and closing or dropping releases it.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use iroh::{Endpoint, endpoint::presets, protocol::Router};
+use iroh_identity::{Error, IdentityLock, PersistentEndpoint, load_or_generate};
+
+use crate::support::{loopback, temp_dir};
+
+async fn open(path: &Path, wait: Duration) -> Result<Endpoint, Error> {
+    PersistentEndpoint::builder()
+        .key_path(path)
+        .preset(presets::Minimal)
+        .configure(loopback)
+        .lock_wait(wait)
+        .bind()
+        .await
+}
+
+#[tokio::test]
+async fn a_second_open_waits_then_fails_in_use_naming_the_path() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let first = open(&path, Duration::ZERO).await?;
+    let wait = Duration::from_millis(300);
+    let start = Instant::now();
+    let err = open(&path, wait).await.expect_err("the identity is in use");
+    let waited = start.elapsed();
+    assert!(matches!(err, Error::InUse { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("in use"), "{message}");
+    assert!(waited >= wait, "gave up after {waited:?}");
+    assert!(
+        waited < wait + Duration::from_millis(200),
+        "waited {waited:?}"
+    );
+    first.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_waiting_open_succeeds_once_the_holder_closes() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let first = open(&path, Duration::ZERO).await?;
+    let id = first.id();
+    let closer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        first.close().await;
+    });
+    // The restart case: the old endpoint is still closing when the new one opens.
+    let second = open(&path, Duration::from_secs(5)).await?;
+    assert_eq!(second.id(), id);
+    closer.await?;
+    second.close().await;
+    Ok(())
+}
+
+/// Closing releases the identity by the time `close()` returns, on either runtime.
+async fn close_then_reopen_at_once() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    for _ in 0..20 {
+        let endpoint = open(&path, Duration::ZERO).await?;
+        endpoint.close().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn close_releases_at_once_on_a_current_thread_runtime() -> anyhow::Result<()> {
+    close_then_reopen_at_once().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_releases_at_once_on_a_multi_thread_runtime() -> anyhow::Result<()> {
+    close_then_reopen_at_once().await
+}
+
+#[tokio::test]
+async fn the_lock_follows_every_clone_of_the_endpoint() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let endpoint = open(&path, Duration::ZERO).await?;
+    let router = Router::builder(endpoint.clone()).spawn();
+    drop(endpoint);
+    // The router's clone is open: the identity is still taken.
+    let err = open(&path, Duration::from_millis(50))
+        .await
+        .expect_err("in use");
+    assert!(matches!(err, Error::InUse { .. }), "{err:?}");
+    // Shutting the router down closes its endpoint, which releases the identity.
+    router.shutdown().await?;
+    open(&path, Duration::from_secs(1)).await?.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_last_clone_releases_the_identity() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let endpoint = open(&path, Duration::ZERO).await?;
+    let clone = endpoint.clone();
+    drop(endpoint);
+    assert!(
+        open(&path, Duration::ZERO).await.is_err(),
+        "a clone is still alive"
+    );
+    // Without `close()`: iroh logs an error about it, and the identity is released.
+    drop(clone);
+    open(&path, Duration::from_secs(1)).await?.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_key_only_lock_holds_a_self_built_endpoint() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let key = load_or_generate(&path)?;
+    let lock = IdentityLock::acquire(&path, Duration::ZERO).await?;
+    assert_eq!(lock.path(), path);
+    let endpoint = Endpoint::builder(presets::Minimal)
+        .secret_key(key)
+        .bind()
+        .await?;
+    lock.hold_until_closed(&endpoint);
+    let err = IdentityLock::acquire(&path, Duration::ZERO)
+        .await
+        .expect_err("held");
+    assert!(matches!(err, Error::InUse { .. }), "{err:?}");
+    assert!(matches!(
+        open(&path, Duration::ZERO).await,
+        Err(Error::InUse { .. })
+    ));
+    endpoint.close().await;
+    IdentityLock::acquire(&path, Duration::from_secs(1)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lock_on_a_missing_key_is_an_error_naming_the_path() {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let err = IdentityLock::acquire(&path, Duration::ZERO)
+        .await
+        .expect_err("no key");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}

@@ -1,0 +1,95 @@
+//! Guarantee 5 on reading: like OpenSSH, a key file of the current user that group or
+//! others may access is refused with the fix in the message, unless allowed; a key owned
+//! by another user is not judged by its mode.
+
+use std::{fs, os::unix::fs::PermissionsExt};
+
+use iroh::endpoint::presets;
+use iroh_identity::{Error, PersistentEndpoint, load_or_generate};
+
+use crate::support::{NOBODY, is_root, known_key, temp_dir, write_private};
+
+#[test]
+fn an_exposed_key_of_ours_is_refused_with_the_chmod_that_fixes_it() -> anyhow::Result<()> {
+    for exposed in [0o644, 0o640, 0o604, 0o660, 0o606, 0o666, 0o610, 0o601] {
+        let dir = temp_dir();
+        let path = dir.path().join("endpoint.key");
+        write_private(&path, &known_key().to_bytes());
+        fs::set_permissions(&path, fs::Permissions::from_mode(exposed))?;
+        let err = load_or_generate(&path).expect_err("an exposed key is refused");
+        assert!(
+            matches!(err, Error::InsecurePermissions { mode, .. } if mode == exposed),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
+        );
+        assert!(message.contains(&format!("{exposed:04o}")), "{message}");
+        // Nothing was changed, the mode least of all.
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o7777, exposed);
+        assert_eq!(fs::read(&path)?, known_key().to_bytes());
+    }
+    Ok(())
+}
+
+#[test]
+fn private_modes_are_accepted() -> anyhow::Result<()> {
+    for private in [0o600, 0o400, 0o700] {
+        let dir = temp_dir();
+        let path = dir.path().join("endpoint.key");
+        write_private(&path, &known_key().to_bytes());
+        fs::set_permissions(&path, fs::Permissions::from_mode(private))?;
+        assert_eq!(
+            load_or_generate(&path)?.public(),
+            known_key().public(),
+            "{private:o}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_builder_can_allow_an_exposed_key() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    write_private(&path, &known_key().to_bytes());
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640))?;
+    let strict = PersistentEndpoint::builder()
+        .key_path(&path)
+        .preset(presets::Minimal)
+        .bind()
+        .await;
+    assert!(
+        matches!(strict, Err(Error::InsecurePermissions { .. })),
+        "{strict:?}"
+    );
+    let endpoint = PersistentEndpoint::builder()
+        .key_path(&path)
+        .preset(presets::Minimal)
+        .allow_insecure_permissions(true)
+        .bind()
+        .await?;
+    assert_eq!(endpoint.id(), known_key().public());
+    endpoint.close().await;
+    assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o7777, 0o640);
+    Ok(())
+}
+
+#[test]
+fn a_key_owned_by_another_user_is_not_refused_for_its_mode() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipped: only root can give a file to another user");
+        return Ok(());
+    }
+    // A secret that its owner chose to make world-readable, as a root-owned mount is to
+    // the service that reads it: not ours to judge.
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    write_private(&path, &known_key().to_bytes());
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))?;
+    assert_eq!(load_or_generate(&path)?.public(), known_key().public());
+    Ok(())
+}

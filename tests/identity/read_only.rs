@@ -1,0 +1,162 @@
+//! Guarantee 6: when the key exists nothing is written, so a read-only key file and
+//! directory (a Kubernetes secret mount) work, lock included.
+//!
+//! Root may write anywhere, so under root the child processes run as `nobody`, for whom
+//! the modes below really mean read-only.
+
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use iroh::endpoint::presets;
+use iroh_identity::{PersistentEndpoint, load_or_generate};
+
+use crate::support::{
+    NOBODY,
+    child::{self, Holder, run_to_end},
+    is_root, list, temp_dir,
+};
+
+/// A key in a directory that the child cannot write to.
+struct ReadOnlyKey {
+    // Held for its clean-up at the end of the test.
+    _root: tempfile::TempDir,
+    dir: PathBuf,
+    path: PathBuf,
+    id: String,
+}
+
+impl ReadOnlyKey {
+    /// `key_mode` and `key_owner` (`None`: the child's user) say how the secret is mounted.
+    fn new(key_mode: u32, key_owner: Option<u32>) -> Self {
+        let root = temp_dir();
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dir = root.path().join("secret");
+        fs::create_dir(&dir).expect("mkdir");
+        let path = dir.join("endpoint.key");
+        let id = load_or_generate(&path).expect("key").public().to_string();
+        fs::set_permissions(&path, fs::Permissions::from_mode(key_mode)).expect("chmod");
+        if is_root() {
+            let owner = key_owner.unwrap_or(NOBODY);
+            std::os::unix::fs::chown(&path, Some(owner), Some(owner)).expect("chown");
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).expect("chmod");
+        Self {
+            _root: root,
+            dir,
+            path,
+            id,
+        }
+    }
+
+    /// What a write to the directory or the file would change.
+    fn state(&self) -> (Vec<String>, fs::Metadata, Vec<u8>) {
+        (
+            list(&self.dir),
+            fs::metadata(&self.dir).expect("dir metadata"),
+            fs::read(&self.path).expect("read key"),
+        )
+    }
+}
+
+impl Drop for ReadOnlyKey {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755));
+    }
+}
+
+/// A child that runs as `nobody` when the tests run as root.
+fn unprivileged(action: &str, path: &Path) -> Command {
+    let mut command = child::command(action, path);
+    if is_root() {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    command
+}
+
+fn same_state(
+    a: &(Vec<String>, fs::Metadata, Vec<u8>),
+    b: &(Vec<String>, fs::Metadata, Vec<u8>),
+) -> bool {
+    a.0 == b.0 && a.1.modified().ok() == b.1.modified().ok() && a.2 == b.2
+}
+
+#[test]
+fn a_read_only_key_in_a_read_only_directory_opens_and_nothing_is_written() {
+    let key = ReadOnlyKey::new(0o400, None);
+    let before = key.state();
+    for action in ["key", "open"] {
+        let outcome = run_to_end(unprivileged(action, &key.path));
+        assert_eq!(outcome.expect_id(), key.id, "{action}");
+    }
+    assert!(same_state(&before, &key.state()), "something was written");
+}
+
+#[test]
+fn the_lock_works_in_a_read_only_directory() -> anyhow::Result<()> {
+    let key = ReadOnlyKey::new(0o400, None);
+    let holder = Holder::start(unprivileged("hold", &key.path));
+    assert_eq!(holder.id, key.id);
+    let mut second = unprivileged("open", &key.path);
+    second.env(child::LOCK_WAIT_MS, "0");
+    let outcome = run_to_end(second);
+    assert!(outcome.expect_error().contains("in use"), "{outcome:?}");
+    holder.kill();
+    let outcome = run_to_end(unprivileged("open", &key.path));
+    assert_eq!(outcome.expect_id(), key.id);
+    Ok(())
+}
+
+#[test]
+fn a_root_owned_world_readable_secret_opens_for_another_user() {
+    if !is_root() {
+        eprintln!("skipped: only root can mount a secret owned by root for another user");
+        return;
+    }
+    let key = ReadOnlyKey::new(0o644, Some(0));
+    let outcome = run_to_end(unprivileged("open", &key.path));
+    assert_eq!(outcome.expect_id(), key.id);
+}
+
+#[test]
+fn an_unreadable_key_is_an_error_naming_the_path_and_stays() {
+    if !is_root() {
+        eprintln!("skipped: needs a file that the child's user cannot read");
+        return;
+    }
+    let key = ReadOnlyKey::new(0o600, Some(0));
+    let before = key.state();
+    let outcome = run_to_end(unprivileged("open", &key.path));
+    let error = outcome.expect_error();
+    assert!(error.contains(&key.path.display().to_string()), "{error}");
+    assert!(error.contains("cannot open key file"), "{error}");
+    assert!(same_state(&before, &key.state()));
+}
+
+#[tokio::test]
+async fn a_missing_key_in_a_read_only_directory_is_a_clear_error() -> anyhow::Result<()> {
+    let key = ReadOnlyKey::new(0o400, None);
+    let missing = key.dir.join("other.key");
+    let outcome = run_to_end(unprivileged("open", &missing));
+    let error = outcome.expect_error();
+    assert!(
+        error.contains("cannot create temporary key file"),
+        "{error}"
+    );
+    assert!(error.contains(&key.dir.display().to_string()), "{error}");
+    assert_eq!(list(&key.dir), ["endpoint.key"]);
+    // And the existing key next to it still opens, here too.
+    let endpoint = PersistentEndpoint::builder()
+        .key_path(&key.path)
+        .preset(presets::Minimal)
+        .lock_wait(Duration::ZERO)
+        .bind()
+        .await?;
+    assert_eq!(endpoint.id().to_string(), key.id);
+    endpoint.close().await;
+    Ok(())
+}

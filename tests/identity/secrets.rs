@@ -1,0 +1,141 @@
+//! Guarantee 8: no key material in any error, `Debug` output or log line, at any level.
+
+use std::{
+    fs,
+    io::{self, Write},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use data_encoding::{BASE32_NOPAD, BASE64, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
+use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
+use iroh::{SecretKey, endpoint::presets};
+use iroh_identity::{IdentityLock, PersistentEndpoint, load_or_generate};
+
+use crate::support::{loopback, temp_dir, write_private};
+
+/// Everything written to it, shared with the subscriber.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every way a 32-byte secret is commonly written down.
+fn renderings(secret: &[u8; 32]) -> Vec<Vec<u8>> {
+    let text = [
+        HEXLOWER.encode(secret),
+        HEXUPPER.encode(secret),
+        BASE32_NOPAD.encode(secret),
+        BASE32_NOPAD.encode(secret).to_lowercase(),
+        BASE64.encode(secret),
+        BASE64URL_NOPAD.encode(secret),
+        format!("{secret:?}"),
+    ];
+    let mut all: Vec<Vec<u8>> = text.into_iter().map(String::into_bytes).collect();
+    all.push(secret.to_vec());
+    all
+}
+
+fn assert_no_secret(haystack: &[u8], secret: &[u8; 32], what: &str) {
+    for rendering in renderings(secret) {
+        assert!(
+            !haystack
+                .windows(rendering.len())
+                .any(|window| window == rendering),
+            "{what} contains the secret key ({})",
+            String::from_utf8_lossy(&rendering)
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let builder = || {
+        PersistentEndpoint::builder()
+            .key_path(&path)
+            .preset(presets::Minimal)
+            .configure(loopback)
+            .lock_wait(Duration::from_millis(50))
+    };
+    let mut said = String::new();
+
+    // Generate, load, wait for the lock and fail, release, load again.
+    let endpoint = builder().bind().await?;
+    said += &format!("{:?}\n", builder());
+    let in_use = builder().bind().await.expect_err("in use");
+    said += &format!("{in_use}\n{in_use:?}\n");
+    endpoint.close().await;
+    let endpoint = builder().bind().await?;
+    let lock_dir = temp_dir();
+    let lock_path = lock_dir.path().join("endpoint.key");
+    load_or_generate(&lock_path)?;
+    let lock = IdentityLock::acquire(&lock_path, Duration::ZERO).await?;
+    said += &format!("{lock:?}\n");
+    endpoint.close().await;
+
+    // A damaged file that holds a real secret: the error must not repeat it.
+    let damaged_secret = [0x5a; 32];
+    let damaged = KeypairBytes {
+        secret_key: damaged_secret,
+        public_key: Some(PublicKeyBytes(
+            *SecretKey::from_bytes(&[1; 32]).public().as_bytes(),
+        )),
+    }
+    .to_pkcs8_pem(Default::default())?;
+    let damaged_path = dir.path().join("damaged.key");
+    write_private(&damaged_path, damaged.as_bytes());
+    let err = load_or_generate(&damaged_path).expect_err("mismatch");
+    said += &format!("{err}\n{err:?}\n");
+    let raw_path = dir.path().join("raw.key");
+    write_private(&raw_path, &[0x5a; 31]);
+    let err = load_or_generate(&raw_path).expect_err("wrong size");
+    said += &format!("{err}\n{err:?}\n");
+
+    let secret = load_or_generate(&path)?.to_bytes();
+    let lock_secret = load_or_generate(&lock_path)?.to_bytes();
+    let logs = capture.0.lock().expect("not poisoned").clone();
+    assert!(logs.len() > 1000, "TRACE logging was not captured");
+    let logs_text = String::from_utf8_lossy(&logs);
+    assert!(
+        logs_text.contains("generated a new endpoint key"),
+        "{logs_text}"
+    );
+    assert!(logs_text.contains("waiting for it to close"), "{logs_text}");
+    for (what, haystack) in [
+        ("the logs", &logs),
+        ("errors and Debug output", &said.clone().into_bytes()),
+    ] {
+        assert_no_secret(haystack, &secret, what);
+        assert_no_secret(haystack, &lock_secret, what);
+        assert_no_secret(haystack, &damaged_secret, what);
+    }
+    // The PEM body (which holds the key) does not show up either.
+    let pem = fs::read_to_string(&path)?;
+    for line in pem.lines().filter(|line| !line.starts_with("-----")) {
+        assert!(
+            !logs_text.contains(line) && !said.contains(line),
+            "a PEM line leaked"
+        );
+    }
+    drop(lock);
+    Ok(())
+}

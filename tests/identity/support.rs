@@ -1,0 +1,87 @@
+//! What the tests share: key files, loopback endpoints, child processes.
+
+use std::{
+    fs,
+    hash::{BuildHasher, RandomState},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use iroh::{SecretKey, endpoint};
+
+pub mod child;
+
+/// A fresh directory, removed at the end of the test.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
+}
+
+/// A fixed key, so that tests know which id to expect.
+pub fn known_key() -> SecretKey {
+    SecretKey::from_bytes(&[42; 32])
+}
+
+/// Writes a private (0600) file, as a well-kept key file is.
+pub fn write_private(path: &Path, content: &[u8]) {
+    fs::write(path, content).expect("write file");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// A random number, without a dependency.
+pub fn random_u64() -> u64 {
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Binds only to 127.0.0.1, so that tests never touch another interface.
+pub fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
+    builder
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .expect("valid socket address")
+}
+
+/// The address to reach a loopback endpoint at.
+pub fn addr_of(endpoint: &iroh::Endpoint) -> iroh::EndpointAddr {
+    iroh::EndpointAddr::new(endpoint.id()).with_ip_addr(endpoint.bound_sockets()[0])
+}
+
+/// The files in a directory, by name, sorted.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// An example binary built by `cargo test` beside this test binary.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples before running tests",
+        path.display()
+    );
+    path
+}
+
+/// Whether the tests run as root, who can read and write any file regardless of mode.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The user that root-run tests drop to when permissions must really apply.
+pub const NOBODY: u32 = 65534;

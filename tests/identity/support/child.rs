@@ -1,0 +1,222 @@
+//! Child processes: this test binary run again, to act as a second program.
+//!
+//! The parent says what to do through environment variables; the child answers with
+//! lines that start with `@child: ` on stdout (`id <hex>`, `error <message>`, `ready`).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use iroh::endpoint::presets;
+use iroh_identity::PersistentEndpoint;
+
+/// What the child does: `key` (load or generate the key only), `open` (bind and close)
+/// or `hold` (bind, say `ready`, keep the endpoint open until killed, 30 s at most).
+const ACTION: &str = "CHILD_ACTION";
+const PATH: &str = "CHILD_PATH";
+/// The lock wait, in milliseconds.
+pub const LOCK_WAIT_MS: &str = "CHILD_LOCK_WAIT_MS";
+/// The umask to create files under, in octal.
+pub const UMASK: &str = "CHILD_UMASK";
+/// The environment variable to take the key from (`Builder::key_from_env`).
+pub const KEY_ENV: &str = "CHILD_KEY_ENV";
+/// Milliseconds since the epoch at which to start, so that many children start at once.
+pub const START_AT_MS: &str = "CHILD_START_AT_MS";
+
+/// How long a `hold` child keeps its endpoint if nobody kills it.
+const HOLD_AT_MOST: Duration = Duration::from_secs(30);
+
+/// A command that runs this test binary as a child doing `action` on the key at `path`.
+pub fn command(action: &str, path: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("current exe"));
+    command
+        .args([
+            "child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ACTION, action)
+        .env(PATH, path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// What a finished child said.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    /// What it said in its `@child: ` lines.
+    pub said: Vec<String>,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The endpoint id it reported, if it got one.
+    pub fn id(&self) -> Option<&str> {
+        self.said.iter().find_map(|line| line.strip_prefix("id "))
+    }
+
+    /// The error it reported, if it failed.
+    pub fn error(&self) -> Option<&str> {
+        self.said
+            .iter()
+            .find_map(|line| line.strip_prefix("error "))
+    }
+
+    /// The id, or a panic that shows everything the child said.
+    pub fn expect_id(&self) -> &str {
+        self.id()
+            .unwrap_or_else(|| panic!("child reported no id: {self}"))
+    }
+
+    /// The error, or a panic that shows everything the child said.
+    pub fn expect_error(&self) -> &str {
+        self.error()
+            .unwrap_or_else(|| panic!("child reported no error: {self}"))
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} said {:?}; stderr:\n{}",
+            self.status, self.said, self.stderr
+        )
+    }
+}
+
+/// What a line of the child's stdout says, if anything: the test harness may print its
+/// own words before it on the same line.
+fn said(line: &str) -> Option<&str> {
+    line.split_once("@child: ").map(|(_, said)| said)
+}
+
+/// Waits for a started child and collects what it said.
+pub fn outcome(child: Child) -> Outcome {
+    let output = child.wait_with_output().expect("wait for child");
+    Outcome {
+        status: output.status,
+        said: String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| said(line).map(str::to_owned))
+            .collect(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs a child to the end.
+pub fn run_to_end(mut command: Command) -> Outcome {
+    outcome(command.spawn().expect("spawn child"))
+}
+
+/// The epoch time `delay` from now, for [`START_AT_MS`].
+pub fn start_at(delay: Duration) -> String {
+    let at = SystemTime::now() + delay;
+    at.duration_since(UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis()
+        .to_string()
+}
+
+/// A child that holds an open endpoint; killed (SIGKILL) when dropped.
+pub struct Holder {
+    pub child: Child,
+    pub id: String,
+}
+
+impl Holder {
+    /// Starts a `hold` child and waits until its endpoint is open.
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command.spawn().expect("spawn child");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut id = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read child stdout");
+            match said(&line) {
+                Some("ready") => break,
+                Some(said) if said.starts_with("id ") => id = Some(said[3..].to_owned()),
+                Some(said) => panic!("holder failed: {said}"),
+                None => {}
+            }
+        }
+        let id = id.unwrap_or_else(|| panic!("holder exited before it was ready"));
+        Self { child, id }
+    }
+
+    /// Kills the holder with SIGKILL: no close, no clean-up, as in a crash.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill holder");
+        self.child.wait().expect("reap holder");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side; does nothing unless started by [`command`].
+pub fn run() {
+    let Ok(action) = std::env::var(ACTION) else {
+        return;
+    };
+    let path = PathBuf::from(std::env::var_os(PATH).expect("CHILD_PATH is set"));
+    if let Ok(umask) = std::env::var(UMASK) {
+        let umask = libc::mode_t::from_str_radix(&umask, 8).expect("octal umask");
+        // SAFETY: umask has no preconditions; this child runs one test on one thread.
+        unsafe { libc::umask(umask) };
+    }
+    if let Ok(at) = std::env::var(START_AT_MS) {
+        let at = UNIX_EPOCH + Duration::from_millis(at.parse().expect("start time"));
+        if let Ok(delay) = at.duration_since(SystemTime::now()) {
+            std::thread::sleep(delay);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        match action.as_str() {
+            "key" => match iroh_identity::load_or_generate(&path) {
+                Ok(key) => println!("@child: id {}", key.public()),
+                Err(err) => println!("@child: error {err}"),
+            },
+            "open" | "hold" => {
+                let mut builder = PersistentEndpoint::builder()
+                    .key_path(&path)
+                    .preset(presets::Minimal)
+                    .configure(super::loopback);
+                if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
+                    let ms = ms.parse().expect("lock wait in ms");
+                    builder = builder.lock_wait(Duration::from_millis(ms));
+                }
+                if let Ok(name) = std::env::var(KEY_ENV) {
+                    builder = builder.key_from_env(name);
+                }
+                match builder.bind().await {
+                    Ok(endpoint) => {
+                        println!("@child: id {}", endpoint.id());
+                        if action == "hold" {
+                            println!("@child: ready");
+                            tokio::time::sleep(HOLD_AT_MOST).await;
+                        }
+                        endpoint.close().await;
+                    }
+                    Err(err) => println!("@child: error {err}"),
+                }
+            }
+            other => panic!("unknown child action {other}"),
+        }
+    });
+}
