@@ -28,6 +28,8 @@ struct ReadOnlyKey {
     dir: PathBuf,
     path: PathBuf,
     id: String,
+    /// This test binary, where the child's user can run it.
+    exe: PathBuf,
 }
 
 impl ReadOnlyKey {
@@ -45,12 +47,23 @@ impl ReadOnlyKey {
             std::os::unix::fs::chown(&path, Some(owner), Some(owner)).expect("chown");
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).expect("chmod");
+        let exe = runnable_by_others(root.path());
         Self {
             _root: root,
             dir,
             path,
             id,
+            exe,
         }
+    }
+
+    /// A child that runs as `nobody` when the tests run as root.
+    fn unprivileged(&self, action: &str, path: &Path) -> Command {
+        let mut command = child::command_at(&self.exe, action, path);
+        if is_root() {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        command
     }
 
     /// What a write to the directory or the file would change.
@@ -69,13 +82,24 @@ impl Drop for ReadOnlyKey {
     }
 }
 
-/// A child that runs as `nobody` when the tests run as root.
-fn unprivileged(action: &str, path: &Path) -> Command {
-    let mut command = child::command(action, path);
-    if is_root() {
-        command.uid(NOBODY).gid(NOBODY);
+/// This test binary, or a copy of it in `dir` when `nobody` could not run it where it is
+/// (a checkout under `/root`, say).
+fn runnable_by_others(dir: &Path) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let others_may = |path: &Path, bits: u32| {
+        fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & bits == bits)
+    };
+    let reachable = exe
+        .ancestors()
+        .skip(1)
+        .all(|ancestor| others_may(ancestor, 0o001));
+    if !is_root() || (reachable && others_may(&exe, 0o005)) {
+        return exe;
     }
-    command
+    let copy = dir.join("identity-test");
+    fs::copy(&exe, &copy).expect("copy the test binary");
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
 }
 
 fn same_state(
@@ -90,7 +114,7 @@ fn a_read_only_key_in_a_read_only_directory_opens_and_nothing_is_written() {
     let key = ReadOnlyKey::new(0o400, None);
     let before = key.state();
     for action in ["key", "open"] {
-        let outcome = run_to_end(unprivileged(action, &key.path));
+        let outcome = run_to_end(key.unprivileged(action, &key.path));
         assert_eq!(outcome.expect_id(), key.id, "{action}");
     }
     assert!(same_state(&before, &key.state()), "something was written");
@@ -99,14 +123,14 @@ fn a_read_only_key_in_a_read_only_directory_opens_and_nothing_is_written() {
 #[test]
 fn the_lock_works_in_a_read_only_directory() -> anyhow::Result<()> {
     let key = ReadOnlyKey::new(0o400, None);
-    let holder = Holder::start(unprivileged("hold", &key.path));
+    let holder = Holder::start(key.unprivileged("hold", &key.path));
     assert_eq!(holder.id, key.id);
-    let mut second = unprivileged("open", &key.path);
+    let mut second = key.unprivileged("open", &key.path);
     second.env(child::LOCK_WAIT_MS, "0");
     let outcome = run_to_end(second);
     assert!(outcome.expect_error().contains("in use"), "{outcome:?}");
     holder.kill();
-    let outcome = run_to_end(unprivileged("open", &key.path));
+    let outcome = run_to_end(key.unprivileged("open", &key.path));
     assert_eq!(outcome.expect_id(), key.id);
     Ok(())
 }
@@ -118,7 +142,7 @@ fn a_root_owned_world_readable_secret_opens_for_another_user() {
         return;
     }
     let key = ReadOnlyKey::new(0o644, Some(0));
-    let outcome = run_to_end(unprivileged("open", &key.path));
+    let outcome = run_to_end(key.unprivileged("open", &key.path));
     assert_eq!(outcome.expect_id(), key.id);
 }
 
@@ -130,7 +154,7 @@ fn an_unreadable_key_is_an_error_naming_the_path_and_stays() {
     }
     let key = ReadOnlyKey::new(0o600, Some(0));
     let before = key.state();
-    let outcome = run_to_end(unprivileged("open", &key.path));
+    let outcome = run_to_end(key.unprivileged("open", &key.path));
     let error = outcome.expect_error();
     assert!(error.contains(&key.path.display().to_string()), "{error}");
     assert!(error.contains("cannot open key file"), "{error}");
@@ -141,7 +165,7 @@ fn an_unreadable_key_is_an_error_naming_the_path_and_stays() {
 async fn a_missing_key_in_a_read_only_directory_is_a_clear_error() -> anyhow::Result<()> {
     let key = ReadOnlyKey::new(0o400, None);
     let missing = key.dir.join("other.key");
-    let outcome = run_to_end(unprivileged("open", &missing));
+    let outcome = run_to_end(key.unprivileged("open", &missing));
     let error = outcome.expect_error();
     assert!(
         error.contains("cannot create temporary key file"),

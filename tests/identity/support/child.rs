@@ -31,7 +31,12 @@ const HOLD_AT_MOST: Duration = Duration::from_secs(30);
 
 /// A command that runs this test binary as a child doing `action` on the key at `path`.
 pub fn command(action: &str, path: &Path) -> Command {
-    let mut command = Command::new(std::env::current_exe().expect("current exe"));
+    command_at(&std::env::current_exe().expect("current exe"), action, path)
+}
+
+/// The same, with this test binary at `exe` (a copy that another user can run).
+pub fn command_at(exe: &Path, action: &str, path: &Path) -> Command {
+    let mut command = Command::new(exe);
     command
         .args([
             "child",
