@@ -51,6 +51,14 @@ fn every_known_format_loads_to_the_same_id_and_stays_as_it_was() -> anyhow::Resu
             pem_v1.as_bytes().to_vec(),
         ),
         (
+            "PKCS#8 PEM with CRLF line ends",
+            pem_v1.replace('\n', "\r\n").into_bytes(),
+        ),
+        (
+            "PKCS#8 PEM without a final newline",
+            pem_v1.trim_end().as_bytes().to_vec(),
+        ),
+        (
             "PKCS#8 v2 DER",
             signing_key.to_pkcs8_der()?.as_bytes().to_vec(),
         ),

@@ -7,7 +7,7 @@ use std::{
 };
 
 use iroh::{Endpoint, endpoint::presets, protocol::Router};
-use iroh_identity::{Error, IdentityLock, PersistentEndpoint, load_or_generate};
+use iroh_identity::{DEFAULT_LOCK_WAIT, Error, IdentityLock, PersistentEndpoint, load_or_generate};
 
 use crate::support::{loopback, temp_dir};
 
@@ -38,6 +38,28 @@ async fn a_second_open_waits_then_fails_in_use_naming_the_path() -> anyhow::Resu
     assert!(
         waited < wait + Duration::from_millis(200),
         "waited {waited:?}"
+    );
+    first.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn by_default_a_second_open_waits_a_few_seconds() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let first = open(&path, Duration::ZERO).await?;
+    let start = Instant::now();
+    let second = PersistentEndpoint::builder()
+        .key_path(&path)
+        .preset(presets::Minimal)
+        .bind()
+        .await;
+    let waited = start.elapsed();
+    assert!(matches!(second, Err(Error::InUse { .. })), "{second:?}");
+    assert_eq!(DEFAULT_LOCK_WAIT, Duration::from_secs(5));
+    assert!(
+        waited >= DEFAULT_LOCK_WAIT && waited < DEFAULT_LOCK_WAIT + Duration::from_millis(200),
+        "{waited:?}"
     );
     first.close().await;
     Ok(())
