@@ -9,17 +9,14 @@ use std::{
 use iroh::{Endpoint, EndpointAddr, SecretKey, endpoint::presets, protocol::Router};
 use iroh_identity::{Error, PersistentEndpoint};
 
-use crate::support::{addr_of, loopback, temp_dir};
+use crate::support::{addr_of, builder, temp_dir};
 
 const ALPN: &[u8] = b"iroh-identity-test/echo/0";
 /// Every connect in these tests is bounded: a dead address would take ~30 s to fail.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn open_server(path: &Path) -> Result<Endpoint, Error> {
-    PersistentEndpoint::builder()
-        .key_path(path)
-        .preset(presets::Minimal)
-        .configure(loopback)
+    builder(path)
         .configure(|builder| builder.alpns(vec![ALPN.to_vec()]))
         .bind()
         .await
@@ -136,9 +133,7 @@ async fn configure_cannot_replace_the_identity() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
     let expected = iroh_identity::load_or_generate(&path)?.public();
-    let endpoint = PersistentEndpoint::builder()
-        .key_path(&path)
-        .preset(presets::Minimal)
+    let endpoint = builder(&path)
         .configure(|builder| builder.secret_key(SecretKey::generate()))
         .bind()
         .await?;

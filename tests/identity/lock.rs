@@ -7,18 +7,12 @@ use std::{
 };
 
 use iroh::{Endpoint, endpoint::presets, protocol::Router};
-use iroh_identity::{DEFAULT_LOCK_WAIT, Error, IdentityLock, PersistentEndpoint, load_or_generate};
+use iroh_identity::{DEFAULT_LOCK_WAIT, Error, IdentityLock, load_or_generate};
 
-use crate::support::{loopback, temp_dir};
+use crate::support::{builder, temp_dir};
 
 async fn open(path: &Path, wait: Duration) -> Result<Endpoint, Error> {
-    PersistentEndpoint::builder()
-        .key_path(path)
-        .preset(presets::Minimal)
-        .configure(loopback)
-        .lock_wait(wait)
-        .bind()
-        .await
+    builder(path).lock_wait(wait).bind().await
 }
 
 #[tokio::test]
@@ -49,11 +43,7 @@ async fn by_default_a_second_open_waits_a_few_seconds() -> anyhow::Result<()> {
     let path = dir.path().join("endpoint.key");
     let first = open(&path, Duration::ZERO).await?;
     let start = Instant::now();
-    let second = PersistentEndpoint::builder()
-        .key_path(&path)
-        .preset(presets::Minimal)
-        .bind()
-        .await;
+    let second = builder(&path).bind().await;
     let waited = start.elapsed();
     assert!(matches!(second, Err(Error::InUse { .. })), "{second:?}");
     assert_eq!(DEFAULT_LOCK_WAIT, Duration::from_secs(5));

@@ -14,10 +14,10 @@ use ed25519_dalek::{
     SigningKey,
     ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes},
 };
-use iroh::{SecretKey, endpoint::presets};
-use iroh_identity::{Error, KeyProblem, PersistentEndpoint, load_or_generate};
+use iroh::SecretKey;
+use iroh_identity::{Error, KeyProblem, load_or_generate};
 
-use crate::support::{known_key, temp_dir, write_private};
+use crate::support::{builder, known_key, temp_dir, write_private};
 
 /// Everything about what is at a path that a rewrite, replacement or deletion would change.
 #[derive(Debug, PartialEq)]
@@ -56,14 +56,7 @@ fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) {
         .enable_all()
         .build()
         .expect("runtime");
-    let endpoint = runtime.block_on(async {
-        PersistentEndpoint::builder()
-            .key_path(path)
-            .preset(presets::Minimal)
-            .bind()
-            .await
-            .map(|_| ())
-    });
+    let endpoint = runtime.block_on(async { builder(path).bind().await.map(|_| ()) });
     for result in [key_only, endpoint] {
         let err = result.expect_err("a bad key file must not open");
         assert!(

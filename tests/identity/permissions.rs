@@ -4,10 +4,9 @@
 
 use std::{fs, os::unix::fs::PermissionsExt};
 
-use iroh::endpoint::presets;
-use iroh_identity::{Error, PersistentEndpoint, load_or_generate};
+use iroh_identity::{Error, load_or_generate};
 
-use crate::support::{NOBODY, is_root, known_key, temp_dir, write_private};
+use crate::support::{NOBODY, builder, is_root, known_key, temp_dir, write_private};
 
 #[test]
 fn an_exposed_key_of_ours_is_refused_with_the_chmod_that_fixes_it() -> anyhow::Result<()> {
@@ -56,18 +55,12 @@ async fn the_builder_can_allow_an_exposed_key() -> anyhow::Result<()> {
     let path = dir.path().join("endpoint.key");
     write_private(&path, &known_key().to_bytes());
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640))?;
-    let strict = PersistentEndpoint::builder()
-        .key_path(&path)
-        .preset(presets::Minimal)
-        .bind()
-        .await;
+    let strict = builder(&path).bind().await;
     assert!(
         matches!(strict, Err(Error::InsecurePermissions { .. })),
         "{strict:?}"
     );
-    let endpoint = PersistentEndpoint::builder()
-        .key_path(&path)
-        .preset(presets::Minimal)
+    let endpoint = builder(&path)
         .allow_insecure_permissions(true)
         .bind()
         .await?;

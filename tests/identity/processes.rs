@@ -7,12 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iroh::endpoint::presets;
-use iroh_identity::{Error, PersistentEndpoint, load_or_generate};
+use iroh_identity::{Error, load_or_generate};
 
 use crate::support::{
+    builder,
     child::{self, Holder, outcome, run_to_end},
-    list, loopback, temp_dir,
+    list, temp_dir,
 };
 
 const RACERS: usize = 16;
@@ -70,12 +70,7 @@ fn racing_endpoint_opens_all_get_the_same_identity() -> anyhow::Result<()> {
 async fn another_process_is_kept_out_while_the_identity_is_in_use() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let endpoint = PersistentEndpoint::builder()
-        .key_path(&path)
-        .preset(presets::Minimal)
-        .configure(loopback)
-        .bind()
-        .await?;
+    let endpoint = builder(&path).bind().await?;
 
     let mut second = child::command("open", &path);
     second.env(child::LOCK_WAIT_MS, "500");
@@ -105,22 +100,12 @@ async fn a_killed_holder_leaves_no_stale_lock() -> anyhow::Result<()> {
     for _ in 0..3 {
         let holder = Holder::start(child::command("hold", &path));
         let id = holder.id.clone();
-        let in_use = PersistentEndpoint::builder()
-            .key_path(&path)
-            .preset(presets::Minimal)
-            .lock_wait(Duration::ZERO)
-            .bind()
-            .await;
+        let in_use = builder(&path).lock_wait(Duration::ZERO).bind().await;
         assert!(matches!(in_use, Err(Error::InUse { .. })), "{in_use:?}");
         holder.kill();
         // SIGKILL: no close, no clean-up. The next open succeeds at once.
         let start = Instant::now();
-        let endpoint = PersistentEndpoint::builder()
-            .key_path(&path)
-            .preset(presets::Minimal)
-            .lock_wait(Duration::ZERO)
-            .bind()
-            .await?;
+        let endpoint = builder(&path).lock_wait(Duration::ZERO).bind().await?;
         assert!(start.elapsed() < Duration::from_secs(1));
         assert_eq!(endpoint.id().to_string(), id);
         endpoint.close().await;

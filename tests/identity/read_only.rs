@@ -12,11 +12,10 @@ use std::{
     time::Duration,
 };
 
-use iroh::endpoint::presets;
-use iroh_identity::{PersistentEndpoint, load_or_generate};
+use iroh_identity::load_or_generate;
 
 use crate::support::{
-    NOBODY,
+    NOBODY, builder,
     child::{self, Holder, run_to_end},
     is_root, list, temp_dir,
 };
@@ -174,12 +173,7 @@ async fn a_missing_key_in_a_read_only_directory_is_a_clear_error() -> anyhow::Re
     assert!(error.contains(&key.dir.display().to_string()), "{error}");
     assert_eq!(list(&key.dir), ["endpoint.key"]);
     // And the existing key next to it still opens, here too.
-    let endpoint = PersistentEndpoint::builder()
-        .key_path(&key.path)
-        .preset(presets::Minimal)
-        .lock_wait(Duration::ZERO)
-        .bind()
-        .await?;
+    let endpoint = builder(&key.path).lock_wait(Duration::ZERO).bind().await?;
     assert_eq!(endpoint.id().to_string(), key.id);
     endpoint.close().await;
     Ok(())

@@ -9,10 +9,10 @@ use std::{
 
 use data_encoding::{BASE32_NOPAD, BASE64, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
 use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
-use iroh::{SecretKey, endpoint::presets};
-use iroh_identity::{IdentityLock, PersistentEndpoint, load_or_generate};
+use iroh::SecretKey;
+use iroh_identity::{IdentityLock, load_or_generate};
 
-use crate::support::{loopback, temp_dir, write_private};
+use crate::support::{builder, temp_dir, write_private};
 
 /// Everything written to it, shared with the subscriber.
 #[derive(Clone, Default)]
@@ -69,13 +69,7 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
 
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let builder = || {
-        PersistentEndpoint::builder()
-            .key_path(&path)
-            .preset(presets::Minimal)
-            .configure(loopback)
-            .lock_wait(Duration::from_millis(50))
-    };
+    let builder = || builder(&path).lock_wait(Duration::from_millis(50));
     let mut said = String::new();
 
     // Generate, load, wait for the lock and fail, release, load again.

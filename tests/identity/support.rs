@@ -32,6 +32,14 @@ pub fn random_u64() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
+/// A persistent endpoint as the tests open it: no n0 services, loopback only.
+pub fn builder(path: &Path) -> iroh_identity::Builder {
+    iroh_identity::PersistentEndpoint::builder()
+        .key_path(path)
+        .preset(endpoint::presets::Minimal)
+        .configure(loopback)
+}
+
 /// Binds only to 127.0.0.1, so that tests never touch another interface.
 pub fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
     builder

@@ -10,9 +10,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use iroh::endpoint::presets;
-use iroh_identity::PersistentEndpoint;
-
 /// What the child does: `key` (load or generate the key only), `open` (bind and close)
 /// or `hold` (bind, say `ready`, keep the endpoint open until killed, 30 s at most).
 const ACTION: &str = "CHILD_ACTION";
@@ -198,10 +195,7 @@ pub fn run() {
                 Err(err) => println!("@child: error {err}"),
             },
             "open" | "hold" => {
-                let mut builder = PersistentEndpoint::builder()
-                    .key_path(&path)
-                    .preset(presets::Minimal)
-                    .configure(super::loopback);
+                let mut builder = super::builder(&path);
                 if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
                     let ms = ms.parse().expect("lock wait in ms");
                     builder = builder.lock_wait(Duration::from_millis(ms));
