@@ -92,9 +92,13 @@ fn load_existing(path: &Path, options: ReadOptions) -> Result<Option<(SecretKey,
     let file = match sys::open_key_file(path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            // A link to nothing, or nothing at all (though a racing process may have
+            // created the key since: then creating finds it and it is read after all).
             return match fs::symlink_metadata(path) {
-                Ok(_) => Err(Error::DanglingSymlink { path: path.into() }),
-                Err(_) => Ok(None),
+                Ok(metadata) if metadata.is_symlink() => {
+                    Err(Error::DanglingSymlink { path: path.into() })
+                }
+                _ => Ok(None),
             };
         }
         Err(err) => return Err(Error::io("open key file", path, err)),
