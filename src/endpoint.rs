@@ -211,8 +211,9 @@ impl Builder {
     /// [`lock_wait`](Self::lock_wait). The lock stays with the returned endpoint and all
     /// its clones until one of them is closed or the last is dropped.
     ///
-    /// Reading the key is a few system calls on the calling task; creating one adds two
-    /// `fsync`s, once in the life of the key. Only the lock wait yields to the runtime.
+    /// Reading the key is a few system calls on the calling task; creating one adds an
+    /// `fsync` of the file and of each directory it touched, once in the life of the key.
+    /// Only the lock wait yields to the runtime.
     ///
     /// # Errors
     ///
