@@ -171,6 +171,9 @@ pub enum KeyProblem {
         /// The algorithm's name, or its OID when the name is not known.
         algorithm: String,
     },
+    /// It is a public key (PEM `PUBLIC KEY`, or an OpenSSH `.pub` line): the secret key
+    /// is in another file.
+    PublicKey,
     /// It is PEM, but of something other than a private key.
     OtherPem {
         /// The PEM label, e.g. `"RSA PRIVATE KEY"`.
@@ -185,8 +188,9 @@ impl fmt::Display for KeyProblem {
             Self::TooLarge { len } => write!(f, "is {len} bytes, too large to be a key"),
             Self::UnknownFormat { len } => write!(
                 f,
-                "is not a key in a known format ({len} bytes; expected PKCS#8 PEM or DER, \
-                 32 raw bytes, or 64 hex or 52 base32 characters)"
+                "is not a key in a known format ({len} byte{}; expected PKCS#8 PEM or DER, \
+                 32 raw bytes, or 64 hex or 52 base32 characters)",
+                if *len == 1 { "" } else { "s" }
             ),
             Self::NotHexOrBase32 { len } => write!(
                 f,
@@ -209,8 +213,12 @@ impl fmt::Display for KeyProblem {
                 "is an OpenSSH private key, which this version cannot read; convert it to PKCS#8",
             ),
             Self::OtherAlgorithm { algorithm } => {
-                write!(f, "holds a {algorithm} key, not an Ed25519 key")
+                write!(f, "holds a key for {algorithm}, not for Ed25519")
             }
+            Self::PublicKey => f.write_str(
+                "is a public key; give the secret key instead (for OpenSSH, the file \
+                 without .pub)",
+            ),
             Self::OtherPem { label } => {
                 write!(f, "is a PEM \"{label}\", not an Ed25519 private key")
             }

@@ -7,7 +7,7 @@
 //! |------------------------------------------|-------------------|
 //! | exactly 32 bytes                         | raw secret key    |
 //! | `-----BEGIN PRIVATE KEY-----` ...        | PKCS#8 PEM        |
-//! | 64 hex or 52 base32 characters           | text              |
+//! | 64 hex or 52 base32 characters, wrapped  | text              |
 //! | DER starting with a SEQUENCE (`0x30`)    | PKCS#8 DER        |
 //!
 //! New keys are written as PKCS#8 v2 PEM, which carries the public key beside the secret
@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use data_encoding::{BASE32_NOPAD_NOCASE, Encoding, HEXLOWER_PERMISSIVE};
+use data_encoding::{BASE32_NOPAD, BASE32_NOPAD_NOCASE, Encoding, HEXLOWER_PERMISSIVE};
 use ed25519_dalek::{
     SigningKey,
     ed25519::pkcs8::{
@@ -28,17 +28,26 @@ use zeroize::Zeroizing;
 
 use crate::KeyProblem;
 
-/// The on-disk or textual format a key was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+/// A format an Ed25519 secret key is written in.
+///
+/// [`decode_key`] tells which one it read; [`encode_key`] writes any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyFormat {
+    /// PKCS#8 in PEM (`-----BEGIN PRIVATE KEY-----`), what `openssl genpkey` writes and
+    /// what this crate creates. Written as version 2, with the public key inside.
     Pkcs8Pem,
+    /// PKCS#8 in binary DER. Written as version 2, with the public key inside.
     Pkcs8Der,
+    /// The 32 secret bytes alone, as iroh's documentation writes them.
     Raw,
+    /// 64 hex characters (the `IROH_SECRET` convention). Written lower case.
     Hex,
+    /// 52 base32 characters without padding. Written lower case.
     Base32,
 }
 
-impl fmt::Display for Format {
+impl fmt::Display for KeyFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Pkcs8Pem => "PKCS#8 PEM",
@@ -50,12 +59,41 @@ impl fmt::Display for Format {
     }
 }
 
-/// Reads a key from the content of a key file, in whichever format it is.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(SecretKey, Format), KeyProblem> {
+/// Reads a secret key from the content of a key file, in whichever format it is.
+///
+/// The format is told by the content, never by a name: exactly 32 bytes are a raw key;
+/// text starting with `-----BEGIN ` is PEM; 64 hex or 52 base32 characters (either
+/// case, white space around or inside them ignored) are text; a DER `SEQUENCE` is
+/// PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys that come from
+/// somewhere other than a file (a secret manager, say).
+///
+/// ```
+/// use iroh_identity::{KeyFormat, decode_key};
+///
+/// let hex = "2a".repeat(32);
+/// let (key, format) = decode_key(hex.as_bytes())?;
+/// assert_eq!(format, KeyFormat::Hex);
+/// assert_eq!(key.to_bytes(), [0x2a; 32]);
+/// # Ok::<(), iroh_identity::KeyProblem>(())
+/// ```
+///
+/// # Errors
+///
+/// A [`KeyProblem`] saying why the bytes are not an Ed25519 secret key: empty, of an
+/// unknown format, damaged, encrypted, of another algorithm, or PKCS#8 whose public key
+/// does not match its secret key.
+///
+/// # Security
+///
+/// The error never contains any of the input. The key's bytes pass through buffers that
+/// are zeroed when dropped; the input itself is the caller's to zero.
+///
+/// [`load_or_generate`]: crate::load_or_generate
+pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     if bytes.len() == 32 {
         let mut raw = Zeroizing::new([0u8; 32]);
         raw.copy_from_slice(bytes);
-        return Ok((SecretKey::from_bytes(&raw), Format::Raw));
+        return Ok((SecretKey::from_bytes(&raw), KeyFormat::Raw));
     }
     if let Ok(text) = std::str::from_utf8(bytes) {
         let text = text.trim();
@@ -63,48 +101,98 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(SecretKey, Format), KeyProblem> {
             return Err(KeyProblem::Empty);
         }
         if text.starts_with("-----BEGIN ") {
-            return decode_pem(text).map(|key| (key, Format::Pkcs8Pem));
+            return decode_pem(text).map(|key| (key, KeyFormat::Pkcs8Pem));
         }
         if let Some(decoded) = decode_hex_or_base32(text) {
             return decoded;
         }
+        if is_openssh_public_key(text) {
+            return Err(KeyProblem::PublicKey);
+        }
     }
     if bytes.first() == Some(&0x30) {
-        return decode_pkcs8_der(bytes, "PKCS#8 DER").map(|key| (key, Format::Pkcs8Der));
+        return decode_pkcs8_der(bytes, "PKCS#8 DER").map(|key| (key, KeyFormat::Pkcs8Der));
     }
     Err(KeyProblem::UnknownFormat { len: bytes.len() })
 }
 
+/// Writes a secret key in `format`: the exact bytes of a key file.
+///
+/// Text formats (PEM, hex, base32) end with a newline. [`decode_key`] reads every
+/// format back to the same key.
+///
+/// ```
+/// use iroh_identity::{KeyFormat, decode_key, encode_key};
+///
+/// let key = iroh::SecretKey::generate();
+/// let pem = encode_key(&key, KeyFormat::Pkcs8Pem);
+/// assert!(pem.starts_with(b"-----BEGIN PRIVATE KEY-----\n"));
+/// assert_eq!(decode_key(&pem)?.0.public(), key.public());
+/// # Ok::<(), iroh_identity::KeyProblem>(())
+/// ```
+///
+/// # Security
+///
+/// The result is secret: it is zeroed when dropped. Keep it out of logs and store it
+/// only in a file that others cannot read.
+pub fn encode_key(key: &SecretKey, format: KeyFormat) -> Zeroizing<Vec<u8>> {
+    let secret = Zeroizing::new(key.to_bytes());
+    let text = |encoding: &Encoding| {
+        let mut text = Zeroizing::new(Vec::with_capacity(encoding.encode_len(32) + 1));
+        text.resize(encoding.encode_len(32), 0);
+        encoding.encode_mut(&secret[..], &mut text);
+        text.make_ascii_lowercase();
+        text.push(b'\n');
+        text
+    };
+    match format {
+        KeyFormat::Raw => Zeroizing::new(secret.to_vec()),
+        KeyFormat::Hex => text(&HEXLOWER_PERMISSIVE),
+        KeyFormat::Base32 => text(&BASE32_NOPAD),
+        KeyFormat::Pkcs8Pem => {
+            let pem = SigningKey::from_bytes(&secret)
+                .to_pkcs8_pem(pem::LineEnding::LF)
+                .expect("a 32-byte Ed25519 key always encodes as PKCS#8");
+            Zeroizing::new(pem.as_bytes().to_vec())
+        }
+        KeyFormat::Pkcs8Der => {
+            let der = SigningKey::from_bytes(&secret)
+                .to_pkcs8_der()
+                .expect("a 32-byte Ed25519 key always encodes as PKCS#8");
+            Zeroizing::new(der.as_bytes().to_vec())
+        }
+    }
+}
+
 /// Reads a key given as text: 64 hex or 52 base32 characters, either case, with white
-/// space around it (the `IROH_SECRET` convention).
-pub(crate) fn decode_text(text: &str) -> Result<(SecretKey, Format), KeyProblem> {
+/// space around or inside it (the `IROH_SECRET` convention).
+pub(crate) fn decode_text(text: &str) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     let text = text.trim();
     if text.is_empty() {
         return Err(KeyProblem::Empty);
     }
     decode_hex_or_base32(text).unwrap_or(Err(KeyProblem::NotHexOrBase32 {
-        len: text.chars().count(),
+        len: text.chars().filter(|c| !c.is_whitespace()).count(),
     }))
 }
 
-/// Encodes a key as PKCS#8 v2 PEM (`BEGIN PRIVATE KEY`, public key included).
-pub(crate) fn encode_pkcs8_pem(key: &SecretKey) -> Zeroizing<String> {
-    let signing_key = SigningKey::from_bytes(&Zeroizing::new(key.to_bytes()));
-    signing_key
-        .to_pkcs8_pem(pem::LineEnding::LF)
-        .expect("a 32-byte Ed25519 key always encodes as PKCS#8")
-}
-
-/// Decodes hex or base32 text, or returns `None` when it has the length of neither.
-fn decode_hex_or_base32(text: &str) -> Option<Result<(SecretKey, Format), KeyProblem>> {
-    let (encoding, format, name): (&Encoding, _, _) = match text.len() {
-        64 => (&HEXLOWER_PERMISSIVE, Format::Hex, "hex"),
-        52 => (&BASE32_NOPAD_NOCASE, Format::Base32, "base32"),
+/// Decodes hex or base32 text, white space inside it ignored (a key wrapped over lines),
+/// or returns `None` when it has the length of neither.
+fn decode_hex_or_base32(text: &str) -> Option<Result<(SecretKey, KeyFormat), KeyProblem>> {
+    let mut compact = Zeroizing::new([0u8; 64]);
+    let mut len = 0;
+    for byte in text.bytes().filter(|byte| !byte.is_ascii_whitespace()) {
+        *compact.get_mut(len)? = byte;
+        len += 1;
+    }
+    let (encoding, format, name): (&Encoding, _, _) = match len {
+        64 => (&HEXLOWER_PERMISSIVE, KeyFormat::Hex, "hex"),
+        52 => (&BASE32_NOPAD_NOCASE, KeyFormat::Base32, "base32"),
         _ => return None,
     };
     let mut bytes = Zeroizing::new([0u8; 32]);
-    let decoded = match encoding.decode_len(text.len()) {
-        Ok(32) => encoding.decode_mut(text.as_bytes(), &mut bytes[..]).is_ok(),
+    let decoded = match encoding.decode_len(len) {
+        Ok(32) => encoding.decode_mut(&compact[..len], &mut bytes[..]).is_ok(),
         _ => false,
     };
     Some(if decoded {
@@ -125,6 +213,7 @@ fn decode_pem(text: &str) -> Result<SecretKey, KeyProblem> {
         }
         "ENCRYPTED PRIVATE KEY" => Err(KeyProblem::Encrypted),
         "OPENSSH PRIVATE KEY" => Err(KeyProblem::OpenSsh),
+        "PUBLIC KEY" => Err(KeyProblem::PublicKey),
         label => Err(KeyProblem::OtherPem {
             label: label.to_owned(),
         }),
@@ -149,6 +238,14 @@ fn decode_pkcs8_der(der: &[u8], format: &'static str) -> Result<SecretKey, KeyPr
     }
 }
 
+/// Whether the text is a line of an OpenSSH `.pub` file (`ssh-ed25519 AAAA... comment`).
+fn is_openssh_public_key(text: &str) -> bool {
+    ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"]
+        .iter()
+        .any(|prefix| text.starts_with(prefix))
+        && text.contains(" AAAA")
+}
+
 /// Names the algorithms whose keys people most often mistake for an iroh key.
 fn algorithm_name(oid: ObjectIdentifier) -> String {
     let oid = oid.to_string();
@@ -171,7 +268,16 @@ mod tests {
         let key = SecretKey::from_bytes(&[7; 32]);
         let hex = data_encoding::HEXUPPER.encode(&key.to_bytes());
         let (decoded, format) = decode_text(&format!("  {hex}\n")).expect("decodes");
-        assert_eq!((decoded.to_bytes(), format), (key.to_bytes(), Format::Hex));
+        assert_eq!(
+            (decoded.to_bytes(), format),
+            (key.to_bytes(), KeyFormat::Hex)
+        );
+        // Wrapped over lines, as `xxd -p` writes 32 bytes.
+        let wrapped = format!("{}\n{}\n", &hex[..60], &hex[60..]);
+        assert_eq!(
+            decode_key(wrapped.as_bytes()).map(|(k, _)| k.to_bytes()),
+            Ok(key.to_bytes())
+        );
         assert_eq!(decode_text(" \n").map(drop_key), Err(KeyProblem::Empty));
         assert_eq!(
             decode_text("abc").map(drop_key),
@@ -184,5 +290,5 @@ mod tests {
     }
 
     /// `SecretKey` is not `PartialEq`; compare results without it.
-    fn drop_key(_: (SecretKey, Format)) {}
+    fn drop_key(_: (SecretKey, KeyFormat)) {}
 }

@@ -142,7 +142,7 @@ fn read(file: &File, path: &Path, options: ReadOptions) -> Result<SecretKey, Err
     if content.len() as u64 > MAX_KEY_FILE_LEN {
         return Err(too_large(content.len() as u64));
     }
-    let (key, format) = key::decode(&content).map_err(|problem| Error::InvalidKey {
+    let (key, format) = key::decode_key(&content).map_err(|problem| Error::InvalidKey {
         path: path.into(),
         problem,
     })?;
@@ -173,7 +173,7 @@ fn create(path: &Path) -> Result<(), Error> {
 
     let key = SecretKey::generate();
     let temp = TempFile::create(dir, name)?;
-    temp.write_durably(key::encode_pkcs8_pem(&key).as_bytes())?;
+    temp.write_durably(&key::encode_key(&key, key::KeyFormat::Pkcs8Pem))?;
     match sys::publish_no_clobber(&temp.path, path) {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {

@@ -77,6 +77,7 @@ pub use endpoint::{
     Builder, DEFAULT_KEY_FILE_NAME, DEFAULT_LOCK_WAIT, PersistentEndpoint, default_key_path,
 };
 pub use error::{Error, KeyProblem};
+pub use key::{KeyFormat, decode_key, encode_key};
 pub use key_file::load_or_generate;
 pub use lock::IdentityLock;
 

@@ -68,6 +68,15 @@ fn every_known_format_loads_to_the_same_id_and_stays_as_it_was() -> anyhow::Resu
             "upper-case hex with a newline",
             format!("{}\n", HEXUPPER.encode(&bytes)).into_bytes(),
         ),
+        (
+            "hex wrapped over two lines (xxd -p)",
+            format!(
+                "{}\n{}\n",
+                &HEXLOWER.encode(&bytes)[..60],
+                &HEXLOWER.encode(&bytes)[60..]
+            )
+            .into_bytes(),
+        ),
         ("base32", BASE32_NOPAD.encode(&bytes).into_bytes()),
         (
             "lower-case base32 with spaces",
