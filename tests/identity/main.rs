@@ -1,15 +1,17 @@
 //! Integration tests: real files, real iroh endpoints on loopback, real child processes.
 //!
-//! One test binary, one module per guarantee. Tests that need another process run this
-//! binary again as a child (see `support::child`) or run the crate's examples.
+//! One test binary: one module per guarantee, and `campaigns` that put the guarantees
+//! under kills, races, hostile input and faults at a size that can be turned up. Tests
+//! that need another process run this binary again as a child (see `support::child`) or
+//! run the crate's examples.
 
+mod campaigns;
 mod creation;
 mod endpoint;
 mod env_var;
 mod examples;
 mod format;
 mod lock;
-mod never_lost;
 mod permissions;
 mod processes;
 mod read_only;

@@ -1,5 +1,6 @@
 //! Guarantee 6: when the key exists nothing is written, so a read-only key file and
-//! directory (a Kubernetes secret mount) work, lock included.
+//! directory (a Kubernetes secret mount) work, lock included. The campaigns use
+//! [`ReadOnlyKey`] for an unreadable key and a missing key in a read-only directory.
 //!
 //! Root may write anywhere, so under root the child processes run as `nobody`, for whom
 //! the modes below really mean read-only.
@@ -9,31 +10,30 @@ use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use iroh_identity::load_or_generate;
 
 use crate::support::{
-    NOBODY, builder,
+    NOBODY,
     child::{self, Holder, run_to_end},
     is_root, list, temp_dir,
 };
 
 /// A key in a directory that the child cannot write to.
-struct ReadOnlyKey {
+pub struct ReadOnlyKey {
     // Held for its clean-up at the end of the test.
     _root: tempfile::TempDir,
-    dir: PathBuf,
-    path: PathBuf,
-    id: String,
+    pub dir: PathBuf,
+    pub path: PathBuf,
+    pub id: String,
     /// This test binary, where the child's user can run it.
     exe: PathBuf,
 }
 
 impl ReadOnlyKey {
     /// `key_mode` and `key_owner` (`None`: the child's user) say how the secret is mounted.
-    fn new(key_mode: u32, key_owner: Option<u32>) -> Self {
+    pub fn new(key_mode: u32, key_owner: Option<u32>) -> Self {
         let root = temp_dir();
         fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         let dir = root.path().join("secret");
@@ -57,7 +57,7 @@ impl ReadOnlyKey {
     }
 
     /// A child that runs as `nobody` when the tests run as root.
-    fn unprivileged(&self, action: &str, path: &Path) -> Command {
+    pub fn unprivileged(&self, action: &str, path: &Path) -> Command {
         let mut command = child::command_at(&self.exe, action, path);
         if is_root() {
             command.uid(NOBODY).gid(NOBODY);
@@ -66,7 +66,7 @@ impl ReadOnlyKey {
     }
 
     /// What a write to the directory or the file would change.
-    fn state(&self) -> (Vec<String>, fs::Metadata, Vec<u8>) {
+    pub fn state(&self) -> (Vec<String>, fs::Metadata, Vec<u8>) {
         (
             list(&self.dir),
             fs::metadata(&self.dir).expect("dir metadata"),
@@ -101,7 +101,7 @@ fn runnable_by_others(dir: &Path) -> PathBuf {
     copy
 }
 
-fn same_state(
+pub fn same_state(
     a: &(Vec<String>, fs::Metadata, Vec<u8>),
     b: &(Vec<String>, fs::Metadata, Vec<u8>),
 ) -> bool {
@@ -143,38 +143,4 @@ fn a_root_owned_world_readable_secret_opens_for_another_user() {
     let key = ReadOnlyKey::new(0o644, Some(0));
     let outcome = run_to_end(key.unprivileged("open", &key.path));
     assert_eq!(outcome.expect_id(), key.id);
-}
-
-#[test]
-fn an_unreadable_key_is_an_error_naming_the_path_and_stays() {
-    if !is_root() {
-        eprintln!("skipped: needs a file that the child's user cannot read");
-        return;
-    }
-    let key = ReadOnlyKey::new(0o600, Some(0));
-    let before = key.state();
-    let outcome = run_to_end(key.unprivileged("open", &key.path));
-    let error = outcome.expect_error();
-    assert!(error.contains(&key.path.display().to_string()), "{error}");
-    assert!(error.contains("cannot open key file"), "{error}");
-    assert!(same_state(&before, &key.state()));
-}
-
-#[tokio::test]
-async fn a_missing_key_in_a_read_only_directory_is_a_clear_error() -> anyhow::Result<()> {
-    let key = ReadOnlyKey::new(0o400, None);
-    let missing = key.dir.join("other.key");
-    let outcome = run_to_end(key.unprivileged("open", &missing));
-    let error = outcome.expect_error();
-    assert!(
-        error.contains("cannot create temporary key file"),
-        "{error}"
-    );
-    assert!(error.contains(&key.dir.display().to_string()), "{error}");
-    assert_eq!(list(&key.dir), ["endpoint.key"]);
-    // And the existing key next to it still opens, here too.
-    let endpoint = builder(&key.path).lock_wait(Duration::ZERO).bind().await?;
-    assert_eq!(endpoint.id().to_string(), key.id);
-    endpoint.close().await;
-    Ok(())
 }

@@ -7,7 +7,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use data_encoding::{BASE32_NOPAD, BASE64, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
 use iroh::{SecretKey, endpoint};
+use iroh_identity::{KeyFormat, encode_key};
 
 pub mod child;
 
@@ -93,3 +95,40 @@ pub fn is_root() -> bool {
 
 /// The user that root-run tests drop to when permissions must really apply.
 pub const NOBODY: u32 = 65534;
+
+/// Every way a 32-byte secret is commonly written down, and the body of its key file.
+fn renderings(secret: &[u8; 32]) -> Vec<Vec<u8>> {
+    let text = [
+        HEXLOWER.encode(secret),
+        HEXUPPER.encode(secret),
+        BASE32_NOPAD.encode(secret),
+        BASE32_NOPAD.encode(secret).to_lowercase(),
+        BASE64.encode(secret),
+        BASE64URL_NOPAD.encode(secret),
+        format!("{secret:?}"),
+    ];
+    let mut all: Vec<Vec<u8>> = text.into_iter().map(String::into_bytes).collect();
+    all.push(secret.to_vec());
+    // The lines of the key file this crate writes.
+    let pem = encode_key(&SecretKey::from_bytes(secret), KeyFormat::Pkcs8Pem);
+    let pem = String::from_utf8_lossy(&pem).into_owned();
+    all.extend(
+        pem.lines()
+            .filter(|line| !line.starts_with("-----"))
+            .map(|line| line.as_bytes().to_vec()),
+    );
+    all
+}
+
+/// Fails if `haystack` holds the secret key in any of its common renderings.
+pub fn assert_no_secret(haystack: &[u8], secret: &[u8; 32], what: &str) {
+    for rendering in renderings(secret) {
+        assert!(
+            !haystack
+                .windows(rendering.len())
+                .any(|window| window == rendering),
+            "{what} contains the secret key ({})",
+            String::from_utf8_lossy(&rendering)
+        );
+    }
+}

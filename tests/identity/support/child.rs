@@ -22,6 +22,10 @@ pub const UMASK: &str = "CHILD_UMASK";
 pub const KEY_ENV: &str = "CHILD_KEY_ENV";
 /// Milliseconds since the epoch at which to start, so that many children start at once.
 pub const START_AT_MS: &str = "CHILD_START_AT_MS";
+/// Set: log everything, iroh's TRACE lines included, to stderr (to search it for secrets).
+pub const TRACE: &str = "CHILD_TRACE";
+/// The largest file the child may write, in bytes (`RLIMIT_FSIZE`).
+pub const FILE_SIZE_LIMIT: &str = "CHILD_FILE_SIZE_LIMIT";
 
 /// How long a `hold` child keeps its endpoint if nobody kills it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
@@ -56,6 +60,7 @@ pub struct Outcome {
     pub status: ExitStatus,
     /// What it said in its `@child: ` lines.
     pub said: Vec<String>,
+    pub stdout: Vec<u8>,
     pub stderr: String,
 }
 
@@ -82,6 +87,13 @@ impl Outcome {
     pub fn expect_error(&self) -> &str {
         self.error()
             .unwrap_or_else(|| panic!("child reported no error: {self}"))
+    }
+
+    /// Fails if anything the child printed (logs, errors, panics) holds `secret`.
+    pub fn assert_no_secret(&self, secret: &iroh::SecretKey) {
+        let secret = secret.to_bytes();
+        crate::support::assert_no_secret(&self.stdout, &secret, "a child's stdout");
+        crate::support::assert_no_secret(self.stderr.as_bytes(), &secret, "a child's stderr");
     }
 }
 
@@ -110,6 +122,7 @@ pub fn outcome(child: Child) -> Outcome {
             .lines()
             .filter_map(|line| said(line).map(str::to_owned))
             .collect(),
+        stdout: output.stdout,
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
@@ -178,6 +191,16 @@ pub fn run() {
         // SAFETY: umask has no preconditions; this child runs one test on one thread.
         unsafe { libc::umask(umask) };
     }
+    if std::env::var_os(TRACE).is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if let Ok(limit) = std::env::var(FILE_SIZE_LIMIT) {
+        limit_file_size(limit.parse().expect("a size in bytes"));
+    }
     if let Ok(at) = std::env::var(START_AT_MS) {
         let at = UNIX_EPOCH + Duration::from_millis(at.parse().expect("start time"));
         if let Ok(delay) = at.duration_since(SystemTime::now()) {
@@ -192,7 +215,7 @@ pub fn run() {
         match action.as_str() {
             "key" => match iroh_identity::load_or_generate(&path) {
                 Ok(key) => println!("@child: id {}", key.public()),
-                Err(err) => println!("@child: error {err}"),
+                Err(err) => println!("@child: error {}", chain(&err)),
             },
             "open" | "hold" => {
                 let mut builder = super::builder(&path);
@@ -212,10 +235,34 @@ pub fn run() {
                         }
                         endpoint.close().await;
                     }
-                    Err(err) => println!("@child: error {err}"),
+                    Err(err) => println!("@child: error {}", chain(&err)),
                 }
             }
             other => panic!("unknown child action {other}"),
         }
     });
+}
+
+/// An error and its causes, `: `-separated, as `anyhow` prints them with `{:#}`.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Makes writes beyond `bytes` fail with `EFBIG` instead of killing the process.
+fn limit_file_size(bytes: libc::rlim_t) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: valid arguments; the child runs one test on one thread so far.
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0, "setrlimit");
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }

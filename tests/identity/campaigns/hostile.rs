@@ -1,5 +1,8 @@
-//! Guarantee 2: an existing key file is never overwritten, replaced or deleted. Whatever
-//! is wrong with it is an error that names the path, and the file stays byte-identical.
+//! Hostile input (guarantee 2): an existing key file is never overwritten, replaced or
+//! deleted. Whatever is wrong with it, from a foreign key made by openssl or ssh-keygen
+//! (in `corpus/`, see `generate.sh`) to a FIFO or a 1 GiB sparse file, is its own error
+//! naming the path, and the path stays exactly as it was (type, inode, mtime, mode,
+//! bytes).
 
 use std::{
     ffi::CString,
@@ -17,7 +20,11 @@ use ed25519_dalek::{
 use iroh::SecretKey;
 use iroh_identity::{Error, KeyProblem, load_or_generate};
 
-use crate::support::{builder, known_key, temp_dir, write_private};
+use super::figure;
+use crate::{
+    read_only::{ReadOnlyKey, same_state},
+    support::{builder, child::run_to_end, is_root, known_key, temp_dir, write_private},
+};
 
 /// Everything about what is at a path that a rewrite, replacement or deletion would change.
 #[derive(Debug, PartialEq)]
@@ -48,8 +55,9 @@ fn snapshot(path: &Path) -> Snapshot {
 }
 
 /// Opens `path` both ways (key only, and endpoint), checks that each fails as `expected`
-/// says with the path in the message, and that the path is untouched.
-fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) {
+/// says with the path in the message, and that the path is untouched. Returns the
+/// message, with `PATH` for the path.
+fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) -> String {
     let before = snapshot(path);
     let key_only = load_or_generate(path).map(|_| ());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -76,14 +84,39 @@ fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) {
         crate::support::list(dir),
         [path.file_name().expect("name").to_string_lossy()]
     );
+    let message = load_or_generate(path).expect_err("refused").to_string();
+    message.replace(&path.display().to_string(), "PATH")
 }
 
 fn invalid(problem: KeyProblem) -> impl Fn(&Error) -> bool {
     move |err| matches!(err, Error::InvalidKey { problem: p, .. } if *p == problem)
 }
 
-fn pem(label: &str, body: &str) -> Vec<u8> {
-    format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n").into_bytes()
+fn other_pem(label: &str) -> KeyProblem {
+    KeyProblem::OtherPem {
+        label: label.into(),
+    }
+}
+
+fn other_algorithm(algorithm: &str) -> KeyProblem {
+    KeyProblem::OtherAlgorithm {
+        algorithm: algorithm.into(),
+    }
+}
+
+/// Bytes that look random: neither UTF-8 nor DER, and the same in every run.
+fn noise(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    bytes[0] = 0xff;
+    bytes
 }
 
 /// Each bad content, the problem it must be reported as.
@@ -116,16 +149,11 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
     .expect("pem")
     .as_bytes()
     .to_vec();
-    // The same structure with the X25519 algorithm (1.3.101.110) instead of Ed25519 (…112).
-    let ed25519_oid = [0x06, 0x03, 0x2b, 0x65, 0x70];
-    let at = good_der
-        .windows(ed25519_oid.len())
-        .position(|window| window == ed25519_oid)
-        .expect("the Ed25519 OID is in the DER");
-    let mut x25519_der = good_der.clone();
-    x25519_der[at + 4] = 0x6e;
     let mut truncated_der = good_der.clone();
     truncated_der.truncate(good_der.len() - 5);
+    let mut noisy_der = noise(48);
+    noisy_der[0] = 0x30;
+    let damaged = |format| KeyProblem::Damaged { format };
 
     vec![
         ("empty", vec![], KeyProblem::Empty),
@@ -147,9 +175,24 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
             KeyProblem::UnknownFormat { len: 64 },
         ),
         (
-            "65 hex characters",
+            "65 bytes of hex digits",
             vec![b'a'; 65],
             KeyProblem::UnknownFormat { len: 65 },
+        ),
+        (
+            "63 bytes of hex digits",
+            vec![b'a'; 63],
+            KeyProblem::UnknownFormat { len: 63 },
+        ),
+        (
+            "300 random bytes",
+            noise(300),
+            KeyProblem::UnknownFormat { len: 300 },
+        ),
+        (
+            "random bytes after a DER SEQUENCE tag",
+            noisy_der,
+            damaged("PKCS#8 DER"),
         ),
         (
             "text",
@@ -171,13 +214,7 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
             vec![b'1'; 52],
             KeyProblem::InvalidText { encoding: "base32" },
         ),
-        (
-            "truncated PEM",
-            truncated_pem,
-            KeyProblem::Damaged {
-                format: "PKCS#8 PEM",
-            },
-        ),
+        ("truncated PEM", truncated_pem, damaged("PKCS#8 PEM")),
         (
             "bit-flipped PEM",
             flipped_pem,
@@ -188,56 +225,94 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
             mismatched,
             KeyProblem::PublicKeyMismatch,
         ),
+        ("truncated DER", truncated_der, damaged("PKCS#8 DER")),
         (
-            "truncated DER",
-            truncated_der,
-            KeyProblem::Damaged {
-                format: "PKCS#8 DER",
-            },
+            "RSA, openssl genpkey",
+            include_bytes!("../corpus/rsa-pkcs8.pem").to_vec(),
+            other_algorithm("RSA"),
         ),
         (
-            "X25519 PKCS#8",
-            x25519_der,
-            KeyProblem::OtherAlgorithm {
-                algorithm: "X25519".into(),
-            },
+            "RSA, openssl genrsa -traditional",
+            include_bytes!("../corpus/rsa-traditional.pem").to_vec(),
+            other_pem("RSA PRIVATE KEY"),
         ),
         (
-            "encrypted PKCS#8",
-            pem("ENCRYPTED PRIVATE KEY", "MIIBXTBXBgkqhkiG9w0BBQ0w"),
+            "P-256, openssl genpkey",
+            include_bytes!("../corpus/p256-pkcs8.pem").to_vec(),
+            other_algorithm("elliptic-curve (ECDSA)"),
+        ),
+        (
+            "P-256, openssl ecparam",
+            include_bytes!("../corpus/p256-sec1.pem").to_vec(),
+            other_pem("EC PRIVATE KEY"),
+        ),
+        (
+            "X25519, openssl genpkey",
+            include_bytes!("../corpus/x25519.pem").to_vec(),
+            other_algorithm("X25519"),
+        ),
+        (
+            "Ed448, openssl genpkey",
+            include_bytes!("../corpus/ed448.pem").to_vec(),
+            other_algorithm("Ed448"),
+        ),
+        (
+            "encrypted Ed25519 PKCS#8, openssl genpkey -aes-256-cbc",
+            include_bytes!("../corpus/ed25519-encrypted.pem").to_vec(),
             KeyProblem::Encrypted,
         ),
         (
-            "OpenSSH key",
-            pem("OPENSSH PRIVATE KEY", "b3BlbnNzaC1rZXktdjEAAAAA"),
+            "Ed25519 public key, openssl pkey -pubout",
+            include_bytes!("../corpus/ed25519-public.pem").to_vec(),
+            KeyProblem::PublicKey,
+        ),
+        (
+            "OpenSSH RSA key, ssh-keygen -t rsa",
+            include_bytes!("../corpus/openssh-rsa").to_vec(),
             KeyProblem::OpenSsh,
         ),
         (
-            "RSA key",
-            pem("RSA PRIVATE KEY", "MIIEowIBAAKCAQEA"),
-            KeyProblem::OtherPem {
-                label: "RSA PRIVATE KEY".into(),
-            },
+            "encrypted OpenSSH Ed25519 key, ssh-keygen -N",
+            include_bytes!("../corpus/openssh-ed25519-encrypted").to_vec(),
+            KeyProblem::OpenSsh,
+        ),
+        (
+            "OpenSSH public key (.pub), ssh-keygen",
+            include_bytes!("../corpus/openssh-rsa-public").to_vec(),
+            KeyProblem::PublicKey,
         ),
         (
             "certificate",
-            pem("CERTIFICATE", "MIIBszCCAVmgAwIBAgIU"),
-            KeyProblem::OtherPem {
-                label: "CERTIFICATE".into(),
-            },
+            b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
+                .to_vec(),
+            other_pem("CERTIFICATE"),
         ),
     ]
 }
 
 #[test]
 fn a_damaged_or_foreign_key_file_is_an_error_and_stays_byte_identical() {
-    for (name, content, problem) in bad_contents() {
+    let cases = bad_contents();
+    let mut problems = Vec::new();
+    for (name, content, problem) in &cases {
         let dir = temp_dir();
         let path = dir.path().join("endpoint.key");
-        write_private(&path, &content);
-        eprintln!("case: {name}");
-        assert_refused_unchanged(&path, invalid(problem));
+        write_private(&path, content);
+        let message = assert_refused_unchanged(&path, invalid(problem.clone()));
+        figure("hostile case", format_args!("{name}: {message}"));
+        if !problems.contains(problem) {
+            problems.push(problem.clone());
+        }
     }
+    figure(
+        "hostile",
+        format_args!(
+            "{} bad contents: {} different problems, each error naming the path, 0 panics, \
+             0 files changed",
+            cases.len(),
+            problems.len()
+        ),
+    );
 }
 
 #[test]
@@ -250,11 +325,12 @@ fn a_huge_file_is_refused_without_being_read() -> anyhow::Result<()> {
         .open(&path)?
         .set_len(1 << 30)?;
     let start = Instant::now();
-    assert_refused_unchanged(&path, invalid(KeyProblem::TooLarge { len: 1 << 30 }));
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        start.elapsed()
+    let message = assert_refused_unchanged(&path, invalid(KeyProblem::TooLarge { len: 1 << 30 }));
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    figure(
+        "hostile case",
+        format_args!("1 GiB sparse file, refused in {took:?}: {message}"),
     );
     Ok(())
 }
@@ -264,7 +340,7 @@ fn a_directory_at_the_key_path_is_an_error() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
     fs::create_dir(&path)?;
-    assert_refused_unchanged(&path, |err| {
+    let message = assert_refused_unchanged(&path, |err| {
         matches!(
             err,
             Error::NotAFile {
@@ -273,6 +349,7 @@ fn a_directory_at_the_key_path_is_an_error() -> anyhow::Result<()> {
             }
         )
     });
+    figure("hostile case", format_args!("a directory: {message}"));
     Ok(())
 }
 
@@ -286,12 +363,14 @@ fn a_fifo_at_the_key_path_is_an_error_and_does_not_hang() -> anyhow::Result<()> 
     let (done, finished) = mpsc::channel();
     let checked = path.clone();
     std::thread::spawn(move || {
-        assert_refused_unchanged(&checked, |err| matches!(err, Error::NotAFile { .. }));
-        done.send(()).expect("report");
+        let message =
+            assert_refused_unchanged(&checked, |err| matches!(err, Error::NotAFile { .. }));
+        done.send(message).expect("report");
     });
-    finished
+    let message = finished
         .recv_timeout(Duration::from_secs(10))
         .expect("opening a FIFO hung or failed");
+    figure("hostile case", format_args!("a FIFO: {message}"));
     Ok(())
 }
 
@@ -301,9 +380,34 @@ fn a_dangling_symlink_is_an_error_and_nothing_is_created_through_it() -> anyhow:
     let path = dir.path().join("endpoint.key");
     let target = dir.path().join("missing-volume").join("endpoint.key");
     std::os::unix::fs::symlink(&target, &path)?;
-    assert_refused_unchanged(&path, |err| matches!(err, Error::DanglingSymlink { .. }));
+    let message =
+        assert_refused_unchanged(&path, |err| matches!(err, Error::DanglingSymlink { .. }));
     assert!(!target.parent().expect("parent").exists());
+    figure(
+        "hostile case",
+        format_args!("a dangling symlink: {message}"),
+    );
     Ok(())
+}
+
+#[test]
+fn an_unreadable_key_is_an_error_naming_the_path_and_stays() {
+    if !is_root() {
+        eprintln!("skipped: needs a file that the child's user cannot read");
+        return;
+    }
+    let key = ReadOnlyKey::new(0o600, Some(0));
+    let before = key.state();
+    let outcome = run_to_end(key.unprivileged("open", &key.path));
+    let error = outcome.expect_error();
+    assert!(error.contains(&key.path.display().to_string()), "{error}");
+    assert!(error.contains("cannot open key file"), "{error}");
+    assert!(same_state(&before, &key.state()));
+    let message = error.replace(&key.path.display().to_string(), "PATH");
+    figure(
+        "hostile case",
+        format_args!("a key the process may not read: {message}"),
+    );
 }
 
 #[test]

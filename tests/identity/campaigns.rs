@@ -1,0 +1,33 @@
+//! Campaigns: the key-file guarantees under kills, races, hostile input and faults, each
+//! with a figure. RELIABILITY.md reports the figures of a full run.
+//!
+//! Every campaign is bounded in count and time and stops by itself. `cargo test` runs
+//! them small; with `IROH_IDENTITY_CAMPAIGN=full` they run at full size:
+//!
+//! ```text
+//! IROH_IDENTITY_CAMPAIGN=full cargo test --test identity campaigns:: -- --nocapture --test-threads=1
+//! ```
+//!
+//! Each prints its figures on lines that start with `figure `.
+
+use std::fmt;
+
+mod filesystem;
+mod hostile;
+mod kill;
+mod lock;
+mod property;
+mod race;
+
+/// `small` in an ordinary test run, `full` when `IROH_IDENTITY_CAMPAIGN=full`.
+pub fn size(small: usize, full: usize) -> usize {
+    match std::env::var("IROH_IDENTITY_CAMPAIGN").as_deref() {
+        Ok("full") => full,
+        _ => small,
+    }
+}
+
+/// Prints a campaign's figure (seen with `--nocapture`).
+pub fn figure(campaign: &str, text: fmt::Arguments<'_>) {
+    eprintln!("figure {campaign}: {text}");
+}

@@ -1,0 +1,97 @@
+//! Race campaign (guarantee 4): rounds of processes that open the same missing path at the
+//! same instant, key only and full endpoint, end with one identity per round.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use iroh_identity::load_or_generate;
+
+use super::{figure, size};
+use crate::support::{
+    child::{self, Outcome, outcome},
+    list, temp_dir,
+};
+
+const RACERS: usize = 16;
+
+/// One round: `RACERS` children doing `action` on one missing path, started at the same
+/// instant. Checks that they end with one identity and one file, and returns what each
+/// said.
+fn round(action: &str, lock_wait_ms: Option<&str>) -> Vec<Outcome> {
+    let dir = temp_dir();
+    let path = dir.path().join("new").join("endpoint.key");
+    let start_at = child::start_at(Duration::from_millis(500));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let mut command = child::command(action, &path);
+            command.env(child::START_AT_MS, &start_at);
+            command.env(child::TRACE, "1");
+            if let Some(ms) = lock_wait_ms {
+                command.env(child::LOCK_WAIT_MS, ms);
+            }
+            command.spawn().expect("spawn racer")
+        })
+        .collect();
+    let outcomes: Vec<Outcome> = racers.into_iter().map(outcome).collect();
+
+    let key = load_or_generate(&path).expect("the round left a key");
+    let ids: BTreeSet<&str> = outcomes.iter().filter_map(Outcome::id).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([key.public().to_string().as_str()]),
+        "{RACERS} racers ended with these identities"
+    );
+    assert_eq!(list(&dir.path().join("new")), ["endpoint.key"]);
+    for outcome in &outcomes {
+        outcome.assert_no_secret(&key);
+    }
+    outcomes
+}
+
+/// Runs the rounds and prints the figure. With a lock wait of zero, racers that find the
+/// identity in use fail with the in-use error, and only with it.
+fn campaign(name: &str, action: &str, lock_wait_ms: Option<&str>) {
+    let rounds = size(2, 50);
+    let (mut in_use, mut failures) = (0, Vec::new());
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for outcome in round(action, lock_wait_ms) {
+            match outcome.error() {
+                None => {
+                    outcome.expect_id();
+                }
+                Some(error) if lock_wait_ms == Some("0") && error.contains("is in use") => {
+                    in_use += 1;
+                }
+                Some(_) => failures.push(outcome),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed racers: {failures:#?}");
+    figure(
+        name,
+        format_args!(
+            "{rounds} rounds of {RACERS} processes: 1 identity in every round, 0 failures, \
+             {in_use} in-use errors, {:.2} s per round",
+            start.elapsed().as_secs_f64() / rounds as f64
+        ),
+    );
+}
+
+#[test]
+fn racing_first_runs_all_get_the_same_key() {
+    campaign("race key-only", "key", None);
+}
+
+#[test]
+fn racing_endpoint_opens_all_get_the_same_identity() {
+    // Each one holds the identity for a moment; the others wait their turn.
+    campaign("race endpoint", "open", None);
+}
+
+#[test]
+fn racing_endpoint_opens_without_waiting_fail_only_with_in_use() {
+    campaign("race endpoint, lock wait 0", "open", Some("0"));
+}
