@@ -1,41 +1,16 @@
 //! Guarantee 8: no key material in any error, `Debug` output or log line, at any level.
 
-use std::{
-    io::{self, Write},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
 use iroh::SecretKey;
 use iroh_identity::{IdentityLock, load_or_generate};
 
-use crate::support::{assert_no_secret, builder, temp_dir, write_private};
-
-/// Everything written to it, shared with the subscriber.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("not poisoned").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use crate::support::{LogCapture, assert_no_secret, builder, temp_dir, write_private};
 
 #[tokio::test]
 async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogCapture::start();
 
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
@@ -76,7 +51,7 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
 
     let secret = load_or_generate(&path)?.to_bytes();
     let lock_secret = load_or_generate(&lock_path)?.to_bytes();
-    let logs = capture.0.lock().expect("not poisoned").clone();
+    let logs = logs.bytes();
     assert!(logs.len() > 1000, "TRACE logging was not captured");
     let logs_text = String::from_utf8_lossy(&logs);
     assert!(

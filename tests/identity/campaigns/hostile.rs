@@ -23,7 +23,10 @@ use iroh_identity::{Error, KeyProblem, load_or_generate};
 use super::figure;
 use crate::{
     read_only::{ReadOnlyKey, same_state},
-    support::{builder, child::run_to_end, is_root, known_key, temp_dir, write_private},
+    support::{
+        LogCapture, assert_no_secret, builder, child::run_to_end, is_root, known_key, temp_dir,
+        write_private,
+    },
 };
 
 /// Everything about what is at a path that a rewrite, replacement or deletion would change.
@@ -59,6 +62,7 @@ fn snapshot(path: &Path) -> Snapshot {
 /// message, with `PATH` for the path.
 fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) -> String {
     let before = snapshot(path);
+    let (logs, guard) = LogCapture::start();
     let key_only = load_or_generate(path).map(|_| ());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,8 +88,31 @@ fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) -> S
         crate::support::list(dir),
         [path.file_name().expect("name").to_string_lossy()]
     );
-    let message = load_or_generate(path).expect_err("refused").to_string();
-    message.replace(&path.display().to_string(), "PATH")
+    let err = load_or_generate(path).expect_err("refused");
+    drop(guard);
+    assert_nothing_repeated(
+        &before,
+        &[logs.bytes(), format!("{err}{err:?}").into_bytes()],
+    );
+    err.to_string().replace(&path.display().to_string(), "PATH")
+}
+
+/// Fails if logs or errors repeat the known key, or a line of a file's content that could
+/// carry one (a base64 or hex line of 16 characters or more).
+fn assert_nothing_repeated(file: &Snapshot, said: &[Vec<u8>]) {
+    let content = file.content.as_deref().unwrap_or_default();
+    let content = String::from_utf8_lossy(content);
+    for haystack in said {
+        assert_no_secret(haystack, &known_key().to_bytes(), "logs or an error");
+        let haystack = String::from_utf8_lossy(haystack);
+        for line in content.lines().map(str::trim) {
+            let secret_like = line.len() >= 16 && !line.starts_with("-----");
+            assert!(
+                !secret_like || !haystack.contains(line),
+                "logs or an error repeat the file's line {line}"
+            );
+        }
+    }
 }
 
 fn invalid(problem: KeyProblem) -> impl Fn(&Error) -> bool {

@@ -8,7 +8,7 @@ use iroh_identity::{Error, load_or_generate};
 
 use super::{figure, size};
 use crate::support::{
-    builder,
+    LogCapture, assert_no_secret, builder,
     child::{self, Holder},
     list, temp_dir,
 };
@@ -19,6 +19,7 @@ async fn a_killed_holder_leaves_no_stale_lock() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
     let mut slowest = Duration::ZERO;
+    let (logs, _guard) = LogCapture::start();
     for _ in 0..rounds {
         let holder = Holder::start(child::command("hold", &path));
         let id = holder.id.clone();
@@ -34,6 +35,8 @@ async fn a_killed_holder_leaves_no_stale_lock() -> anyhow::Result<()> {
     }
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     assert_eq!(list(dir.path()), ["endpoint.key"]);
+    let key = load_or_generate(&path)?;
+    assert_no_secret(&logs.bytes(), &key.to_bytes(), "the logs");
     figure(
         "lock killed holder",
         format_args!(
