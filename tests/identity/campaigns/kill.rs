@@ -81,7 +81,8 @@ fn a_kill_at_any_instant_leaves_no_key_or_a_whole_one() -> anyhow::Result<()> {
             continue;
         }
         // A whole key (a torn one fails to load), and the one published before, if any.
-        let key = load_or_generate(&path)?;
+        let key = load_or_generate(&path)
+            .map_err(|err| anyhow::anyhow!("a kill left a torn key file: {err}"))?;
         said.assert_no_secret(&key);
         let id = key.public();
         match said.id() {
