@@ -1,12 +1,17 @@
 //! Kill campaign (guarantee 3): first runs that create a key and bind are SIGKILLed at
-//! random instants spread over their whole life, from process start through the temporary
-//! file, its sync and its publication, to the bind.
+//! random instants: a third spread over their whole life, a third from the moment their
+//! temporary file appears (writing, syncing, publishing, syncing the directory), a third
+//! from the moment their key appears (binding). The parent watches the directory to know.
 //!
-//! After each kill the path holds no key or a whole one; once a key is published every
-//! later run reports its id; at most one temporary file is ever left, and the next
-//! creation removes it; nothing a child printed holds a key.
+//! After each kill the path holds no key or a whole one; when it holds one, the next run
+//! reports that same id; at most one temporary file is ever left, and the next creation
+//! removes it; nothing a child printed holds a key.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
 
 use iroh_identity::{decode_key, load_or_generate};
 
@@ -16,7 +21,7 @@ use crate::support::{
     list, random_u64, temp_dir,
 };
 
-/// Where in its life a killed child was, as seen from what it left.
+/// Where in its life a killed first run was, as seen from what it left.
 #[derive(Debug, Default)]
 struct Seen {
     /// No key, no temporary file: before creating anything.
@@ -24,34 +29,107 @@ struct Seen {
     /// A temporary file and no key: while writing, syncing or publishing.
     inside_creation: usize,
     /// A key, and no id reported: after publishing, before or while binding.
-    before_bound: usize,
+    published_not_bound: usize,
     /// A key and its id reported: bound.
     bound: usize,
 }
 
-fn first_run(path: &std::path::Path) -> std::process::Command {
+fn first_run(path: &Path) -> Command {
     let mut command = child::command("open", path);
     command.env(child::TRACE, "1");
     command
 }
 
+/// What a directory shows of a first run in it: a temporary file of its own, and the key.
+struct Watch<'a> {
+    dir: &'a Path,
+    /// Temporary files that were there before the run started (left by killed runs).
+    old: Vec<String>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(dir: &'a Path) -> Self {
+        Self {
+            dir,
+            old: list(dir),
+        }
+    }
+
+    fn has_new_temp_file(&self) -> bool {
+        list(self.dir)
+            .iter()
+            .any(|name| name.starts_with(".endpoint.key.tmp-") && !self.old.contains(name))
+    }
+
+    fn has_key(&self) -> bool {
+        self.dir.join("endpoint.key").exists()
+    }
+
+    /// Polls until `event` is seen, the run exits, or 10 s pass.
+    fn until(&self, event: impl Fn(&Self) -> bool, running: &mut Child) {
+        let start = Instant::now();
+        while !event(self) && start.elapsed() < Duration::from_secs(10) {
+            if running.try_wait().is_ok_and(|status| status.is_some()) {
+                return;
+            }
+        }
+    }
+}
+
+/// How long, in µs, first runs here take: to live, from their temporary file to their
+/// key, and from their key to their exit. The median of five runs.
+fn spans() -> (u64, u64, u64) {
+    let (mut life, mut creating, mut binding) = (vec![], vec![], vec![]);
+    for _ in 0..5 {
+        let dir = temp_dir();
+        let watch = Watch::new(dir.path());
+        let start = Instant::now();
+        let mut running = first_run(&dir.path().join("endpoint.key"))
+            .spawn()
+            .expect("spawn");
+        let micros = || start.elapsed().as_micros() as u64;
+        watch.until(Watch::has_new_temp_file, &mut running);
+        let temp_at = micros();
+        watch.until(Watch::has_key, &mut running);
+        let key_at = micros();
+        outcome(running).expect_id();
+        life.push(micros());
+        creating.push(key_at.saturating_sub(temp_at));
+        binding.push(micros() - key_at);
+    }
+    let median = |mut spans: Vec<u64>| {
+        spans.sort_unstable();
+        spans[spans.len() / 2]
+    };
+    (median(life), median(creating), median(binding))
+}
+
 #[test]
 fn a_kill_at_any_instant_leaves_no_key_or_a_whole_one() -> anyhow::Result<()> {
     let kills = size(60, 1000);
-    // How long a first run lives here, to spread the kills over all of it.
-    let probe = temp_dir();
-    let start = Instant::now();
-    run_to_end(first_run(&probe.path().join("endpoint.key"))).expect_id();
-    let span = start.elapsed().as_micros() as u64 * 5 / 4;
+    let (life, creating, binding) = spans();
 
     let mut seen = Seen::default();
-    let (mut settled_paths, mut most_leftovers) = (0, 0);
+    let (mut next_runs, mut most_leftovers) = (0, 0);
     let mut dir = temp_dir();
-    let mut published: Option<iroh::PublicKey> = None;
-    for _ in 0..kills {
+    for n in 0..kills {
         let path = dir.path().join("endpoint.key");
+        let watch = Watch::new(dir.path());
         let mut running = first_run(&path).spawn()?;
-        std::thread::sleep(Duration::from_micros(random_u64() % span));
+        // A third of the kills anywhere in the run's life, a third while it creates the
+        // key, a third while it binds.
+        let delay = match n % 3 {
+            0 => random_u64() % (life * 5 / 4),
+            1 => {
+                watch.until(Watch::has_new_temp_file, &mut running);
+                random_u64() % (creating * 3 / 2 + 1)
+            }
+            _ => {
+                watch.until(Watch::has_key, &mut running);
+                random_u64() % (binding + 1)
+            }
+        };
+        std::thread::sleep(Duration::from_micros(delay));
         // An error only if it had exited already, which is one more instant.
         let _ = running.kill();
         let said = outcome(running);
@@ -72,43 +150,42 @@ fn a_kill_at_any_instant_leaves_no_key_or_a_whole_one() -> anyhow::Result<()> {
             }
         }
         if !path.exists() {
-            assert!(published.is_none(), "a published key disappeared");
             assert_eq!(said.id(), None, "an id was reported without a key file");
             match leftovers.len() {
                 0 => seen.before_temp_file += 1,
                 _ => seen.inside_creation += 1,
             }
+            // The next first run goes to the same directory, and must clean up.
             continue;
         }
-        // A whole key (a torn one fails to load), and the one published before, if any.
+        // A whole key (a torn one fails to load), reported if reported at all.
         let key = load_or_generate(&path)
             .map_err(|err| anyhow::anyhow!("a kill left a torn key file: {err}"))?;
         said.assert_no_secret(&key);
-        let id = key.public();
+        let id = key.public().to_string();
         match said.id() {
             Some(reported) => {
-                assert_eq!(reported, id.to_string(), "a run reported another identity");
+                assert_eq!(reported, id, "a run reported another identity");
                 seen.bound += 1;
             }
-            None => seen.before_bound += 1,
+            None => seen.published_not_bound += 1,
         }
-        if let Some(before) = published.replace(id) {
-            assert_eq!(before, id, "the identity changed");
-            // Published and then kept by a later run: settled. Start again on a new path.
-            settled_paths += 1;
-            dir = temp_dir();
-            published = None;
-        }
+        // The next run keeps that identity and leaves the key alone in its directory.
+        let next = run_to_end(first_run(&path));
+        assert_eq!(next.expect_id(), id, "the identity changed after a kill");
+        next.assert_no_secret(&key);
+        assert_eq!(list(dir.path()), ["endpoint.key"]);
+        next_runs += 1;
+        dir = temp_dir();
     }
-    // Whatever the last kill left, the next run ends with the key alone.
-    run_to_end(first_run(&dir.path().join("endpoint.key"))).expect_id();
-    assert_eq!(list(dir.path()), ["endpoint.key"]);
     figure(
         "kill",
         format_args!(
-            "{kills} kills spread over {span} µs: {seen:?}; torn keys 0, identity changes 0, \
-             most leftover temporary files {most_leftovers} (0 after the next run), \
-             {settled_paths} paths settled"
+            "{kills} kills, a third over a run's {life} µs, a third over the {creating} µs \
+             from temporary file to key, a third over the {binding} µs of the bind: \
+             {seen:?}; torn keys 0; {next_runs} runs after a published key, all with its \
+             id (identity changes 0); most leftover temporary files {most_leftovers}, 0 \
+             after the next run"
         ),
     );
     Ok(())
