@@ -18,7 +18,8 @@
 //! [`PersistentEndpoint::builder`] chooses a default per-user location, the preset, any
 //! option of iroh's own builder, an environment variable and the lock wait. For those who
 //! bind the endpoint themselves, [`load_or_generate`] gives the key alone and
-//! [`IdentityLock`] the lock.
+//! [`IdentityLock`] the lock. [`decode_key`] and [`encode_key`] read and write every key
+//! format in memory.
 //!
 //! # Design
 //!
