@@ -80,13 +80,13 @@ impl fmt::Display for KeyFormat {
 /// # Errors
 ///
 /// A [`KeyProblem`] saying why the bytes are not an Ed25519 secret key: empty, of an
-/// unknown format, damaged, encrypted, of another algorithm, or PKCS#8 whose public key
-/// does not match its secret key.
+/// unknown format, a public key, damaged, encrypted, of another algorithm, or PKCS#8
+/// whose public key does not match its secret key.
 ///
 /// # Security
 ///
-/// The error never contains any of the input. The key's bytes pass through buffers that
-/// are zeroed when dropped; the input itself is the caller's to zero.
+/// The error holds no key material: of the input, at most a PEM label. The key's bytes
+/// pass through buffers that are zeroed when dropped; the input is the caller's to zero.
 ///
 /// [`load_or_generate`]: crate::load_or_generate
 pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
