@@ -36,6 +36,48 @@ pub fn random_u64() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
+/// A small, seeded generator (xorshift64*): reproducible without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the variable `name` when it is set, at random otherwise; returns the
+    /// seed too, to print.
+    pub fn from_env_or_random(name: &str) -> (Self, u64) {
+        let seed = std::env::var(name)
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(random_u64)
+            | 1;
+        (Self(seed), seed)
+    }
+
+    /// Always the same numbers.
+    pub fn fixed() -> Self {
+        Self(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next().to_le_bytes()[0]).collect()
+    }
+
+    pub fn key(&mut self) -> SecretKey {
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(&self.bytes(32));
+        SecretKey::from_bytes(&bytes)
+    }
+}
+
 /// A persistent endpoint as the tests open it: no n0 services, loopback only.
 pub fn builder(path: &Path) -> iroh_identity::Builder {
     iroh_identity::PersistentEndpoint::builder()

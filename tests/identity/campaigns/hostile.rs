@@ -24,8 +24,8 @@ use super::figure;
 use crate::{
     read_only::{ReadOnlyKey, same_state},
     support::{
-        LogCapture, assert_no_secret, builder, child::run_to_end, is_root, known_key, temp_dir,
-        write_private,
+        LogCapture, Rng, assert_no_secret, builder, child::run_to_end, is_root, known_key,
+        temp_dir, write_private,
     },
 };
 
@@ -133,15 +133,7 @@ fn other_algorithm(algorithm: &str) -> KeyProblem {
 
 /// Bytes that look random: neither UTF-8 nor DER, and the same in every run.
 fn noise(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect();
+    let mut bytes = Rng::fixed().bytes(len);
     bytes[0] = 0xff;
     bytes
 }

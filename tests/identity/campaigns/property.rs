@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use iroh::SecretKey;
 use iroh_identity::{KeyFormat, decode_key, encode_key};
 
 use super::{figure, size};
-use crate::support::random_u64;
+use crate::support::Rng;
 
 const FORMATS: [KeyFormat; 5] = [
     KeyFormat::Pkcs8Pem,
@@ -19,45 +18,10 @@ const FORMATS: [KeyFormat; 5] = [
     KeyFormat::Base32,
 ];
 
-/// A small, seeded generator (xorshift64*): reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env_or_random() -> (Self, u64) {
-        let seed = std::env::var("IROH_IDENTITY_SEED")
-            .ok()
-            .and_then(|seed| seed.parse().ok())
-            .unwrap_or_else(random_u64)
-            | 1;
-        (Self(seed), seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next().to_le_bytes()[0]).collect()
-    }
-
-    fn key(&mut self) -> SecretKey {
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(&self.bytes(32));
-        SecretKey::from_bytes(&bytes)
-    }
-}
-
 #[test]
 fn every_format_reads_back_the_key_it_wrote() {
     let keys = size(2_000, 200_000);
-    let (mut rng, seed) = Rng::from_env_or_random();
+    let (mut rng, seed) = Rng::from_env_or_random("IROH_IDENTITY_SEED");
     for _ in 0..keys {
         let key = rng.key();
         for format in FORMATS {
@@ -103,7 +67,7 @@ fn mutate(rng: &mut Rng, mut bytes: Vec<u8>) -> Vec<u8> {
 #[test]
 fn arbitrary_and_mutated_bytes_never_panic() {
     let inputs = size(20_000, 2_000_000);
-    let (mut rng, seed) = Rng::from_env_or_random();
+    let (mut rng, seed) = Rng::from_env_or_random("IROH_IDENTITY_SEED");
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..inputs {
         let input = match rng.below(3) {
