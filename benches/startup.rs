@@ -1,0 +1,381 @@
+//! What persistence costs at start-up, each figure side by side with its baseline in one
+//! run. `cargo bench --bench startup` runs it all (a few minutes) and ends with a table
+//! of the ratios of medians; the README reports them.
+//!
+//! 1. Opening with an existing key vs iroh's bare bind with the key in memory; the
+//!    ratio comes from a run that alternates the two (see [`paired_open`]).
+//! 2. Loading the key (lock, permission check, read, parse), per format, vs reading a raw
+//!    32-byte file and `SecretKey::from_bytes`.
+//! 3. A first run (generate, durable publish, bind) vs a steady-state open, and the part
+//!    of the difference that is the two `fsync`s.
+//! 4. N processes racing to create the same missing key, N = 1, 4, 16, 64, vs as many
+//!    processes loading a key that exists.
+//!
+//! Everything binds to 127.0.0.1 with `presets::Minimal`: no network, no n0 services.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use criterion::{BatchSize, Criterion};
+use iroh::{
+    Endpoint, SecretKey,
+    endpoint::{self, presets},
+};
+use iroh_identity::{IdentityLock, KeyFormat, PersistentEndpoint, encode_key, load_or_generate};
+use tokio::runtime::Runtime;
+
+/// Set in a child process: create or load the key at this path, and exit.
+const CHILD_KEY_PATH: &str = "IROH_IDENTITY_BENCH_CHILD";
+
+const FORMATS: [(&str, KeyFormat); 5] = [
+    ("pkcs8-pem", KeyFormat::Pkcs8Pem),
+    ("pkcs8-der", KeyFormat::Pkcs8Der),
+    ("raw", KeyFormat::Raw),
+    ("hex", KeyFormat::Hex),
+    ("base32", KeyFormat::Base32),
+];
+
+const RACERS: [usize; 4] = [1, 4, 16, 64];
+
+/// How many times each side opens in [`paired_open`].
+const OPEN_PAIRS: usize = 2000;
+
+fn main() {
+    if let Some(path) = std::env::var_os(CHILD_KEY_PATH) {
+        let key = load_or_generate(&path).expect("child: load or generate");
+        println!("{}", key.public());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut criterion = Criterion::default()
+        .output_directory(&results_dir())
+        .configure_from_args();
+    open_vs_bare_bind(&mut criterion, dir.path());
+    key_load_vs_raw_read(&mut criterion, dir.path());
+    first_run_vs_steady_state(&mut criterion, dir.path());
+    concurrent_first_runs(&mut criterion, dir.path());
+    criterion.final_summary();
+    let paired = paired_open(dir.path(), OPEN_PAIRS);
+    report(paired);
+}
+
+/// Where criterion keeps its estimates, so that [`report`] can read them back.
+fn results_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("criterion")
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The same bind options for both sides: loopback only.
+fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
+    builder
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .expect("valid socket address")
+}
+
+fn persistent(path: &Path) -> iroh_identity::Builder {
+    PersistentEndpoint::builder()
+        .key_path(path)
+        .preset(presets::Minimal)
+        .configure(loopback)
+}
+
+/// Writes a key file as a user would have it: private.
+fn write_key(path: &Path, content: &[u8]) {
+    let mut file = fs::File::create(path).expect("create key file");
+    file.write_all(content).expect("write key file");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
+    let runtime = runtime();
+    let path = dir.join("open.key");
+    let key = load_or_generate(&path).expect("key");
+    let mut group = criterion.benchmark_group("open");
+    group.bench_function("bare-bind", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let endpoint = loopback(Endpoint::builder(presets::Minimal))
+                    .secret_key(key.clone())
+                    .bind()
+                    .await
+                    .expect("bind");
+                endpoint.close().await;
+            })
+        })
+    });
+    group.bench_function("persistent", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let endpoint = persistent(&path).bind().await.expect("open");
+                endpoint.close().await;
+            })
+        })
+    });
+    group.finish();
+}
+
+/// Opens with an existing key and binds bare, in alternation, `pairs` times each, and
+/// returns the medians in nanoseconds. Run back to back, criterion's two benchmarks of
+/// 1 ms binds drift apart by more than the 5 % being measured; alternating makes any
+/// drift of the machine hit both sides alike.
+fn paired_open(dir: &Path, pairs: usize) -> (f64, f64) {
+    let runtime = runtime();
+    let path = dir.join("paired.key");
+    let key = load_or_generate(&path).expect("key");
+    let (mut opens, mut binds) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+    for pair in 0..pairs {
+        runtime.block_on(async {
+            // Alternate which goes first, too.
+            for persistent_side in [pair % 2 == 0, pair % 2 == 1] {
+                let start = Instant::now();
+                let endpoint = if persistent_side {
+                    persistent(&path).bind().await.expect("open")
+                } else {
+                    loopback(Endpoint::builder(presets::Minimal))
+                        .secret_key(key.clone())
+                        .bind()
+                        .await
+                        .expect("bind")
+                };
+                endpoint.close().await;
+                let took = start.elapsed().as_nanos() as f64;
+                if persistent_side {
+                    opens.push(took)
+                } else {
+                    binds.push(took)
+                }
+            }
+        });
+    }
+    let median = |mut samples: Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    (median(opens), median(binds))
+}
+
+fn key_load_vs_raw_read(criterion: &mut Criterion, dir: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let key = SecretKey::generate();
+    let mut group = criterion.benchmark_group("key-load");
+    let raw_path = dir.join("baseline.raw");
+    write_key(&raw_path, &key.to_bytes());
+    group.bench_function("raw-read", |b| {
+        b.iter(|| {
+            let bytes = fs::read(&raw_path).expect("read");
+            let bytes: [u8; 32] = bytes.as_slice().try_into().expect("32 bytes");
+            SecretKey::from_bytes(&bytes)
+        })
+    });
+    for (name, format) in FORMATS {
+        let path = dir.join(format!("load.{name}"));
+        write_key(&path, &encode_key(&key, format));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let key = load_or_generate(&path).expect("load");
+                let lock = runtime
+                    .block_on(IdentityLock::acquire(&path, Duration::ZERO))
+                    .expect("lock");
+                (key, lock)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn first_run_vs_steady_state(criterion: &mut Criterion, dir: &Path) {
+    let runtime = runtime();
+    let steady_path = dir.join("steady.key");
+    load_or_generate(&steady_path).expect("key");
+    let fresh = AtomicUsize::new(0);
+    // A missing key in a directory of its own, as on a first run.
+    let missing_key = || {
+        let run_dir = dir.join(format!("first-{}", fresh.fetch_add(1, Ordering::Relaxed)));
+        fs::create_dir(&run_dir).expect("mkdir");
+        run_dir.join("endpoint.key")
+    };
+    let mut group = criterion.benchmark_group("first-run");
+    group.bench_function("steady-state", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                persistent(&steady_path)
+                    .bind()
+                    .await
+                    .expect("open")
+                    .close()
+                    .await;
+            })
+        })
+    });
+    group.bench_function("first-run", |b| {
+        b.iter_batched(
+            missing_key,
+            |path| {
+                runtime.block_on(async {
+                    persistent(&path).bind().await.expect("open").close().await;
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // What a creation syncs: the new file, then its directory.
+    group.bench_function("fsyncs", |b| {
+        b.iter_batched(
+            || {
+                let path = missing_key();
+                let pem = encode_key(&SecretKey::generate(), KeyFormat::Pkcs8Pem);
+                let mut file = fs::File::create(&path).expect("create");
+                file.write_all(&pem).expect("write");
+                (file, path)
+            },
+            |(file, path)| {
+                file.sync_all().expect("fsync file");
+                let parent = path.parent().expect("parent");
+                fs::File::open(parent)
+                    .expect("open dir")
+                    .sync_all()
+                    .expect("fsync dir");
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+fn concurrent_first_runs(criterion: &mut Criterion, dir: &Path) {
+    let exe = std::env::current_exe().expect("this bench binary");
+    let fresh = AtomicUsize::new(0);
+    // The baseline: as many processes loading a key that exists, so that nothing races.
+    let existing = dir.join("existing.key");
+    load_or_generate(&existing).expect("key");
+    let mut group = criterion.benchmark_group("concurrent-first-runs");
+    group.sample_size(10);
+    for racers in RACERS {
+        group.bench_function(format!("missing-{racers}"), |b| {
+            b.iter_batched(
+                || {
+                    let run = fresh.fetch_add(1, Ordering::Relaxed);
+                    dir.join(format!("race-{racers}-{run}"))
+                        .join("endpoint.key")
+                },
+                |path| race(&exe, &path, racers),
+                BatchSize::PerIteration,
+            )
+        });
+        group.bench_function(format!("existing-{racers}"), |b| {
+            b.iter(|| race(&exe, &existing, racers))
+        });
+    }
+    group.finish();
+}
+
+/// Starts `racers` processes on one key and waits until every one holds it.
+fn race(exe: &Path, path: &Path, racers: usize) {
+    let children: Vec<_> = (0..racers)
+        .map(|_| {
+            Command::new(exe)
+                .env(CHILD_KEY_PATH, path)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn racer")
+        })
+        .collect();
+    let mut ids: Vec<String> = children
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().expect("racer");
+            assert!(output.status.success(), "a racer failed");
+            String::from_utf8(output.stdout).expect("id")
+        })
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "racers ended with {} identities", ids.len());
+}
+
+/// The median of a benchmark, in nanoseconds, from criterion's estimates.
+fn median(group: &str, bench: &str) -> Option<f64> {
+    let path = results_dir()
+        .join(group)
+        .join(bench)
+        .join("new")
+        .join("estimates.json");
+    let estimates: serde_json::Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    estimates["median"]["point_estimate"].as_f64()
+}
+
+/// Prints the ratios; `paired` is [`paired_open`]'s medians.
+fn report((open, bare): (f64, f64)) {
+    let show = |ns: f64| {
+        if ns >= 1e6 {
+            format!("{:.2} ms", ns / 1e6)
+        } else {
+            format!("{:.1} µs", ns / 1e3)
+        }
+    };
+    println!("\nRatios of medians (this run):");
+    println!(
+        "  open with an existing key / bare bind, {OPEN_PAIRS} alternating pairs: {} / {} = {:.3} (goal ≤ 1.05)",
+        show(open),
+        show(bare),
+        open / bare
+    );
+    if let Some(raw) = median("key-load", "raw-read") {
+        for (name, _) in FORMATS {
+            if let Some(load) = median("key-load", name) {
+                println!(
+                    "  key load {name} / raw read: {} / {} = {:.2} (goal ≤ 1.5)",
+                    show(load),
+                    show(raw),
+                    load / raw
+                );
+            }
+        }
+    }
+    if let (Some(steady), Some(first), Some(fsyncs)) = (
+        median("first-run", "steady-state"),
+        median("first-run", "first-run"),
+        median("first-run", "fsyncs"),
+    ) {
+        println!(
+            "  first run / steady state: {} / {} = {:.2}; the two fsyncs take {}, {:.0} % of the difference",
+            show(first),
+            show(steady),
+            first / steady,
+            show(fsyncs),
+            100.0 * fsyncs / (first - steady)
+        );
+    }
+    for racers in RACERS {
+        let group = "concurrent-first-runs";
+        if let (Some(missing), Some(existing)) = (
+            median(group, &format!("missing-{racers}")),
+            median(group, &format!("existing-{racers}")),
+        ) {
+            println!(
+                "  {racers:>2} processes on a missing key: {} until all hold it; on an existing key: {} ({:.2} ×)",
+                show(missing),
+                show(existing),
+                missing / existing
+            );
+        }
+    }
+}
