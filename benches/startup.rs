@@ -89,11 +89,26 @@ fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
         .expect("valid socket address")
 }
 
-fn persistent(path: &Path) -> iroh_identity::Builder {
-    PersistentEndpoint::builder()
+/// What a user of this crate does: open the key at `path` and bind; then close.
+async fn open_and_close(path: &Path) {
+    let endpoint = PersistentEndpoint::builder()
         .key_path(path)
         .preset(presets::Minimal)
         .configure(loopback)
+        .bind()
+        .await
+        .expect("open");
+    endpoint.close().await;
+}
+
+/// What iroh alone does with the key in memory: bind; then close.
+async fn bind_and_close(key: &SecretKey) {
+    let endpoint = loopback(Endpoint::builder(presets::Minimal))
+        .secret_key(key.clone())
+        .bind()
+        .await
+        .expect("bind");
+    endpoint.close().await;
 }
 
 /// Writes a key file as a user would have it: private.
@@ -109,24 +124,10 @@ fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
     let key = load_or_generate(&path).expect("key");
     let mut group = criterion.benchmark_group("open");
     group.bench_function("bare-bind", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let endpoint = loopback(Endpoint::builder(presets::Minimal))
-                    .secret_key(key.clone())
-                    .bind()
-                    .await
-                    .expect("bind");
-                endpoint.close().await;
-            })
-        })
+        b.iter(|| runtime.block_on(bind_and_close(&key)))
     });
     group.bench_function("persistent", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let endpoint = persistent(&path).bind().await.expect("open");
-                endpoint.close().await;
-            })
-        })
+        b.iter(|| runtime.block_on(open_and_close(&path)))
     });
     group.finish();
 }
@@ -145,16 +146,11 @@ fn paired_open(dir: &Path, pairs: usize) -> (f64, f64) {
             // Alternate which goes first, too.
             for persistent_side in [pair % 2 == 0, pair % 2 == 1] {
                 let start = Instant::now();
-                let endpoint = if persistent_side {
-                    persistent(&path).bind().await.expect("open")
+                if persistent_side {
+                    open_and_close(&path).await;
                 } else {
-                    loopback(Endpoint::builder(presets::Minimal))
-                        .secret_key(key.clone())
-                        .bind()
-                        .await
-                        .expect("bind")
-                };
-                endpoint.close().await;
+                    bind_and_close(&key).await;
+                }
                 let took = start.elapsed().as_nanos() as f64;
                 if persistent_side {
                     opens.push(took)
@@ -215,25 +211,12 @@ fn first_run_vs_steady_state(criterion: &mut Criterion, dir: &Path) {
     };
     let mut group = criterion.benchmark_group("first-run");
     group.bench_function("steady-state", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                persistent(&steady_path)
-                    .bind()
-                    .await
-                    .expect("open")
-                    .close()
-                    .await;
-            })
-        })
+        b.iter(|| runtime.block_on(open_and_close(&steady_path)))
     });
     group.bench_function("first-run", |b| {
         b.iter_batched(
             missing_key,
-            |path| {
-                runtime.block_on(async {
-                    persistent(&path).bind().await.expect("open").close().await;
-                })
-            },
+            |path| runtime.block_on(open_and_close(&path)),
             BatchSize::PerIteration,
         )
     });
