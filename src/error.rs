@@ -91,6 +91,14 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// [`store_new_key`](crate::store_new_key) found something at the path already. It was
+    /// left as it was: a key file is never replaced.
+    #[error("key file {} already exists; it was left unchanged", path.display())]
+    AlreadyExists {
+        /// The key path.
+        path: PathBuf,
+    },
+
     /// The environment variable chosen with [`Builder::key_from_env`](crate::Builder::key_from_env)
     /// is set, but does not hold a key.
     ///
@@ -164,8 +172,6 @@ pub enum KeyProblem {
     PublicKeyMismatch,
     /// It is an encrypted private key.
     Encrypted,
-    /// It is an OpenSSH private key, which this version of the crate does not read.
-    OpenSsh,
     /// It is a PKCS#8 key of another algorithm.
     OtherAlgorithm {
         /// The algorithm's name, or its OID when the name is not known.
@@ -180,6 +186,10 @@ pub enum KeyProblem {
         label: String,
     },
 }
+
+/// An error in its own right for [`decode_key`](crate::decode_key), whose caller knows
+/// where the bytes came from: its message completes "the key …".
+impl std::error::Error for KeyProblem {}
 
 impl fmt::Display for KeyProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -208,9 +218,6 @@ impl fmt::Display for KeyProblem {
             ),
             Self::Encrypted => f.write_str(
                 "is an encrypted private key; store it unencrypted, protected by file permissions",
-            ),
-            Self::OpenSsh => f.write_str(
-                "is an OpenSSH private key, which this version cannot read; convert it to PKCS#8",
             ),
             Self::OtherAlgorithm { algorithm } => {
                 write!(f, "holds a key for {algorithm}, not for Ed25519")

@@ -28,15 +28,20 @@ use zeroize::Zeroizing;
 
 use crate::KeyProblem;
 
+mod openssh;
+
 /// A format an Ed25519 secret key is written in.
 ///
 /// [`decode_key`] tells which one it read; [`encode_key`] writes any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum KeyFormat {
-    /// PKCS#8 in PEM (`-----BEGIN PRIVATE KEY-----`), what `openssl genpkey` writes and
-    /// what this crate creates. Written as version 2, with the public key inside.
+    /// PKCS#8 v2 in PEM (`-----BEGIN PRIVATE KEY-----`) with the public key inside: what
+    /// this crate creates. OpenSSL reads it from version 3.5 on.
     Pkcs8Pem,
+    /// PKCS#8 v1 in PEM, the secret key alone: what `openssl genpkey` writes and every
+    /// OpenSSL version reads.
+    Pkcs8PemV1,
     /// PKCS#8 in binary DER. Written as version 2, with the public key inside.
     Pkcs8Der,
     /// The 32 secret bytes alone, as iroh's documentation writes them.
@@ -45,16 +50,21 @@ pub enum KeyFormat {
     Hex,
     /// 52 base32 characters without padding. Written lower case.
     Base32,
+    /// An OpenSSH private key (`-----BEGIN OPENSSH PRIVATE KEY-----`), unencrypted: what
+    /// `ssh-keygen -t ed25519 -N ""` writes, and the old iroh CLI's `keypair` file.
+    OpenSsh,
 }
 
 impl fmt::Display for KeyFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Pkcs8Pem => "PKCS#8 PEM",
+            Self::Pkcs8Pem => "PKCS#8 v2 PEM",
+            Self::Pkcs8PemV1 => "PKCS#8 v1 PEM",
             Self::Pkcs8Der => "PKCS#8 DER",
             Self::Raw => "raw 32 bytes",
             Self::Hex => "hex",
             Self::Base32 => "base32",
+            Self::OpenSsh => "OpenSSH",
         })
     }
 }
@@ -101,7 +111,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
             return Err(KeyProblem::Empty);
         }
         if text.starts_with("-----BEGIN ") {
-            return decode_pem(text).map(|key| (key, KeyFormat::Pkcs8Pem));
+            return decode_pem(text);
         }
         if let Some(decoded) = decode_hex_or_base32(text) {
             return decoded;
@@ -111,7 +121,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
         }
     }
     if bytes.first() == Some(&0x30) {
-        return decode_pkcs8_der(bytes, "PKCS#8 DER").map(|key| (key, KeyFormat::Pkcs8Der));
+        return decode_pkcs8_der(bytes, "PKCS#8 DER").map(|(key, _)| (key, KeyFormat::Pkcs8Der));
     }
     Err(KeyProblem::UnknownFormat { len: bytes.len() })
 }
@@ -155,6 +165,17 @@ pub fn encode_key(key: &SecretKey, format: KeyFormat) -> Zeroizing<Vec<u8>> {
                 .expect("a 32-byte Ed25519 key always encodes as PKCS#8");
             Zeroizing::new(pem.as_bytes().to_vec())
         }
+        KeyFormat::Pkcs8PemV1 => {
+            let pair = KeypairBytes {
+                secret_key: *secret,
+                public_key: None,
+            };
+            let pem = pair
+                .to_pkcs8_pem(pem::LineEnding::LF)
+                .expect("a 32-byte Ed25519 key always encodes as PKCS#8");
+            Zeroizing::new(pem.as_bytes().to_vec())
+        }
+        KeyFormat::OpenSsh => openssh::encode(key),
         KeyFormat::Pkcs8Der => {
             let der = SigningKey::from_bytes(&secret)
                 .to_pkcs8_der()
@@ -202,7 +223,7 @@ fn decode_hex_or_base32(text: &str) -> Option<Result<(SecretKey, KeyFormat), Key
     })
 }
 
-fn decode_pem(text: &str) -> Result<SecretKey, KeyProblem> {
+fn decode_pem(text: &str) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     const DAMAGED: KeyProblem = KeyProblem::Damaged {
         format: "PKCS#8 PEM",
     };
@@ -212,7 +233,7 @@ fn decode_pem(text: &str) -> Result<SecretKey, KeyProblem> {
             decode_pkcs8_der(document.as_bytes(), "PKCS#8 PEM")
         }
         "ENCRYPTED PRIVATE KEY" => Err(KeyProblem::Encrypted),
-        "OPENSSH PRIVATE KEY" => Err(KeyProblem::OpenSsh),
+        openssh::LABEL => openssh::decode(text).map(|key| (key, KeyFormat::OpenSsh)),
         "PUBLIC KEY" => Err(KeyProblem::PublicKey),
         label => Err(KeyProblem::OtherPem {
             label: label.to_owned(),
@@ -220,7 +241,11 @@ fn decode_pem(text: &str) -> Result<SecretKey, KeyProblem> {
     }
 }
 
-fn decode_pkcs8_der(der: &[u8], format: &'static str) -> Result<SecretKey, KeyProblem> {
+/// Reads PKCS#8 DER; says which PEM format it would be: v2 with the public key, or v1.
+fn decode_pkcs8_der(
+    der: &[u8],
+    format: &'static str,
+) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     let damaged = KeyProblem::Damaged { format };
     let info = PrivateKeyInfoRef::try_from(der).map_err(|_| damaged.clone())?;
     if info.algorithm.oid != ALGORITHM_OID {
@@ -234,7 +259,8 @@ fn decode_pkcs8_der(der: &[u8], format: &'static str) -> Result<SecretKey, KeyPr
         Some(public) if public.as_ref() != key.public().as_bytes() => {
             Err(KeyProblem::PublicKeyMismatch)
         }
-        _ => Ok(key),
+        Some(_) => Ok((key, KeyFormat::Pkcs8Pem)),
+        None => Ok((key, KeyFormat::Pkcs8PemV1)),
     }
 }
 

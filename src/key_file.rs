@@ -19,7 +19,7 @@ use iroh::SecretKey;
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
-use crate::{Error, KeyProblem, key, sys};
+use crate::{Error, KeyFormat, KeyProblem, key, sys};
 
 /// The largest key file that is read. Real ones are a few hundred bytes; anything far
 /// larger is not a key and is refused without being read.
@@ -72,6 +72,75 @@ pub fn load_or_generate(path: impl AsRef<Path>) -> Result<SecretKey, Error> {
     load_or_create(path.as_ref(), ReadOptions::default()).map(|(key, _file)| key)
 }
 
+/// Loads the Ed25519 secret key stored at `path`; never creates one.
+///
+/// This is [`load_or_generate`] for when a missing key is an error: a tool that reports
+/// a key's id, say. It reads every format [`decode_key`] reads.
+///
+/// ```no_run
+/// let key = iroh_identity::load_key("endpoint.key")?;
+/// println!("{}", key.public());
+/// # Ok::<(), iroh_identity::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`load_or_generate`], and [`Error::Io`] when there is no file at `path`.
+///
+/// # Security
+///
+/// The file is only read, and judged as [`load_or_generate`] judges it.
+///
+/// [`decode_key`]: crate::decode_key
+pub fn load_key(path: impl AsRef<Path>) -> Result<SecretKey, Error> {
+    let path = path.as_ref();
+    load_existing(path, ReadOptions::default())?
+        .map(|(key, _file)| key)
+        .ok_or_else(|| Error::io("open key file", path, io::ErrorKind::NotFound.into()))
+}
+
+/// Stores `key` in a new key file at `path`, written in `format`, with the same care as a
+/// generated key: a temporary file, synced, published without replacing anything.
+///
+/// This is how a key from elsewhere (an `IROH_SECRET`, a key converted to another
+/// format) becomes a key file. [`load_or_generate`] and [`decode_key`] read it back in
+/// every format.
+///
+/// ```no_run
+/// use iroh_identity::{KeyFormat, store_new_key};
+///
+/// let key: iroh::SecretKey = std::env::var("IROH_SECRET")?.parse()?;
+/// store_new_key("endpoint.key", &key, KeyFormat::Pkcs8Pem)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// - [`Error::AlreadyExists`]: something is at `path` (or was put there while this call
+///   ran). It is left unchanged.
+/// - [`Error::Io`]: the directory or the file cannot be created or written; nothing is
+///   left at `path`.
+///
+/// # Security
+///
+/// The file is created `0600` and missing directories `0700` (unix), whatever the umask.
+///
+/// [`decode_key`]: crate::decode_key
+pub fn store_new_key(
+    path: impl AsRef<Path>,
+    key: &SecretKey,
+    format: KeyFormat,
+) -> Result<(), Error> {
+    let path = path.as_ref();
+    match create(path, key, format)? {
+        Created::Published => {
+            info!(path = %path.display(), id = %key.public(), %format, "stored an endpoint key");
+            Ok(())
+        }
+        Created::AlreadyThere => Err(Error::AlreadyExists { path: path.into() }),
+    }
+}
+
 /// Loads the key at `path`, creating the file first if nothing is there. Returns the key
 /// and the open key file, so that the caller can lock exactly the file it read.
 pub(crate) fn load_or_create(
@@ -81,7 +150,10 @@ pub(crate) fn load_or_create(
     if let Some(loaded) = load_existing(path, options)? {
         return Ok(loaded);
     }
-    create(path)?;
+    let key = SecretKey::generate();
+    if let Created::Published = create(path, &key, KeyFormat::Pkcs8Pem)? {
+        info!(path = %path.display(), id = %key.public(), "generated a new endpoint key");
+    }
     // Ours or, if another process won the race, theirs.
     load_existing(path, options)?
         .ok_or_else(|| Error::io("open key file", path, io::ErrorKind::NotFound.into()))
@@ -150,9 +222,17 @@ fn read(file: &File, path: &Path, options: ReadOptions) -> Result<SecretKey, Err
     Ok(key)
 }
 
-/// Creates a key file where there was none. Returns once a complete key file is at
-/// `path`: this process's, or that of a process that created it first.
-fn create(path: &Path) -> Result<(), Error> {
+/// What [`create`] found.
+enum Created {
+    /// The key given is now at the path.
+    Published,
+    /// Something was at the path already, or was put there meanwhile.
+    AlreadyThere,
+}
+
+/// Creates a key file holding `key` where there was none. Returns once something is at
+/// `path`: this key, or what another process put there first.
+fn create(path: &Path, key: &SecretKey, format: KeyFormat) -> Result<Created, Error> {
     let name = path.file_name().ok_or_else(|| {
         let err = io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name");
         Error::io("create key file", path, err)
@@ -163,7 +243,7 @@ fn create(path: &Path) -> Result<(), Error> {
     let dir_lock = sys::lock_dir(dir);
     if fs::symlink_metadata(path).is_ok() {
         debug!(path = %path.display(), "another process created the key file first");
-        return Ok(());
+        return Ok(Created::AlreadyThere);
     }
     if dir_lock.is_some() {
         // Every creator holds the directory lock while its temporary file exists, so any
@@ -171,21 +251,19 @@ fn create(path: &Path) -> Result<(), Error> {
         remove_temp_files(dir, name);
     }
 
-    let key = SecretKey::generate();
     let temp = TempFile::create(dir, name)?;
-    temp.write_durably(&key::encode_key(&key, key::KeyFormat::Pkcs8Pem))?;
+    temp.write_durably(&key::encode_key(key, format))?;
     match sys::publish_no_clobber(&temp.path, path) {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
             debug!(path = %path.display(), "another process created the key file first");
-            return Ok(());
+            return Ok(Created::AlreadyThere);
         }
         Err(err) => return Err(Error::io("publish key file", path, err)),
     }
     drop(temp);
     sys::sync_dir(dir).map_err(|err| Error::io("sync directory", dir, err))?;
-    info!(path = %path.display(), id = %key.public(), "generated a new endpoint key");
-    Ok(())
+    Ok(Created::Published)
 }
 
 /// Creates the missing directories above a key file, `0700`, each one made durable.

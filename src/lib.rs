@@ -79,7 +79,7 @@ pub use endpoint::{
 };
 pub use error::{Error, KeyProblem};
 pub use key::{KeyFormat, decode_key, encode_key};
-pub use key_file::load_or_generate;
+pub use key_file::{load_key, load_or_generate, store_new_key};
 pub use lock::IdentityLock;
 
 #[cfg(doctest)]

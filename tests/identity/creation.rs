@@ -4,7 +4,7 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use iroh_identity::load_or_generate;
+use iroh_identity::{Error, KeyFormat, encode_key, load_key, load_or_generate, store_new_key};
 
 use crate::support::{
     child::{self, run_to_end},
@@ -69,4 +69,52 @@ fn modes_are_0600_and_0700_whatever_the_umask() {
             "directory under umask {umask}"
         );
     }
+}
+
+#[test]
+fn a_key_from_elsewhere_is_stored_in_any_format_and_never_over_another() -> anyhow::Result<()> {
+    let key = iroh::SecretKey::generate();
+    for format in [
+        KeyFormat::Pkcs8Pem,
+        KeyFormat::Pkcs8PemV1,
+        KeyFormat::Pkcs8Der,
+        KeyFormat::Raw,
+        KeyFormat::Hex,
+        KeyFormat::Base32,
+        KeyFormat::OpenSsh,
+    ] {
+        let dir = temp_dir();
+        let path = dir.path().join("new").join("endpoint.key");
+        store_new_key(&path, &key, format)?;
+        assert_eq!(load_key(&path)?.public(), key.public(), "{format}");
+        assert_eq!(fs::read(&path)?, *encode_key(&key, format), "{format}");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(list(&dir.path().join("new")), ["endpoint.key"]);
+
+        let other = iroh::SecretKey::generate();
+        let err = store_new_key(&path, &other, format).expect_err("a key is there");
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            load_key(&path)?.public(),
+            key.public(),
+            "{format} was replaced"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn load_key_never_creates_a_key() {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let err = load_key(&path).expect_err("there is no key");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(list(dir.path()).is_empty());
 }

@@ -11,6 +11,7 @@ mod endpoint;
 mod env_var;
 mod examples;
 mod format;
+mod interop;
 mod lock;
 mod permissions;
 mod processes;

@@ -288,12 +288,12 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
         (
             "OpenSSH RSA key, ssh-keygen -t rsa",
             include_bytes!("../corpus/openssh-rsa").to_vec(),
-            KeyProblem::OpenSsh,
+            other_algorithm("ssh-rsa"),
         ),
         (
             "encrypted OpenSSH Ed25519 key, ssh-keygen -N",
             include_bytes!("../corpus/openssh-ed25519-encrypted").to_vec(),
-            KeyProblem::OpenSsh,
+            KeyProblem::Encrypted,
         ),
         (
             "OpenSSH public key (.pub), ssh-keygen",

@@ -10,12 +10,14 @@ use iroh_identity::{KeyFormat, decode_key, encode_key};
 use super::{figure, size};
 use crate::support::Rng;
 
-const FORMATS: [KeyFormat; 5] = [
+const FORMATS: [KeyFormat; 7] = [
     KeyFormat::Pkcs8Pem,
+    KeyFormat::Pkcs8PemV1,
     KeyFormat::Pkcs8Der,
     KeyFormat::Raw,
     KeyFormat::Hex,
     KeyFormat::Base32,
+    KeyFormat::OpenSsh,
 ];
 
 #[test]
