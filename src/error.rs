@@ -198,8 +198,8 @@ impl fmt::Display for KeyProblem {
             Self::TooLarge { len } => write!(f, "is {len} bytes, too large to be a key"),
             Self::UnknownFormat { len } => write!(
                 f,
-                "is not a key in a known format ({len} byte{}; expected PKCS#8 PEM or DER, \
-                 32 raw bytes, or 64 hex or 52 base32 characters)",
+                "is not a key in a known format ({len} byte{}; expected PKCS#8 or OpenSSH \
+                 PEM, PKCS#8 DER, 32 raw bytes, or 64 hex or 52 base32 characters)",
                 if *len == 1 { "" } else { "s" }
             ),
             Self::NotHexOrBase32 { len } => write!(

@@ -7,6 +7,7 @@
 //! |------------------------------------------|-------------------|
 //! | exactly 32 bytes                         | raw secret key    |
 //! | `-----BEGIN PRIVATE KEY-----` ...        | PKCS#8 PEM        |
+//! | `-----BEGIN OPENSSH PRIVATE KEY-----` ... | OpenSSH           |
 //! | 64 hex or 52 base32 characters, wrapped  | text              |
 //! | DER starting with a SEQUENCE (`0x30`)    | PKCS#8 DER        |
 //!

@@ -25,9 +25,9 @@
 //!
 //! - **Format.** New keys are PKCS#8 v2 PEM (`BEGIN PRIVATE KEY`), which holds the public
 //!   key too, so a damaged file is detected instead of becoming another identity. Keys
-//!   are read by content: PKCS#8 PEM or DER, the 32 raw bytes iroh's documentation
-//!   writes, or 64 hex or 52 base32 characters. A file is never rewritten in another
-//!   format.
+//!   are read by content: PKCS#8 PEM or DER, OpenSSH (`ssh-keygen -t ed25519`), the 32
+//!   raw bytes iroh's documentation writes, or 64 hex or 52 base32 characters. A file is
+//!   never rewritten in another format.
 //! - **An identity is never lost.** An existing key file is never written, replaced or
 //!   deleted, even when it is damaged, unreadable, of an unknown format or the wrong
 //!   size: that is an error naming the path and the problem.

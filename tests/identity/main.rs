@@ -6,6 +6,7 @@
 //! run the crate's examples.
 
 mod campaigns;
+mod cli;
 mod creation;
 mod endpoint;
 mod env_var;

@@ -1,0 +1,276 @@
+//! `iroh-identity`: look at, create, convert and export iroh key files without writing
+//! code. Built with the `cli` feature: `cargo install iroh-identity --features cli`.
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use iroh::SecretKey;
+use iroh_identity::{
+    Error, IdentityLock, KeyFormat, decode_key, encode_key, load_key, store_new_key,
+};
+use zeroize::Zeroizing;
+
+/// The exit codes, as `--help` lists them.
+const EXIT_ERROR: u8 = 1;
+const EXIT_EXISTS: u8 = 3;
+
+/// The most that `import` reads from stdin; real keys are a few hundred bytes.
+const MAX_STDIN: u64 = 16 * 1024;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Look at, create, convert and export the key files of iroh endpoints.",
+    after_help = "\
+Exit codes:
+  0  success
+  1  error: the key file is missing, unreadable, not a key, exposed to other users, or
+     cannot be written; the message on stderr names the path
+  2  the command line is wrong
+  3  the file to create exists already; it was left unchanged
+
+Only `export` prints secret material, and only in the format asked for."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the EndpointId of a key file, without binding (like `ssh-keygen -y`).
+    Id {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// Generate a new key and store it; refuses to replace anything. Prints its id.
+    Generate {
+        /// The key file to create.
+        path: PathBuf,
+        #[arg(long, value_enum, default_value_t = FileFormat::Pkcs8)]
+        format: FileFormat,
+    },
+    /// Store the key of one file in another, in another format. Prints its id.
+    Convert {
+        /// The key file to read.
+        input: PathBuf,
+        /// The key file to create; never replaced.
+        output: PathBuf,
+        #[arg(long, value_enum)]
+        format: FileFormat,
+    },
+    /// Store a key read from stdin (hex, base32 or any format that key files have), e.g.
+    /// an `IROH_SECRET`. Prints its id.
+    Import {
+        /// The key file to create; never replaced.
+        path: PathBuf,
+        #[arg(long, value_enum, default_value_t = FileFormat::Pkcs8)]
+        format: FileFormat,
+    },
+    /// Print a key file's format, EndpointId, permissions and whether an endpoint holds it.
+    Inspect {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// Print the secret key in another format. The only command that prints a secret.
+    Export {
+        /// The key file.
+        path: PathBuf,
+        #[arg(long, value_enum)]
+        format: TextFormat,
+    },
+}
+
+/// The formats a key file can be written in.
+#[derive(Clone, Copy, ValueEnum)]
+enum FileFormat {
+    /// PKCS#8 v2 PEM with the public key inside (what the library creates).
+    Pkcs8,
+    /// PKCS#8 v1 PEM, the secret alone (every OpenSSL reads it).
+    Pkcs8V1,
+    /// PKCS#8 v2 DER.
+    Der,
+    /// An OpenSSH private key, as `ssh-keygen -t ed25519 -N ""` writes it.
+    Openssh,
+    /// The 32 secret bytes.
+    Raw,
+    /// 64 hex characters.
+    Hex,
+    /// 52 base32 characters.
+    Base32,
+}
+
+/// The formats `export` prints: text only.
+#[derive(Clone, Copy, ValueEnum)]
+enum TextFormat {
+    Hex,
+    Base32,
+    Openssh,
+    Pkcs8,
+    Pkcs8V1,
+}
+
+impl From<FileFormat> for KeyFormat {
+    fn from(format: FileFormat) -> Self {
+        match format {
+            FileFormat::Pkcs8 => Self::Pkcs8Pem,
+            FileFormat::Pkcs8V1 => Self::Pkcs8PemV1,
+            FileFormat::Der => Self::Pkcs8Der,
+            FileFormat::Openssh => Self::OpenSsh,
+            FileFormat::Raw => Self::Raw,
+            FileFormat::Hex => Self::Hex,
+            FileFormat::Base32 => Self::Base32,
+        }
+    }
+}
+
+impl From<TextFormat> for KeyFormat {
+    fn from(format: TextFormat) -> Self {
+        match format {
+            TextFormat::Hex => Self::Hex,
+            TextFormat::Base32 => Self::Base32,
+            TextFormat::Openssh => Self::OpenSsh,
+            TextFormat::Pkcs8 => Self::Pkcs8Pem,
+            TextFormat::Pkcs8V1 => Self::Pkcs8PemV1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("iroh-identity: {err}");
+            match err {
+                Failure::Key(Error::AlreadyExists { .. }) => ExitCode::from(EXIT_EXISTS),
+                _ => ExitCode::from(EXIT_ERROR),
+            }
+        }
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{}", chain(.0))]
+    Key(#[from] Error),
+    #[error("stdin is not a key: it {0}")]
+    Stdin(iroh_identity::KeyProblem),
+    #[error("cannot read stdin: {0}")]
+    ReadStdin(io::Error),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(io::Error),
+    #[error("cannot start a tokio runtime: {0}")]
+    Runtime(io::Error),
+}
+
+/// An error and its causes, as one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line += &format!(": {cause}");
+        source = cause.source();
+    }
+    line
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Id { path } => say(&load_key(&path)?.public().to_string()),
+        Command::Generate { path, format } => store(&path, &SecretKey::generate(), format),
+        Command::Convert {
+            input,
+            output,
+            format,
+        } => store(&output, &load_key(&input)?, format),
+        Command::Import { path, format } => {
+            let mut input = Zeroizing::new(Vec::with_capacity(MAX_STDIN as usize + 1));
+            io::stdin()
+                .take(MAX_STDIN + 1)
+                .read_to_end(&mut input)
+                .map_err(Failure::ReadStdin)?;
+            let (key, _) = decode_key(&input).map_err(Failure::Stdin)?;
+            store(&path, &key, format)
+        }
+        Command::Inspect { path } => inspect(&path),
+        Command::Export { path, format } => {
+            let key = load_key(&path)?;
+            let text = encode_key(&key, format.into());
+            io::stdout().write_all(&text).map_err(Failure::Stdout)
+        }
+    }
+}
+
+fn say(line: &str) -> Result<(), Failure> {
+    writeln!(io::stdout(), "{line}").map_err(Failure::Stdout)
+}
+
+/// Stores the key in a new file and prints its id.
+fn store(path: &Path, key: &SecretKey, format: FileFormat) -> Result<(), Failure> {
+    store_new_key(path, key, format.into())?;
+    say(&key.public().to_string())
+}
+
+fn inspect(path: &Path) -> Result<(), Failure> {
+    let permissions = match load_key(path) {
+        Ok(_) => "private".to_owned(),
+        Err(Error::InsecurePermissions { mode, .. }) => {
+            format!(
+                "EXPOSED: mode {mode:04o}; run `chmod 600 {}`",
+                path.display()
+            )
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let content = Zeroizing::new(fs::read(path).map_err(|source| Error::Io {
+        action: "read key file",
+        path: path.into(),
+        source,
+    })?);
+    let (key, format) = decode_key(&content).map_err(|problem| Error::InvalidKey {
+        path: path.into(),
+        problem,
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(Failure::Runtime)?;
+    let in_use = match runtime.block_on(IdentityLock::acquire(path, Duration::ZERO)) {
+        Ok(_) => "no",
+        Err(Error::InUse { .. }) => "yes, a running endpoint holds it",
+        Err(err) => return Err(err.into()),
+    };
+    say(&format!(
+        "path: {}\nformat: {format}\nendpoint id: {}\npermissions: {}\nin use: {in_use}",
+        path.display(),
+        key.public(),
+        describe_permissions(path, &permissions),
+    ))
+}
+
+/// The mode and owner of the file, and the verdict on them.
+#[cfg(unix)]
+fn describe_permissions(path: &Path, verdict: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(metadata) => format!(
+            "{:04o}, owner uid {}: {verdict}",
+            metadata.mode() & 0o7777,
+            metadata.uid()
+        ),
+        Err(_) => verdict.to_owned(),
+    }
+}
+
+#[cfg(not(unix))]
+fn describe_permissions(_path: &Path, verdict: &str) -> String {
+    verdict.to_owned()
+}

@@ -1,0 +1,227 @@
+//! The `iroh-identity` key tool, run as a process: every command, its output and its exit
+//! code, and that only `export` prints a secret.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
+
+use iroh_identity::{KeyFormat, decode_key, encode_key, load_key};
+
+use crate::support::{assert_no_secret, builder, temp_dir, write_private};
+
+/// Runs the tool with `args`, feeding it `stdin`.
+fn tool(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iroh-identity"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run iroh-identity");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for iroh-identity")
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
+/// Its one line of stdout; fails unless it succeeded.
+fn one_line(output: &Output) -> String {
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout.clone()).expect("UTF-8");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    stdout.trim_end().to_owned()
+}
+
+/// Checks a failure's exit code, and that stderr names `path` in one line.
+fn assert_fails(output: &Output, code: i32, path: &Path) {
+    assert_eq!(output.status.code(), Some(code), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn generate_id_and_a_refused_overwrite() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let generated = tool(&["generate", path_str(&path)], b"");
+    let id = one_line(&generated);
+    let key = load_key(&path)?;
+    assert_eq!(id, key.public().to_string());
+    assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+    assert_eq!(decode_key(&fs::read(&path)?)?.1, KeyFormat::Pkcs8Pem);
+    assert_eq!(one_line(&tool(&["id", path_str(&path)], b"")), id);
+
+    let before = fs::read(&path)?;
+    assert_fails(&tool(&["generate", path_str(&path)], b""), 3, &path);
+    assert_eq!(fs::read(&path)?, before);
+
+    let missing = dir.path().join("missing.key");
+    assert_fails(&tool(&["id", path_str(&missing)], b""), 1, &missing);
+    assert!(!missing.exists(), "id created a key");
+
+    for (format, expected) in [
+        ("openssh", KeyFormat::OpenSsh),
+        ("raw", KeyFormat::Raw),
+        ("hex", KeyFormat::Hex),
+    ] {
+        let path = dir.path().join(format);
+        let id = one_line(&tool(
+            &["generate", path_str(&path), "--format", format],
+            b"",
+        ));
+        let content = fs::read(&path)?;
+        let (key, read_as) = decode_key(&content)?;
+        assert_eq!((read_as, key.public().to_string()), (expected, id));
+    }
+    Ok(())
+}
+
+#[test]
+fn convert_writes_every_format_and_never_over_a_file() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let input = dir.path().join("endpoint.key");
+    let key = iroh_identity::load_or_generate(&input)?;
+    let id = key.public().to_string();
+    for format in [
+        "pkcs8", "pkcs8-v1", "der", "openssh", "raw", "hex", "base32",
+    ] {
+        let output = dir.path().join(format!("converted.{format}"));
+        let converted = tool(
+            &[
+                "convert",
+                path_str(&input),
+                path_str(&output),
+                "--format",
+                format,
+            ],
+            b"",
+        );
+        assert_eq!(one_line(&converted), id, "{format}");
+        assert_eq!(load_key(&output)?.public(), key.public(), "{format}");
+        assert_no_secret(&converted.stdout, &key.to_bytes(), "convert's output");
+    }
+    let taken = dir.path().join("converted.hex");
+    let refused = tool(
+        &[
+            "convert",
+            path_str(&input),
+            path_str(&taken),
+            "--format",
+            "hex",
+        ],
+        b"",
+    );
+    assert_fails(&refused, 3, &taken);
+    Ok(())
+}
+
+#[test]
+fn import_stores_a_key_from_stdin() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let key = iroh::SecretKey::generate();
+    for (name, format) in [
+        ("hex", KeyFormat::Hex),
+        ("base32", KeyFormat::Base32),
+        ("pem", KeyFormat::Pkcs8PemV1),
+        ("openssh", KeyFormat::OpenSsh),
+    ] {
+        let path = dir.path().join(name);
+        let imported = tool(&["import", path_str(&path)], &encode_key(&key, format));
+        assert_eq!(one_line(&imported), key.public().to_string(), "{name}");
+        assert_eq!(decode_key(&fs::read(&path)?)?.1, KeyFormat::Pkcs8Pem);
+        assert_eq!(load_key(&path)?.to_bytes(), key.to_bytes());
+        assert_no_secret(&imported.stdout, &key.to_bytes(), "import's output");
+        assert_no_secret(&imported.stderr, &key.to_bytes(), "import's output");
+    }
+    let path = dir.path().join("garbage");
+    let refused = tool(&["import", path_str(&path)], b"not a key\n");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stdin is not a key"));
+    assert!(!path.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn inspect_tells_format_id_permissions_and_use() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let key = iroh::SecretKey::generate();
+    write_private(&path, &encode_key(&key, KeyFormat::OpenSsh));
+    let report = |output: Output| {
+        assert!(output.status.success(), "{output:?}");
+        assert_no_secret(&output.stdout, &key.to_bytes(), "inspect's output");
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    let args = ["inspect", path_str(&path)];
+    let free = report(tool(&args, b""));
+    for line in [
+        format!("path: {}", path.display()),
+        "format: OpenSSH".to_owned(),
+        format!("endpoint id: {}", key.public()),
+        format!("permissions: 0600, owner uid {}: private", uid(&path)),
+        "in use: no".to_owned(),
+    ] {
+        assert!(
+            free.lines().any(|l| l == line),
+            "{line:?} missing in\n{free}"
+        );
+    }
+
+    let endpoint = builder(&path).bind().await?;
+    let held = report(tool(&args, b""));
+    assert!(held.contains("in use: yes"), "{held}");
+    endpoint.close().await;
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    let exposed = report(tool(&args, b""));
+    assert!(exposed.contains("EXPOSED: mode 0644"), "{exposed}");
+    assert!(
+        exposed.contains(&format!("chmod 600 {}", path.display())),
+        "{exposed}"
+    );
+    Ok(())
+}
+
+fn uid(path: &Path) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&fs::metadata(path).expect("metadata"))
+}
+
+#[test]
+fn export_prints_the_key_in_the_format_asked_for() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let key = iroh_identity::load_or_generate(&path)?;
+    for (format, expected) in [
+        ("hex", KeyFormat::Hex),
+        ("base32", KeyFormat::Base32),
+        ("openssh", KeyFormat::OpenSsh),
+        ("pkcs8", KeyFormat::Pkcs8Pem),
+        ("pkcs8-v1", KeyFormat::Pkcs8PemV1),
+    ] {
+        let exported = tool(&["export", path_str(&path), "--format", format], b"");
+        assert!(exported.status.success(), "{exported:?}");
+        assert_eq!(exported.stdout, *encode_key(&key, expected), "{format}");
+    }
+    let refused = tool(&["export", path_str(&path), "--format", "raw"], b"");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "binary formats are not printed"
+    );
+    let usage = tool(&["export", path_str(&path)], b"");
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    Ok(())
+}
