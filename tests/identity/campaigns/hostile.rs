@@ -18,7 +18,7 @@ use ed25519_dalek::{
     ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes},
 };
 use iroh::SecretKey;
-use iroh_identity::{Error, KeyProblem, load_or_generate};
+use iroh_identity::{Error, KeyFormat, KeyProblem, encode_key, load_or_generate};
 
 use super::figure;
 use crate::{
@@ -168,6 +168,14 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
     .expect("pem")
     .as_bytes()
     .to_vec();
+    // An OpenSSH key cut after two of its 70-character lines (a whole number of base64
+    // groups, so only the structure inside is short).
+    let openssh = encode_key(&key, KeyFormat::OpenSsh);
+    let openssh = String::from_utf8_lossy(&openssh).into_owned();
+    let lines: Vec<&str> = openssh.lines().collect();
+    let truncated_openssh = [lines[0], lines[1], lines[2], lines[lines.len() - 1], ""]
+        .join("\n")
+        .into_bytes();
     let mut truncated_der = good_der.clone();
     truncated_der.truncate(good_der.len() - 5);
     let mut noisy_der = noise(48);
@@ -245,6 +253,11 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
             KeyProblem::PublicKeyMismatch,
         ),
         ("truncated DER", truncated_der, damaged("PKCS#8 DER")),
+        (
+            "truncated OpenSSH key",
+            truncated_openssh,
+            damaged("OpenSSH"),
+        ),
         (
             "RSA, openssl genpkey",
             include_bytes!("../corpus/rsa-pkcs8.pem").to_vec(),
