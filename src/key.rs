@@ -73,9 +73,9 @@ impl fmt::Display for KeyFormat {
 /// Reads a secret key from the content of a key file, in whichever format it is.
 ///
 /// The format is told by the content, never by a name: exactly 32 bytes are a raw key;
-/// text starting with `-----BEGIN ` is PEM; 64 hex or 52 base32 characters (either
-/// case, white space around or inside them ignored) are text; a DER `SEQUENCE` is
-/// PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys that come from
+/// text starting with `-----BEGIN ` is PEM (PKCS#8 or OpenSSH); 64 hex or 52 base32
+/// characters (either case, white space around or inside them ignored) are text; a DER
+/// `SEQUENCE` is PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys that come from
 /// somewhere other than a file (a secret manager, say).
 ///
 /// ```
