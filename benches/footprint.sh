@@ -53,8 +53,9 @@ for feature in "${features[@]}"; do
     removed=$(comm -23 "$work/base.txt" "$work/with.txt" || true)
     [ -z "$removed" ] || { echo "unexpected: crates left the tree: $removed"; exit 1; }
     # The project's own dependencies are built already (shared target directory): what is
-    # left is iroh-identity and what it adds.
+    # left is iroh-identity and what it adds (beyond what an earlier feature set built).
     build=$(seconds cargo build --manifest-path "$work/with-$feature/Cargo.toml")
-    echo "iroh-identity ($feature features): adds $(echo -n "$added" | grep -c . || true) crates, ${build} s more to a clean debug build"
+    label="default features"; [ "$feature" = default ] || label="default features + $feature"
+    echo "iroh-identity ($label): adds $(echo -n "$added" | grep -c . || true) crates, ${build} s more to a clean debug build"
     [ -n "$added" ] && echo "$added" | sed 's/^/  + /'
 done
