@@ -34,9 +34,11 @@ use tokio::runtime::Runtime;
 /// Set in a child process: create or load the key at this path, and exit.
 const CHILD_KEY_PATH: &str = "IROH_IDENTITY_BENCH_CHILD";
 
-const FORMATS: [(&str, KeyFormat); 5] = [
+const FORMATS: [(&str, KeyFormat); 7] = [
     ("pkcs8-pem", KeyFormat::Pkcs8Pem),
+    ("pkcs8-v1-pem", KeyFormat::Pkcs8PemV1),
     ("pkcs8-der", KeyFormat::Pkcs8Der),
+    ("openssh", KeyFormat::OpenSsh),
     ("raw", KeyFormat::Raw),
     ("hex", KeyFormat::Hex),
     ("base32", KeyFormat::Base32),
