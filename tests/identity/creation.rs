@@ -4,9 +4,10 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use iroh_identity::{Error, KeyFormat, encode_key, load_key, load_or_generate, store_new_key};
+use iroh_identity::{Error, encode_key, load_key, load_or_generate, store_new_key};
 
 use crate::support::{
+    ALL_FORMATS,
     child::{self, run_to_end},
     list, temp_dir,
 };
@@ -74,15 +75,7 @@ fn modes_are_0600_and_0700_whatever_the_umask() {
 #[test]
 fn a_key_from_elsewhere_is_stored_in_any_format_and_never_over_another() -> anyhow::Result<()> {
     let key = iroh::SecretKey::generate();
-    for format in [
-        KeyFormat::Pkcs8Pem,
-        KeyFormat::Pkcs8PemV1,
-        KeyFormat::Pkcs8Der,
-        KeyFormat::Raw,
-        KeyFormat::Hex,
-        KeyFormat::Base32,
-        KeyFormat::OpenSsh,
-    ] {
+    for format in ALL_FORMATS {
         let dir = temp_dir();
         let path = dir.path().join("new").join("endpoint.key");
         store_new_key(&path, &key, format)?;

@@ -20,6 +20,17 @@ pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create a temporary directory")
 }
 
+/// Every format a key file can be written in.
+pub const ALL_FORMATS: [KeyFormat; 7] = [
+    KeyFormat::Pkcs8Pem,
+    KeyFormat::Pkcs8PemV1,
+    KeyFormat::Pkcs8Der,
+    KeyFormat::Raw,
+    KeyFormat::Hex,
+    KeyFormat::Base32,
+    KeyFormat::OpenSsh,
+];
+
 /// A fixed key, so that tests know which id to expect.
 pub fn known_key() -> SecretKey {
     SecretKey::from_bytes(&[42; 32])
