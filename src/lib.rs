@@ -56,7 +56,8 @@
 //! - When the key comes from an environment variable ([`Builder::key_from_env`]) there
 //!   is no file, so no lock: nothing stops two processes started with the same variable.
 //! - OpenSSL reads PKCS#8 v2 only from version 3.5 on; older versions (3.0 is common)
-//!   reject the crate's key files. The key is still standard PKCS#8.
+//!   reject the crate's key files. [`encode_key`] with [`KeyFormat::Pkcs8PemV1`] (or
+//!   `iroh-identity export --format pkcs8-v1`) gives them a copy they read.
 //! - Locks are advisory `flock` locks, per host: two machines sharing a key over a
 //!   network file system are not kept apart.
 //! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and keys
