@@ -52,7 +52,7 @@ pub enum KeyFormat {
     /// 52 base32 characters without padding. Written lower case.
     Base32,
     /// An OpenSSH private key (`-----BEGIN OPENSSH PRIVATE KEY-----`), unencrypted: what
-    /// `ssh-keygen -t ed25519 -N ""` writes, and the old iroh CLI's `keypair` file.
+    /// `ssh-keygen -t ed25519 -N ""` writes.
     OpenSsh,
 }
 
@@ -75,8 +75,8 @@ impl fmt::Display for KeyFormat {
 /// The format is told by the content, never by a name: exactly 32 bytes are a raw key;
 /// text starting with `-----BEGIN ` is PEM (PKCS#8 or OpenSSH); 64 hex or 52 base32
 /// characters (either case, white space around or inside them ignored) are text; a DER
-/// `SEQUENCE` is PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys that come from
-/// somewhere other than a file (a secret manager, say).
+/// `SEQUENCE` is PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys that
+/// come from somewhere other than a file (a secret manager, say).
 ///
 /// ```
 /// use iroh_identity::{KeyFormat, decode_key};

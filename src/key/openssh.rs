@@ -1,5 +1,5 @@
 //! OpenSSH private keys (`-----BEGIN OPENSSH PRIVATE KEY-----`), Ed25519 and unencrypted:
-//! what `ssh-keygen -t ed25519 -N ""` writes, and the old iroh CLI's `keypair` file.
+//! what `ssh-keygen -t ed25519 -N ""` writes.
 //!
 //! The format (OpenSSH's `PROTOCOL.key`) is a sequence of big-endian `u32` lengths and
 //! strings: a magic, the cipher and KDF names and options, the number of keys, the public
