@@ -25,7 +25,7 @@ use ed25519_dalek::{
     },
 };
 use iroh::SecretKey;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::KeyProblem;
 
@@ -167,13 +167,16 @@ pub fn encode_key(key: &SecretKey, format: KeyFormat) -> Zeroizing<Vec<u8>> {
             Zeroizing::new(pem.as_bytes().to_vec())
         }
         KeyFormat::Pkcs8PemV1 => {
-            let pair = KeypairBytes {
+            let mut pair = KeypairBytes {
                 secret_key: *secret,
                 public_key: None,
             };
             let pem = pair
                 .to_pkcs8_pem(pem::LineEnding::LF)
                 .expect("a 32-byte Ed25519 key always encodes as PKCS#8");
+            // `KeypairBytes` zeroes itself only with ed25519's `zeroize` feature, which
+            // would rebuild iroh's tree for our users; zero it here instead.
+            pair.secret_key.zeroize();
             Zeroizing::new(pem.as_bytes().to_vec())
         }
         KeyFormat::OpenSsh => openssh::encode(key),
@@ -254,8 +257,10 @@ fn decode_pkcs8_der(
             algorithm: algorithm_name(info.algorithm.oid),
         });
     }
-    let pair = KeypairBytes::try_from(info).map_err(|_| damaged)?;
+    let mut pair = KeypairBytes::try_from(info).map_err(|_| damaged)?;
     let key = SecretKey::from_bytes(&pair.secret_key);
+    // Not zeroed on drop without ed25519's `zeroize` feature (see `encode_key`).
+    pair.secret_key.zeroize();
     match &pair.public_key {
         Some(public) if public.as_ref() != key.public().as_bytes() => {
             Err(KeyProblem::PublicKeyMismatch)
