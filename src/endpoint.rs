@@ -14,7 +14,7 @@ use iroh::{
 use tracing::info;
 use zeroize::Zeroizing;
 
-use crate::{Error, IdentityLock, KeyProblem, key, key_file};
+use crate::{Error, IdentityLock, KeyProblem, key, key_file, ports::StableAddressing};
 
 /// How long an open waits, by default, for another endpoint to release the identity.
 ///
@@ -46,16 +46,23 @@ pub struct PersistentEndpoint;
 
 impl PersistentEndpoint {
     /// Binds an endpoint with the key stored at `path`, generating and storing one on
-    /// first use, with iroh's [`N0`](iroh::endpoint::presets::N0) preset.
+    /// first use, with iroh's [`N0`](iroh::endpoint::presets::N0) preset and
+    /// [stable addressing](Builder::stable_addressing): its UDP ports are remembered
+    /// beside the key and bound again, so that its tickets survive a restart.
     ///
-    /// The same as `PersistentEndpoint::builder().key_path(path).bind()`; see
+    /// The same as
+    /// `PersistentEndpoint::builder().key_path(path).stable_addressing(true).bind()`; see
     /// [`Builder::bind`] for what happens, the errors and the guarantees.
     ///
     /// # Errors
     ///
     /// See [`Builder::bind`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Endpoint, Error> {
-        Self::builder().key_path(path).bind().await
+        Self::builder()
+            .key_path(path)
+            .stable_addressing(true)
+            .bind()
+            .await
     }
 
     /// Starts configuring an endpoint: key location, preset, iroh options, lock wait.
@@ -67,6 +74,7 @@ impl PersistentEndpoint {
             key_env: None,
             lock_wait: DEFAULT_LOCK_WAIT,
             read_options: key_file::ReadOptions::default(),
+            stable_addressing: false,
         }
     }
 }
@@ -121,6 +129,7 @@ pub struct Builder {
     key_env: Option<String>,
     lock_wait: Duration,
     read_options: key_file::ReadOptions,
+    stable_addressing: bool,
 }
 
 /// Where the key file is.
@@ -202,6 +211,38 @@ impl Builder {
         self
     }
 
+    /// Binds the endpoint's UDP sockets to the ports they had last time, so that the
+    /// tickets it handed out still reach it directly after a restart. Off by default;
+    /// [`PersistentEndpoint::open`] turns it on.
+    ///
+    /// iroh binds a socket on all interfaces for IPv4 and one for IPv6, each on a
+    /// random port unless told otherwise. With stable addressing, their ports are
+    /// remembered in a file beside the key, named like it with `.ports` appended
+    /// (`endpoint.key.ports`), and asked for again on the next open. The file is written
+    /// when the ports change, with the same crash-safe steps as a new key, and only by
+    /// the holder of the identity lock.
+    ///
+    /// It never makes an open fail. A port still in use is waited for (up to a second,
+    /// and no longer than the [lock wait](Self::lock_wait)): an endpoint that was just
+    /// closed keeps its sockets until its process exits or its last clone is dropped.
+    /// After that the endpoint binds a fresh port, logs a warning and remembers the new
+    /// one. A ports file that is missing, damaged or cannot be written (a read-only
+    /// directory) means fresh ports, with a line in the log.
+    ///
+    /// A ticket carries the endpoint's id, its direct addresses (IP and port) and its
+    /// home relay; see the crate's *Tickets* section for when it survives a restart.
+    ///
+    /// With [`key_from_env`](Self::key_from_env) there is no key file, so nothing is
+    /// remembered. Steps in [`configure`](Self::configure) see the remembered sockets
+    /// already set: to bind addresses of your own, start with
+    /// `clear_ip_transports()`, which also leaves out the remembered ones, or keep stable
+    /// addressing off. Calling `bind_addr` for all interfaces without clearing would ask
+    /// iroh for a second default socket, which it refuses.
+    pub fn stable_addressing(mut self, on: bool) -> Self {
+        self.stable_addressing = on;
+        self
+    }
+
     /// Loads the key, or generates and stores one, locks the identity and binds.
     ///
     /// The key file is read if it exists (in any format the crate knows) and never
@@ -238,17 +279,26 @@ impl Builder {
             Some(name) => key_from_env(name)?,
             None => None,
         };
-        let (secret_key, lock) = match env_key {
-            Some(key) => (key, None),
+        let (secret_key, lock, addressing) = match env_key {
+            Some(key) => (key, None, None),
             None => {
                 let path = self.location.ok_or(Error::NoKeyPath)?.resolve()?;
                 let (key, file) = key_file::load_or_create(&path, self.read_options)?;
                 let lock =
                     IdentityLock::wait_for(file, &path, self.lock_wait, Some(key.public())).await?;
-                (key, Some(lock))
+                let addressing = if self.stable_addressing {
+                    Some(StableAddressing::prepare(&path, self.lock_wait).await)
+                } else {
+                    None
+                };
+                (key, Some(lock), addressing)
             }
         };
-        let mut builder = (self.preset)(endpoint::Builder::empty());
+        let mut builder = endpoint::Builder::empty();
+        if let Some(addressing) = &addressing {
+            builder = addressing.apply(builder);
+        }
+        builder = (self.preset)(builder);
         for step in self.configure {
             builder = step(builder);
         }
@@ -257,6 +307,9 @@ impl Builder {
             .bind()
             .await
             .map_err(Error::Bind)?;
+        if let Some(addressing) = addressing {
+            addressing.remember(&endpoint);
+        }
         if let Some(lock) = lock {
             lock.hold_until_closed(&endpoint);
         }
@@ -307,6 +360,7 @@ impl fmt::Debug for Builder {
                 "allow_insecure_permissions",
                 &self.read_options.allow_insecure_permissions,
             )
+            .field("stable_addressing", &self.stable_addressing)
             .field("configure_steps", &self.configure.len())
             .finish_non_exhaustive()
     }

@@ -8,18 +8,19 @@
 //! interrupted runs left behind: a temporary file never outlives the next creation.
 
 use std::{
-    ffi::{OsStr, OsString},
     fs::{self, File},
-    io::{self, Read, Write},
-    path::{Path, PathBuf},
-    process,
+    io::{self, Read},
+    path::Path,
 };
 
 use iroh::SecretKey;
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
-use crate::{Error, KeyFormat, KeyProblem, key, sys};
+use crate::{
+    Error, KeyFormat, KeyProblem, key, sys,
+    temp_file::{self, TempFile},
+};
 
 /// The largest key file that is read. Real ones are a few hundred bytes; anything far
 /// larger is not a key and is refused without being read.
@@ -237,7 +238,7 @@ fn create(path: &Path, key: &SecretKey, format: KeyFormat) -> Result<Created, Er
         let err = io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name");
         Error::io("create key file", path, err)
     })?;
-    let dir = parent_dir(path);
+    let dir = temp_file::parent_dir(path);
     create_dirs(dir)?;
 
     let dir_lock = sys::lock_dir(dir);
@@ -248,7 +249,7 @@ fn create(path: &Path, key: &SecretKey, format: KeyFormat) -> Result<Created, Er
     if dir_lock.is_some() {
         // Every creator holds the directory lock while its temporary file exists, so any
         // temporary file seen now was left by a run that was killed.
-        remove_temp_files(dir, name);
+        temp_file::remove_leftovers(dir, name);
     }
 
     let temp = TempFile::create(dir, name)?;
@@ -282,99 +283,8 @@ fn create_dirs(dir: &Path) -> Result<(), Error> {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(err) => return Err(Error::io("create directory", created, err)),
         }
-        let parent = parent_dir(created);
+        let parent = temp_file::parent_dir(created);
         sys::sync_dir(parent).map_err(|err| Error::io("sync directory", parent, err))?;
     }
     Ok(())
-}
-
-/// The directory a path is in; `.` for a bare file name.
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    }
-}
-
-/// Temporary files of a key named `name` are `.NAME.tmp-PID-N`: hidden, beside it.
-fn temp_prefix(name: &OsStr) -> OsString {
-    let mut prefix = OsString::from(".");
-    prefix.push(name);
-    prefix.push(".tmp-");
-    prefix
-}
-
-/// Removes the temporary files that killed runs left beside the key `name`.
-fn remove_temp_files(dir: &Path, name: &OsStr) {
-    let prefix = temp_prefix(name);
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .as_encoded_bytes()
-            .starts_with(prefix.as_encoded_bytes())
-        {
-            let path = entry.path();
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    debug!(path = %path.display(), "removed a temporary key file of an interrupted run")
-                }
-                Err(err) => {
-                    debug!(path = %path.display(), %err, "cannot remove a temporary key file")
-                }
-            }
-        }
-    }
-}
-
-/// A temporary key file, removed when dropped unless it was renamed away.
-struct TempFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl TempFile {
-    fn create(dir: &Path, name: &OsStr) -> Result<Self, Error> {
-        let mut base = temp_prefix(name);
-        base.push(process::id().to_string());
-        let mut attempt = 0;
-        loop {
-            let mut file_name = base.clone();
-            file_name.push(format!("-{attempt}"));
-            let path = dir.join(file_name);
-            match sys::create_private_file(&path) {
-                Ok(file) => return Ok(Self { path, file }),
-                // Left by an earlier process with the same id, where the directory
-                // cannot be locked and so is not cleaned.
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
-                    attempt += 1;
-                }
-                Err(err) => return Err(Error::io("create temporary key file", path, err)),
-            }
-        }
-    }
-
-    fn write_durably(&self, content: &[u8]) -> Result<(), Error> {
-        (&self.file)
-            .write_all(content)
-            .map_err(|err| Error::io("write temporary key file", &self.path, err))?;
-        self.file
-            .sync_all()
-            .map_err(|err| Error::io("sync temporary key file", &self.path, err))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        // Gone already after a rename; after a link, or on failure, this removes it.
-        match fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => {
-                debug!(path = %self.path.display(), %err, "cannot remove a temporary key file")
-            }
-        }
-    }
 }

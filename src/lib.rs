@@ -73,7 +73,9 @@ mod error;
 mod key;
 mod key_file;
 mod lock;
+mod ports;
 mod sys;
+mod temp_file;
 
 pub use endpoint::{
     Builder, DEFAULT_KEY_FILE_NAME, DEFAULT_LOCK_WAIT, PersistentEndpoint, default_key_path,

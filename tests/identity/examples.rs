@@ -135,32 +135,45 @@ fn connect(ticket: &str, message: &str) -> Output {
         .expect("run echo connect")
 }
 
+/// Runs `echo connect` with `ticket` and checks that `message` comes back.
+fn assert_echo(ticket: &str, message: &str) {
+    let output = connect(ticket, message);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{message}\n")
+    );
+}
+
 #[test]
-fn echo_serves_keeps_its_id_across_restarts_and_stops_on_ctrl_c() {
+fn echo_serve_keeps_its_ticket_across_restarts_and_stops_on_ctrl_c() {
     let dir = temp_dir();
     let key = dir.path().join("server.key");
 
     let server = Server::start(&key);
-    let output = connect(&server.ticket, "hello, persistent world");
-    assert!(output.status.success(), "{output:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        "hello, persistent world\n"
-    );
-    let id = server.id.clone();
+    let (id, ticket) = (server.id.clone(), server.ticket.clone());
+    assert_echo(&ticket, "hello, persistent world");
     assert!(
         server.interrupt().success(),
         "echo serve did not exit cleanly"
     );
 
+    // `open` remembers the ports beside the key: the same ticket, and the old one works.
     let restarted = Server::start(&key);
     assert_eq!(restarted.id, id, "the restarted server has another id");
-    let output = connect(&restarted.ticket, "again");
     assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        "again\n",
-        "{output:?}"
+        restarted.ticket, ticket,
+        "the restarted server has another ticket"
     );
-    assert!(restarted.interrupt().success());
-    assert_eq!(list(dir.path()), ["server.key"]);
+    assert_echo(&ticket, "again");
+    drop(restarted); // SIGKILL, as in a crash.
+
+    let after_crash = Server::start(&key);
+    assert_eq!(
+        after_crash.ticket, ticket,
+        "the ticket changed after a crash"
+    );
+    assert_echo(&ticket, "after a crash");
+    assert!(after_crash.interrupt().success());
+    assert_eq!(list(dir.path()), ["server.key", "server.key.ports"]);
 }

@@ -19,6 +19,7 @@ mod processes;
 mod read_only;
 mod secrets;
 mod support;
+mod tickets;
 
 /// Not a test: the body of the child processes that other tests start.
 #[test]

@@ -1,17 +1,25 @@
-//! What the tests share: key files, loopback endpoints, child processes.
+//! What the tests share: key files, loopback endpoints, an echo server and its tickets,
+//! child processes.
 
 use std::{
     fs,
     hash::{BuildHasher, RandomState},
     io::{self, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use data_encoding::{BASE32_NOPAD, BASE64, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
-use iroh::{SecretKey, endpoint};
+use iroh::{
+    SecretKey,
+    endpoint::{self, Connection},
+    protocol::{AcceptError, ProtocolHandler},
+};
 use iroh_identity::{KeyFormat, encode_key};
+use iroh_tickets::endpoint::EndpointTicket;
 
 pub mod child;
 
@@ -218,4 +226,81 @@ impl Write for LogCapture {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// A persistent endpoint with stable addressing, as a server would open it: no n0
+/// services (no relay, no address lookup), sockets on all interfaces.
+pub fn stable_builder(path: &Path) -> iroh_identity::Builder {
+    iroh_identity::PersistentEndpoint::builder()
+        .key_path(path)
+        .preset(endpoint::presets::Minimal)
+        .stable_addressing(true)
+}
+
+/// The ALPN of the tests' echo protocol.
+pub const ECHO_ALPN: &[u8] = b"iroh-identity/test-echo";
+
+/// Sends back what a peer sends on one stream.
+#[derive(Debug, Clone)]
+pub struct Echo;
+
+impl ProtocolHandler for Echo {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let (mut send, mut recv) = connection.accept_bi().await?;
+        let message = recv
+            .read_to_end(1024)
+            .await
+            .map_err(AcceptError::from_err)?;
+        send.write_all(&message)
+            .await
+            .map_err(AcceptError::from_err)?;
+        send.finish()?;
+        connection.closed().await;
+        Ok(())
+    }
+}
+
+/// A ticket for a server on this machine: its id and a loopback address on the port of
+/// each of its sockets (a ticket for a LAN peer names the LAN address instead).
+pub fn loopback_ticket(endpoint: &iroh::Endpoint) -> EndpointTicket {
+    let mut addr = iroh::EndpointAddr::new(endpoint.id());
+    for socket in endpoint.bound_sockets() {
+        let loopback: IpAddr = match socket {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        };
+        addr = addr.with_ip_addr(SocketAddr::new(loopback, socket.port()));
+    }
+    EndpointTicket::new(addr)
+}
+
+/// A new client (loopback only, no relay) dials `ticket`, sends `message` and waits for
+/// it to come back, within `limit`. Returns the time from dialling to the echo.
+pub async fn echo_within(
+    ticket: &str,
+    message: &[u8],
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let ticket: EndpointTicket = ticket.parse()?;
+    let client = loopback(iroh::Endpoint::builder(endpoint::presets::Minimal))
+        .bind()
+        .await?;
+    let start = Instant::now();
+    let reply = tokio::time::timeout(limit, async {
+        let connection = client
+            .connect(ticket.endpoint_addr().clone(), ECHO_ALPN)
+            .await?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(message).await?;
+        send.finish()?;
+        let reply = recv.read_to_end(1024).await?;
+        connection.close(0u32.into(), b"done");
+        anyhow::Ok(reply)
+    })
+    .await;
+    let elapsed = start.elapsed();
+    client.close().await;
+    let reply = reply.map_err(|_| anyhow::anyhow!("no echo within {limit:?}"))??;
+    anyhow::ensure!(reply == message, "the echo differs from the message");
+    Ok(elapsed)
 }

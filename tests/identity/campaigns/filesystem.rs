@@ -58,7 +58,7 @@ fn a_key_directory_that_is_not_writable_is_a_clear_error() {
         command,
         &missing,
         &key.dir,
-        "cannot create temporary key file",
+        "cannot create temporary file",
     );
     let missing = key.dir.join("sub").join("endpoint.key");
     let command = key.unprivileged("open", &missing);
@@ -107,7 +107,7 @@ fn a_file_size_limit_is_a_clear_error_and_leaves_nothing() {
             command,
             &path,
             dir.path(),
-            "cannot write temporary key file",
+            "cannot write temporary file",
         );
     }
 }
@@ -164,7 +164,7 @@ fn a_full_file_system_is_a_clear_error_and_leaves_nothing() {
         child::command("open", &path),
         &path,
         &full.path(),
-        "cannot write temporary key file",
+        "cannot write temporary file",
     );
     assert_eq!(list(&full.path()), ["filler"]);
 }

@@ -6,12 +6,17 @@
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-/// What the child does: `key` (load or generate the key only), `open` (bind and close)
-/// or `hold` (bind, say `ready`, keep the endpoint open until killed, 30 s at most).
+use iroh::protocol::Router;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// What the child does: `key` (load or generate the key only), `open` (bind and close),
+/// `hold` (bind, say `ready`, keep the endpoint open until killed, 30 s at most) or
+/// `serve` (as `hold`, with stable addressing and an echo server; says `ticket <ticket>`
+/// and closes gracefully on SIGTERM).
 const ACTION: &str = "CHILD_ACTION";
 const PATH: &str = "CHILD_PATH";
 /// The lock wait, in milliseconds.
@@ -26,6 +31,8 @@ pub const START_AT_MS: &str = "CHILD_START_AT_MS";
 pub const TRACE: &str = "CHILD_TRACE";
 /// The largest file the child may write, in bytes (`RLIMIT_FSIZE`).
 pub const FILE_SIZE_LIMIT: &str = "CHILD_FILE_SIZE_LIMIT";
+/// Set: `open` and `hold` bind with stable addressing, on all interfaces.
+pub const STABLE: &str = "CHILD_STABLE";
 
 /// How long a `hold` child keeps its endpoint if nobody kills it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
@@ -141,35 +148,82 @@ pub fn start_at(delay: Duration) -> String {
         .to_string()
 }
 
-/// A child that holds an open endpoint; killed (SIGKILL) when dropped.
+/// A child that holds an open endpoint (`hold` or `serve`); killed (SIGKILL) when
+/// dropped.
 pub struct Holder {
     pub child: Child,
     pub id: String,
+    /// What a `serve` child hands out.
+    pub ticket: Option<String>,
+    /// Kept open so that the child can still write when it exits by itself.
+    _stdout: BufReader<ChildStdout>,
 }
 
 impl Holder {
-    /// Starts a `hold` child and waits until its endpoint is open.
+    /// Starts a `hold` or `serve` child and waits until its endpoint is open.
     pub fn start(mut command: Command) -> Self {
         let mut child = command.spawn().expect("spawn child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut id = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("read child stdout");
-            match said(&line) {
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (mut id, mut ticket) = (None, None);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stdout.read_line(&mut line).expect("read child stdout") == 0 {
+                break;
+            }
+            match said(line.trim_end()) {
                 Some("ready") => break,
                 Some(said) if said.starts_with("id ") => id = Some(said[3..].to_owned()),
+                Some(said) if said.starts_with("ticket ") => {
+                    ticket = Some(said[7..].to_owned());
+                }
                 Some(said) => panic!("holder failed: {said}"),
                 None => {}
             }
         }
         let id = id.unwrap_or_else(|| panic!("holder exited before it was ready"));
-        Self { child, id }
+        Self {
+            child,
+            id,
+            ticket,
+            _stdout: stdout,
+        }
+    }
+
+    /// The ticket of a `serve` child.
+    pub fn ticket(&self) -> &str {
+        self.ticket
+            .as_deref()
+            .expect("a serve child says its ticket")
     }
 
     /// Kills the holder with SIGKILL: no close, no clean-up, as in a crash.
     pub fn kill(mut self) {
         self.child.kill().expect("kill holder");
         self.child.wait().expect("reap holder");
+    }
+
+    /// Asks a `serve` child to close gracefully (SIGTERM) and returns without waiting;
+    /// dropping the holder then waits for it to exit (and kills it if it is still there).
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: sends a signal to our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill -TERM");
+    }
+
+    /// Waits up to `limit` for the child to exit by itself.
+    pub fn exits_within(mut self, limit: Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -217,8 +271,13 @@ pub fn run() {
                 Ok(key) => println!("@child: id {}", key.public()),
                 Err(err) => println!("@child: error {}", chain(&err)),
             },
+            "serve" => serve(&path).await,
             "open" | "hold" => {
-                let mut builder = super::builder(&path);
+                let mut builder = if std::env::var_os(STABLE).is_some() {
+                    super::stable_builder(&path)
+                } else {
+                    super::builder(&path)
+                };
                 if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
                     let ms = ms.parse().expect("lock wait in ms");
                     builder = builder.lock_wait(Duration::from_millis(ms));
@@ -241,6 +300,33 @@ pub fn run() {
             other => panic!("unknown child action {other}"),
         }
     });
+}
+
+/// Serves echo with stable addressing until SIGTERM, then closes gracefully.
+async fn serve(path: &Path) {
+    let mut builder = super::stable_builder(path);
+    if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
+        builder = builder.lock_wait(Duration::from_millis(ms.parse().expect("lock wait in ms")));
+    }
+    let endpoint = match builder.bind().await {
+        Ok(endpoint) => endpoint,
+        Err(err) => return println!("@child: error {}", chain(&err)),
+    };
+    let router = Router::builder(endpoint)
+        .accept(super::ECHO_ALPN, super::Echo)
+        .spawn();
+    println!("@child: id {}", router.endpoint().id());
+    println!(
+        "@child: ticket {}",
+        super::loopback_ticket(router.endpoint())
+    );
+    println!("@child: ready");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        () = tokio::time::sleep(HOLD_AT_MOST) => {}
+    }
+    router.shutdown().await.expect("graceful shutdown");
 }
 
 /// An error and its causes, `: `-separated, as `anyhow` prints them with `{:#}`.
