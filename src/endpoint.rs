@@ -3,7 +3,7 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use directories::ProjectDirs;
@@ -275,6 +275,8 @@ impl Builder {
     /// does. New key files are `0600` and new directories `0700`, whatever the umask.
     /// No key material appears in errors, `Debug` output or logs.
     pub async fn bind(self) -> Result<Endpoint, Error> {
+        // The waits for the lock and for the ports end together; `None`: no end.
+        let deadline = Instant::now().checked_add(self.lock_wait);
         let env_key = match &self.key_env {
             Some(name) => key_from_env(name)?,
             None => None,
@@ -287,7 +289,7 @@ impl Builder {
                 let lock =
                     IdentityLock::wait_for(file, &path, self.lock_wait, Some(key.public())).await?;
                 let addressing = if self.stable_addressing {
-                    Some(StableAddressing::prepare(&path, self.lock_wait).await)
+                    Some(StableAddressing::prepare(&path, deadline).await)
                 } else {
                     None
                 };

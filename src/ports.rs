@@ -9,11 +9,13 @@
 //! the directory synced. A crash leaves the old ports or the new ones.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsString,
     fmt, fs,
     io::{self, Read},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -32,12 +34,16 @@ use crate::{
 /// What is appended to the key file's name to name its ports file.
 pub(crate) const PORTS_FILE_SUFFIX: &str = ".ports";
 
-/// The longest wait for a remembered port that another socket still holds.
+/// The longest wait for a remembered port held by an endpoint of this process.
 ///
-/// What holds it is nearly always the previous endpoint of this identity, closing: its
-/// sockets live until its process exits or its last clone is dropped, a few milliseconds
-/// after the lock is released. A port held longer than this is someone else's.
-pub(crate) const PORT_WAIT: Duration = Duration::from_secs(1);
+/// Such an endpoint is closed (it released the identity) but not dropped. A clone in a
+/// task that ends once the endpoint closes (an accept loop) goes within milliseconds; a
+/// clone still in scope never will, and a longer wait would only delay the open.
+const WAIT_FOR_THIS_PROCESS: Duration = Duration::from_millis(250);
+
+/// The sockets on all interfaces that endpoints of this process have bound with stable
+/// addressing. Never emptied: it says who most likely holds a busy port, no more.
+static BOUND_HERE: Mutex<BTreeSet<SocketAddr>> = Mutex::new(BTreeSet::new());
 
 /// How often a busy port is tried again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(10);
@@ -161,29 +167,52 @@ pub(crate) struct StableAddressing {
     path: PathBuf,
     remembered: Ports,
     asked: Ports,
+    /// Remembered ports that stayed in use, and whether this process had bound them.
+    taken: Vec<(Family, u16, bool)>,
 }
 
 impl StableAddressing {
     /// Reads the ports remembered beside the key at `key_path` and keeps those that can
-    /// be bound, waiting up to `wait` (at most [`PORT_WAIT`]) for busy ones.
+    /// be bound, waiting until `deadline` (`None`: as long as it takes) for busy ones.
+    ///
+    /// What holds a busy port is nearly always the previous endpoint of this identity.
+    /// It releases the identity when it starts closing, but keeps its sockets while its
+    /// connections drain (iroh allows up to about 3 s) and until its last clone is
+    /// dropped or its process exits. When it is an endpoint of this process, the wait
+    /// is at most [`WAIT_FOR_THIS_PROCESS`].
     ///
     /// Call it while holding the identity lock: the ports file is written by the holder.
-    pub(crate) async fn prepare(key_path: &Path, wait: Duration) -> Self {
+    pub(crate) async fn prepare(key_path: &Path, deadline: Option<Instant>) -> Self {
         let path = ports_file_path(key_path);
         let remembered = read(&path);
-        let deadline = Instant::now() + wait.min(PORT_WAIT);
         let mut asked = Ports::default();
+        let mut taken = Vec::new();
         for family in Family::ALL {
-            if let Some(port) = remembered.get(family)
-                && wait_until_free(family.all_interfaces(port), deadline).await
-            {
-                asked.set(family, port);
+            let Some(port) = remembered.get(family) else {
+                continue;
+            };
+            let addr = family.all_interfaces(port);
+            let here = bound_here(addr);
+            let deadline = if here {
+                let soon = Instant::now() + WAIT_FOR_THIS_PROCESS;
+                Some(deadline.map_or(soon, |deadline| deadline.min(soon)))
+            } else {
+                deadline
+            };
+            match wait_until_free(addr, deadline).await {
+                Ok(()) => asked.set(family, port),
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+                    taken.push((family, port, here));
+                }
+                // No IPv6 on this host, say: iroh will not bind it either.
+                Err(err) => debug!(%addr, %err, "cannot bind the remembered port"),
             }
         }
         Self {
             path,
             remembered,
             asked,
+            taken,
         }
     }
 
@@ -206,21 +235,31 @@ impl StableAddressing {
     /// `endpoint` is bound to, if they changed.
     pub(crate) fn remember(self, endpoint: &Endpoint) {
         let bound = Ports::bound(endpoint);
-        for family in Family::ALL {
-            if let Some(old) = self.remembered.get(family)
-                && self.asked.get(family).is_none()
-            {
+        for &(family, old_port, here) in &self.taken {
+            let new_port = bound.get(family);
+            let path = self.path.display();
+            if here {
                 warn!(
-                    path = %self.path.display(),
-                    family = %family,
-                    old_port = old,
-                    new_port = bound.get(family),
-                    "the endpoint's port of the last run is in use, so it has a new one: \
-                     tickets with the old port no longer reach it directly. If an earlier \
-                     endpoint in this process held the port, drop every clone of it before \
-                     opening again"
+                    %path, %family, old_port, new_port,
+                    "the endpoint's port is still held by an endpoint of this process that \
+                     is closed but not dropped, so it has a new port and tickets with the old \
+                     one no longer reach it directly: drop every clone of an endpoint before \
+                     opening its identity again"
+                );
+            } else {
+                warn!(
+                    %path, %family, old_port, new_port,
+                    "the endpoint's port of the last run is in use by another program, so it \
+                     has a new port and tickets with the old one no longer reach it directly"
                 );
             }
+        }
+        if let Ok(mut here) = BOUND_HERE.lock() {
+            here.extend(
+                Family::ALL
+                    .into_iter()
+                    .filter_map(|family| bound.get(family).map(|port| family.all_interfaces(port))),
+            );
         }
         if bound.is_empty() || bound == self.remembered {
             return;
@@ -236,6 +275,11 @@ impl StableAddressing {
             ),
         }
     }
+}
+
+/// Whether an endpoint of this process has bound `addr` with stable addressing.
+fn bound_here(addr: SocketAddr) -> bool {
+    BOUND_HERE.lock().is_ok_and(|here| here.contains(&addr))
 }
 
 /// The ports file of the key at `key_path`: the same path with `.ports` appended.
@@ -302,28 +346,23 @@ fn write(path: &Path, ports: &Ports) -> Result<(), Error> {
     sys::sync_dir(dir).map_err(|err| Error::io("sync directory", dir, err))
 }
 
-/// Whether `addr` can be bound, trying again until `deadline` while it is in use.
-async fn wait_until_free(addr: SocketAddr, deadline: Instant) -> bool {
+/// Binds `addr` and closes it again, trying again until `deadline` while it is in use.
+async fn wait_until_free(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<()> {
     let mut announced = false;
     loop {
-        match try_bind(addr) {
-            Ok(()) => return true,
-            Err(err) if err.kind() == io::ErrorKind::AddrInUse => {}
-            Err(err) => {
-                // No IPv6 on this host, say: iroh will not bind it either.
-                debug!(%addr, %err, "cannot bind the remembered port");
-                return false;
-            }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
+        let err = match try_bind(addr) {
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => err,
+            result => return result,
+        };
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Err(err);
         }
         if !announced {
             announced = true;
             debug!(%addr, "the remembered port is in use; waiting for it");
         }
-        tokio::time::sleep(RETRY_INTERVAL.min(deadline - now)).await;
+        tokio::time::sleep(left.map_or(RETRY_INTERVAL, |left| left.min(RETRY_INTERVAL))).await;
     }
 }
 

@@ -18,6 +18,7 @@ mod kill;
 mod lock;
 mod property;
 mod race;
+mod restart;
 
 /// `small` in an ordinary test run, `full` when `IROH_IDENTITY_CAMPAIGN=full`.
 pub fn size(small: usize, full: usize) -> usize {

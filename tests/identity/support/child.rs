@@ -10,13 +10,15 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use iroh::protocol::Router;
+use iroh::{endpoint::presets, protocol::Router};
+use iroh_tickets::endpoint::EndpointTicket;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// What the child does: `key` (load or generate the key only), `open` (bind and close),
 /// `hold` (bind, say `ready`, keep the endpoint open until killed, 30 s at most) or
 /// `serve` (as `hold`, with stable addressing and an echo server; says `ticket <ticket>`
-/// and closes gracefully on SIGTERM).
+/// and closes gracefully on SIGTERM) or `dial` (a peer without a key file: connects to
+/// [`TICKET`], says `ready` and stays connected until killed, 30 s at most).
 const ACTION: &str = "CHILD_ACTION";
 const PATH: &str = "CHILD_PATH";
 /// The lock wait, in milliseconds.
@@ -33,6 +35,8 @@ pub const TRACE: &str = "CHILD_TRACE";
 pub const FILE_SIZE_LIMIT: &str = "CHILD_FILE_SIZE_LIMIT";
 /// Set: `open` and `hold` bind with stable addressing, on all interfaces.
 pub const STABLE: &str = "CHILD_STABLE";
+/// The ticket a `dial` child connects to.
+pub const TICKET: &str = "CHILD_TICKET";
 
 /// How long a `hold` child keeps its endpoint if nobody kills it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
@@ -272,6 +276,7 @@ pub fn run() {
                 Err(err) => println!("@child: error {}", chain(&err)),
             },
             "serve" => serve(&path).await,
+            "dial" => dial().await,
             "open" | "hold" => {
                 let mut builder = if std::env::var_os(STABLE).is_some() {
                     super::stable_builder(&path)
@@ -327,6 +332,28 @@ async fn serve(path: &Path) {
         () = tokio::time::sleep(HOLD_AT_MOST) => {}
     }
     router.shutdown().await.expect("graceful shutdown");
+}
+
+/// Connects to the ticket's endpoint and stays connected.
+async fn dial() {
+    let ticket: EndpointTicket = std::env::var(TICKET)
+        .expect("CHILD_TICKET is set")
+        .parse()
+        .expect("a ticket");
+    let client = super::loopback(iroh::Endpoint::builder(presets::Minimal))
+        .bind()
+        .await
+        .expect("bind");
+    let connect = client.connect(ticket.endpoint_addr().clone(), super::ECHO_ALPN);
+    let connection = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .expect("connected within 5 s")
+        .expect("connected");
+    println!("@child: id {}", client.id());
+    println!("@child: ready");
+    tokio::time::sleep(HOLD_AT_MOST).await;
+    drop(connection);
+    client.close().await;
 }
 
 /// An error and its causes, `: `-separated, as `anyhow` prints them with `{:#}`.

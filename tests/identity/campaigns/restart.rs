@@ -1,0 +1,214 @@
+//! Restart campaign (stable addressing): a server with stable addressing and no relay is
+//! restarted over and over, half the time by SIGKILL and half the time gracefully with
+//! the next one already starting. After each restart the ticket it prints is the first
+//! one, and the first ticket reaches it: from a new client, and from a client that was
+//! connected before the restart. The time from dialling the old ticket to the first echo
+//! is the figure in the README.
+//!
+//! And kills while the ports file is replaced: each run finds its remembered port taken,
+//! binds a new one and rewrites the file, and is SIGKILLed, often while the file is being
+//! written. The file always holds the old ports or the new ones, never a torn file.
+
+use std::{
+    fs,
+    net::UdpSocket,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use iroh::endpoint::presets;
+
+use super::{figure, size};
+use crate::support::{
+    ECHO_ALPN,
+    child::{self, Holder, outcome},
+    echo_within, list, loopback, random_u64, temp_dir,
+};
+
+/// How soon the old ticket must reach a restarted server.
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// The median, 90th percentile and maximum, in ms.
+fn spread(mut times: Vec<Duration>) -> String {
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        ms(at(0.5)),
+        ms(at(0.9)),
+        ms(at(1.0))
+    )
+}
+
+/// One echo over a connection that a long-lived client keeps dialling.
+async fn echo_from(client: &iroh::Endpoint, ticket: &str) -> anyhow::Result<Duration> {
+    let ticket: iroh_tickets::endpoint::EndpointTicket = ticket.parse()?;
+    let start = Instant::now();
+    tokio::time::timeout(WITHIN, async {
+        let connection = client
+            .connect(ticket.endpoint_addr().clone(), ECHO_ALPN)
+            .await?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(b"still there?").await?;
+        send.finish()?;
+        anyhow::ensure!(recv.read_to_end(64).await? == b"still there?", "wrong echo");
+        connection.close(0u32.into(), b"done");
+        Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no echo within {WITHIN:?}"))??;
+    Ok(start.elapsed())
+}
+
+#[tokio::test]
+async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> anyhow::Result<()> {
+    let restarts = size(4, 100);
+    let dir = temp_dir();
+    let key = dir.path().join("server.key");
+    let mut server = Holder::start(child::command("serve", &key));
+    let ticket = server.ticket().to_owned();
+    let long_lived = loopback(iroh::Endpoint::builder(presets::Minimal))
+        .bind()
+        .await?;
+    echo_from(&long_lived, &ticket).await?;
+
+    let (mut after_crash, mut after_close) = (vec![], vec![]);
+    let mut long_lived_times = vec![];
+    let mut start_times = vec![];
+    for n in 0..restarts {
+        let graceful = n % 2 == 1;
+        let start = Instant::now();
+        server = if graceful {
+            // The next server starts while this one closes.
+            server.terminate();
+            let next = Holder::start(child::command("serve", &key));
+            assert!(server.exits_within(Duration::from_secs(10)).success());
+            next
+        } else {
+            server.kill();
+            Holder::start(child::command("serve", &key))
+        };
+        start_times.push(start.elapsed());
+        assert_eq!(server.ticket(), ticket, "restart {n} changed the ticket");
+        let reconnect = echo_within(&ticket, b"after a restart", WITHIN).await?;
+        if graceful {
+            after_close.push(reconnect);
+        } else {
+            after_crash.push(reconnect);
+        }
+        long_lived_times.push(echo_from(&long_lived, &ticket).await?);
+    }
+    long_lived.close().await;
+    figure(
+        "restart",
+        format_args!(
+            "{restarts} restarts ({} SIGKILL, {} graceful with the next server starting at \
+             once): the same ticket every time; old ticket to first echo from a new client \
+             after a crash {}, after a graceful restart {}; from a client connected before \
+             the restart {}; stop to ready {}",
+            after_crash.len(),
+            after_close.len(),
+            spread(after_crash),
+            if after_close.is_empty() {
+                "-".to_owned()
+            } else {
+                spread(after_close)
+            },
+            spread(long_lived_times),
+            spread(start_times)
+        ),
+    );
+    Ok(())
+}
+
+/// The IPv4 port in a ports file; `None` for anything but a whole file.
+fn remembered_ipv4(text: &str) -> Option<u16> {
+    let mut ipv4 = None;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        match line.split_once(' ')? {
+            ("ipv4", port) => ipv4 = Some(port.parse().ok()?),
+            ("ipv6", port) => drop(port.parse::<u16>().ok()?),
+            _ => return None,
+        }
+    }
+    ipv4
+}
+
+fn ports_temp_files(dir: &Path) -> usize {
+    list(dir)
+        .iter()
+        .filter(|name| name.starts_with(".endpoint.key.ports.tmp-"))
+        .count()
+}
+
+#[test]
+fn a_kill_while_the_ports_file_is_replaced_leaves_the_old_ports_or_the_new() {
+    let kills = size(30, 500);
+    let dir = temp_dir();
+    let key = dir.path().join("endpoint.key");
+    let ports = dir.path().join("endpoint.key.ports");
+    let open = || {
+        let mut command = child::command("open", &key);
+        command
+            .env(child::STABLE, "1")
+            .env(child::LOCK_WAIT_MS, "0");
+        command
+    };
+    // A first run makes the key and the ports file.
+    outcome(open().spawn().expect("spawn")).expect_id();
+    let mut life = Duration::ZERO;
+    let (mut old, mut new, mut during_write, mut most_leftovers) = (0, 0, 0, 0);
+    for n in 0..kills {
+        let before = fs::read_to_string(&ports).expect("a ports file");
+        let port = remembered_ipv4(&before).expect("a whole ports file");
+        // Taken: the run must bind another port and replace the file.
+        let _squatter = UdpSocket::bind(("0.0.0.0", port)).expect("take the port");
+        let started = Instant::now();
+        let mut running = open().spawn().expect("spawn");
+        if n == 0 {
+            // Not killed: how long a run lives.
+            outcome(running).expect_id();
+            life = started.elapsed();
+            continue;
+        }
+        // Half the kills anywhere in the run's life, half once its temporary file is there.
+        if n % 2 == 0 {
+            let at = Duration::from_micros(random_u64() % life.as_micros() as u64);
+            std::thread::sleep(at.saturating_sub(started.elapsed()));
+        } else {
+            while ports_temp_files(dir.path()) == 0 && started.elapsed() < life * 3 {
+                std::hint::spin_loop();
+            }
+            std::thread::sleep(Duration::from_micros(random_u64() % 300));
+        }
+        let _ = running.kill();
+        let _ = running.wait();
+        let leftovers = ports_temp_files(dir.path());
+        during_write += usize::from(leftovers > 0);
+        most_leftovers = most_leftovers.max(leftovers);
+        let after = fs::read_to_string(&ports).expect("the ports file is never missing");
+        let remembered = remembered_ipv4(&after)
+            .unwrap_or_else(|| panic!("a kill left a torn ports file: {after:?}"));
+        if after == before {
+            old += 1;
+        } else {
+            assert_ne!(remembered, port, "a new ports file with the taken port");
+            new += 1;
+        }
+    }
+    assert!(
+        most_leftovers <= 1,
+        "temporary files pile up: {most_leftovers}"
+    );
+    figure(
+        "restart",
+        format_args!(
+            "{} kills while the ports file is replaced ({during_write} left its temporary \
+             file, so came while it was written): {old} left the old ports, {new} the new \
+             ones, 0 torn; at most {most_leftovers} temporary file left, removed by the \
+             next write; a run lives {life:?}",
+            kills - 1
+        ),
+    );
+}
