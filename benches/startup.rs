@@ -10,8 +10,11 @@
 //!    of the difference that is the two `fsync`s.
 //! 4. N processes racing to create the same missing key, N = 1, 4, 16, 64, vs as many
 //!    processes loading a key that exists.
+//! 5. Opening with stable addressing (ports remembered and bound again) vs iroh's bare
+//!    bind, both on all interfaces; alternated like 1.
 //!
-//! Everything binds to 127.0.0.1 with `presets::Minimal`: no network, no n0 services.
+//! Everything uses `presets::Minimal` (no network, no n0 services) and binds to
+//! 127.0.0.1, except 5, which binds iroh's default sockets on all interfaces.
 
 use std::{
     fs,
@@ -64,8 +67,9 @@ fn main() {
     first_run_vs_steady_state(&mut criterion, dir.path());
     concurrent_first_runs(&mut criterion, dir.path());
     criterion.final_summary();
-    let paired = paired_open(dir.path(), OPEN_PAIRS);
-    report(paired);
+    let paired = paired_open(dir.path(), OPEN_PAIRS, false);
+    let stable = paired_open(dir.path(), OPEN_PAIRS, true);
+    report(paired, stable);
 }
 
 /// Where criterion keeps its estimates, so that [`report`] can read them back.
@@ -103,13 +107,27 @@ async fn open_and_close(path: &Path) {
     endpoint.close().await;
 }
 
-/// What iroh alone does with the key in memory: bind; then close.
-async fn bind_and_close(key: &SecretKey) {
-    let endpoint = loopback(Endpoint::builder(presets::Minimal))
-        .secret_key(key.clone())
+/// What `PersistentEndpoint::open` does, without n0's services: open with stable
+/// addressing, which binds the remembered ports on all interfaces; then close.
+async fn open_stable_and_close(path: &Path) {
+    let endpoint = PersistentEndpoint::builder()
+        .key_path(path)
+        .preset(presets::Minimal)
+        .stable_addressing(true)
         .bind()
         .await
-        .expect("bind");
+        .expect("open");
+    endpoint.close().await;
+}
+
+/// What iroh alone does with the key in memory: bind; then close. On loopback, or on
+/// all interfaces as iroh does by default.
+async fn bind_and_close(key: &SecretKey, all_interfaces: bool) {
+    let mut builder = Endpoint::builder(presets::Minimal);
+    if !all_interfaces {
+        builder = loopback(builder);
+    }
+    let endpoint = builder.secret_key(key.clone()).bind().await.expect("bind");
     endpoint.close().await;
 }
 
@@ -126,7 +144,7 @@ fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
     let key = load_or_generate(&path).expect("key");
     let mut group = criterion.benchmark_group("open");
     group.bench_function("bare-bind", |b| {
-        b.iter(|| runtime.block_on(bind_and_close(&key)))
+        b.iter(|| runtime.block_on(bind_and_close(&key, false)))
     });
     group.bench_function("persistent", |b| {
         b.iter(|| runtime.block_on(open_and_close(&path)))
@@ -137,10 +155,11 @@ fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
 /// Opens with an existing key and binds bare, in alternation, `pairs` times each, and
 /// returns the medians in nanoseconds. Run back to back, criterion's two benchmarks of
 /// 1 ms binds drift apart by more than the 5 % being measured; alternating makes any
-/// drift of the machine hit both sides alike.
-fn paired_open(dir: &Path, pairs: usize) -> (f64, f64) {
+/// drift of the machine hit both sides alike. With `stable`, the open uses stable
+/// addressing and both sides bind on all interfaces.
+fn paired_open(dir: &Path, pairs: usize, stable: bool) -> (f64, f64) {
     let runtime = runtime();
-    let path = dir.join("paired.key");
+    let path = dir.join(if stable { "stable.key" } else { "paired.key" });
     let key = load_or_generate(&path).expect("key");
     let (mut opens, mut binds) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
     for pair in 0..pairs {
@@ -148,10 +167,10 @@ fn paired_open(dir: &Path, pairs: usize) -> (f64, f64) {
             // Alternate which goes first, too.
             for persistent_side in [pair % 2 == 0, pair % 2 == 1] {
                 let start = Instant::now();
-                if persistent_side {
-                    open_and_close(&path).await;
-                } else {
-                    bind_and_close(&key).await;
+                match (persistent_side, stable) {
+                    (true, false) => open_and_close(&path).await,
+                    (true, true) => open_stable_and_close(&path).await,
+                    (false, all_interfaces) => bind_and_close(&key, all_interfaces).await,
                 }
                 let took = start.elapsed().as_nanos() as f64;
                 if persistent_side {
@@ -307,8 +326,8 @@ fn median(group: &str, bench: &str) -> Option<f64> {
     estimates["median"]["point_estimate"].as_f64()
 }
 
-/// Prints the ratios; `paired` is [`paired_open`]'s medians.
-fn report((open, bare): (f64, f64)) {
+/// Prints the ratios; `paired` and `stable` are [`paired_open`]'s medians.
+fn report((open, bare): (f64, f64), (stable_open, stable_bare): (f64, f64)) {
     let show = |ns: f64| {
         if ns >= 1e6 {
             format!("{:.2} ms", ns / 1e6)
@@ -322,6 +341,12 @@ fn report((open, bare): (f64, f64)) {
         show(open),
         show(bare),
         open / bare
+    );
+    println!(
+        "  open with stable addressing / bare bind on all interfaces, {OPEN_PAIRS} alternating pairs: {} / {} = {:.3}",
+        show(stable_open),
+        show(stable_bare),
+        stable_open / stable_bare
     );
     if let Some(raw) = median("key-load", "raw-read") {
         for (name, _) in FORMATS {

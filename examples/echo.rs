@@ -6,8 +6,10 @@
 //! ```
 //!
 //! `serve` prints its endpoint id and a ticket, and echoes until Ctrl-C. Restart it with
-//! the same KEY_PATH and the endpoint id stays the same. `connect` sends MESSAGE to the
-//! ticket's endpoint and prints the reply.
+//! the same KEY_PATH and it prints the same id and, when its port was still free, the
+//! same ticket: `PersistentEndpoint::open` binds the ports it had last time, so a ticket
+//! handed out before the restart still reaches it, with no relay needed. `connect`
+//! sends MESSAGE to the ticket's endpoint and prints the reply.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -44,6 +46,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    // The same id and, with stable addressing, the same ports as the last run.
     let endpoint = PersistentEndpoint::open(&path).await?;
     // The endpoint goes to the router as it is: it is a plain `iroh::Endpoint`, and the
     // identity stays locked while the router's clone of it is open.

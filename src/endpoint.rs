@@ -216,28 +216,31 @@ impl Builder {
     /// [`PersistentEndpoint::open`] turns it on.
     ///
     /// iroh binds a socket on all interfaces for IPv4 and one for IPv6, each on a
-    /// random port unless told otherwise. With stable addressing, their ports are
+    /// random port unless told otherwise. With stable addressing their ports are
     /// remembered in a file beside the key, named like it with `.ports` appended
     /// (`endpoint.key.ports`), and asked for again on the next open. The file is written
     /// when the ports change, with the same crash-safe steps as a new key, and only by
     /// the holder of the identity lock.
     ///
-    /// It never makes an open fail. A port still in use is waited for (up to a second,
-    /// and no longer than the [lock wait](Self::lock_wait)): an endpoint that was just
-    /// closed keeps its sockets until its process exits or its last clone is dropped.
-    /// After that the endpoint binds a fresh port, logs a warning and remembers the new
-    /// one. A ports file that is missing, damaged or cannot be written (a read-only
-    /// directory) means fresh ports, with a line in the log.
+    /// It never makes an open fail. A remembered port that is still in use is waited
+    /// for: a gracefully closing endpoint releases the identity at once but keeps its
+    /// sockets while its connections drain (iroh allows about 3 s). The wait ends with
+    /// the [lock wait](Self::lock_wait), or after 250 ms when the port is held by an
+    /// endpoint of this process that was closed but not dropped: drop every clone of an
+    /// endpoint before opening its identity again. Then the endpoint binds a fresh port,
+    /// logs a warning and remembers the new one. A ports file that is missing, damaged
+    /// or cannot be written (a read-only directory) means fresh ports and a line in the
+    /// log.
     ///
-    /// A ticket carries the endpoint's id, its direct addresses (IP and port) and its
-    /// home relay; see the crate's *Tickets* section for when it survives a restart.
+    /// See the crate's [*Tickets*](crate#tickets) section for what a ticket holds and
+    /// when it survives a restart.
     ///
     /// With [`key_from_env`](Self::key_from_env) there is no key file, so nothing is
-    /// remembered. Steps in [`configure`](Self::configure) see the remembered sockets
-    /// already set: to bind addresses of your own, start with
-    /// `clear_ip_transports()`, which also leaves out the remembered ones, or keep stable
-    /// addressing off. Calling `bind_addr` for all interfaces without clearing would ask
-    /// iroh for a second default socket, which it refuses.
+    /// remembered. The remembered sockets are set before the preset and the
+    /// [`configure`](Self::configure) steps. A step that binds addresses of its own
+    /// must start with `clear_ip_transports()`, which also leaves the remembered ones
+    /// out; without it, iroh refuses a second socket on all interfaces for a family.
+    /// Only sockets on all interfaces are remembered.
     pub fn stable_addressing(mut self, on: bool) -> Self {
         self.stable_addressing = on;
         self

@@ -42,6 +42,28 @@
 //!   dropping its last clone or the death of the process releases it.
 //! - **Read-only keys.** When the key exists nothing is written, so a read-only file or
 //!   directory (a Kubernetes secret) works, lock included.
+//! - **Stable addressing.** [`PersistentEndpoint::open`] remembers the endpoint's UDP
+//!   ports beside the key and binds them again, so that its tickets survive a restart
+//!   ([`Builder::stable_addressing`]).
+//!
+//! # Tickets
+//!
+//! A ticket (`iroh_tickets::endpoint::EndpointTicket`) holds an endpoint's id, the direct
+//! addresses (IP and UDP port) it had when the ticket was made, and its home relay. A
+//! peer dials what is in it, so a ticket reaches the endpoint after a restart if one of
+//! them still leads to it:
+//!
+//! - **the id** stays the same: that is the key file;
+//! - **a direct address** stays valid when the machine keeps its IP address and the port
+//!   is the same, which stable addressing sees to. This works offline and with no relay.
+//!   It does not when the address changes (another network, a new container, a new DHCP
+//!   lease), or when another program took the port (the log says so);
+//! - **the home relay** stays valid when the endpoint picks the same one again: with a
+//!   single relay always, with n0's relays when it is still nearest to the same one. The
+//!   relay forwards by id, whatever the ports.
+//!
+//! With the [`N0`](iroh::endpoint::presets::N0) preset, online, a peer can also look the
+//! new addresses up by id, with or without a ticket.
 //!
 //! # Security
 //!

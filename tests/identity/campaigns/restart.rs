@@ -63,6 +63,7 @@ async fn echo_from(client: &iroh::Endpoint, ticket: &str) -> anyhow::Result<Dura
 
 #[tokio::test]
 async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> anyhow::Result<()> {
+    // At least two, so that both kinds of restart happen.
     let restarts = size(4, 100);
     let dir = temp_dir();
     let key = dir.path().join("server.key");
@@ -75,7 +76,7 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
 
     let (mut after_crash, mut after_close) = (vec![], vec![]);
     let mut long_lived_times = vec![];
-    let mut start_times = vec![];
+    let (mut ready_after_crash, mut ready_after_close) = (vec![], vec![]);
     for n in 0..restarts {
         let graceful = n % 2 == 1;
         let start = Instant::now();
@@ -89,34 +90,38 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
             server.kill();
             Holder::start(child::command("serve", &key))
         };
-        start_times.push(start.elapsed());
+        let ready = start.elapsed();
         assert_eq!(server.ticket(), ticket, "restart {n} changed the ticket");
         let reconnect = echo_within(&ticket, b"after a restart", WITHIN).await?;
         if graceful {
             after_close.push(reconnect);
+            ready_after_close.push(ready);
         } else {
             after_crash.push(reconnect);
+            ready_after_crash.push(ready);
         }
         long_lived_times.push(echo_from(&long_lived, &ticket).await?);
     }
     long_lived.close().await;
+    let waited_over_a_second = ready_after_close
+        .iter()
+        .filter(|ready| **ready > Duration::from_secs(1))
+        .count();
     figure(
         "restart",
         format_args!(
             "{restarts} restarts ({} SIGKILL, {} graceful with the next server starting at \
-             once): the same ticket every time; old ticket to first echo from a new client \
-             after a crash {}, after a graceful restart {}; from a client connected before \
-             the restart {}; stop to ready {}",
+             once): the same ticket every time. Old ticket to first echo from a new client: \
+             after a crash {}; after a graceful restart {}. From a client connected before \
+             the restart: {}. Stop to ready: after a crash {}; after a graceful restart {} \
+             ({waited_over_a_second} over 1 s, waiting for the old server's port)",
             after_crash.len(),
             after_close.len(),
             spread(after_crash),
-            if after_close.is_empty() {
-                "-".to_owned()
-            } else {
-                spread(after_close)
-            },
+            spread(after_close),
             spread(long_lived_times),
-            spread(start_times)
+            spread(ready_after_crash),
+            spread(ready_after_close),
         ),
     );
     Ok(())
