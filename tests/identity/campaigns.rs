@@ -1,4 +1,4 @@
-//! Campaigns: the key-file guarantees under kills, races, hostile input and faults, each
+//! Campaigns: the guarantees under kills, races, hostile input, faults and restarts, each
 //! with a figure. RELIABILITY.md reports the figures of a full run.
 //!
 //! Every campaign is bounded in count and time and stops by itself. `cargo test` runs
