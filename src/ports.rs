@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// What is appended to the key file's name to name its ports file.
-pub(crate) const PORTS_FILE_SUFFIX: &str = ".ports";
+const PORTS_FILE_SUFFIX: &str = ".ports";
 
 /// The longest wait for a remembered port held by an endpoint of this process.
 ///
@@ -283,7 +283,7 @@ fn bound_here(addr: SocketAddr) -> bool {
 }
 
 /// The ports file of the key at `key_path`: the same path with `.ports` appended.
-pub(crate) fn ports_file_path(key_path: &Path) -> PathBuf {
+fn ports_file_path(key_path: &Path) -> PathBuf {
     let mut path = OsString::from(key_path.as_os_str());
     path.push(PORTS_FILE_SUFFIX);
     path.into()

@@ -274,8 +274,8 @@ pub fn loopback_ticket(endpoint: &iroh::Endpoint) -> EndpointTicket {
     EndpointTicket::new(addr)
 }
 
-/// A new client (loopback only, no relay) dials `ticket`, sends `message` and waits for
-/// it to come back, within `limit`. Returns the time from dialling to the echo.
+/// A new client (loopback only, no relay) dials `ticket` and sends `message`; see
+/// [`echo`].
 pub async fn echo_within(
     ticket: &str,
     message: &[u8],
@@ -285,11 +285,22 @@ pub async fn echo_within(
     let client = loopback(iroh::Endpoint::builder(endpoint::presets::Minimal))
         .bind()
         .await?;
+    let result = echo(&client, ticket.endpoint_addr(), message, limit).await;
+    client.close().await;
+    result
+}
+
+/// `client` dials `addr`, sends `message` and waits for it to come back, within `limit`.
+/// Returns the time from dialling to the echo.
+pub async fn echo(
+    client: &iroh::Endpoint,
+    addr: &iroh::EndpointAddr,
+    message: &[u8],
+    limit: Duration,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let reply = tokio::time::timeout(limit, async {
-        let connection = client
-            .connect(ticket.endpoint_addr().clone(), ECHO_ALPN)
-            .await?;
+        let connection = client.connect(addr.clone(), ECHO_ALPN).await?;
         let (mut send, mut recv) = connection.open_bi().await?;
         send.write_all(message).await?;
         send.finish()?;
@@ -297,10 +308,8 @@ pub async fn echo_within(
         connection.close(0u32.into(), b"done");
         anyhow::Ok(reply)
     })
-    .await;
-    let elapsed = start.elapsed();
-    client.close().await;
-    let reply = reply.map_err(|_| anyhow::anyhow!("no echo within {limit:?}"))??;
+    .await
+    .map_err(|_| anyhow::anyhow!("no echo within {limit:?}"))??;
     anyhow::ensure!(reply == message, "the echo differs from the message");
-    Ok(elapsed)
+    Ok(start.elapsed())
 }

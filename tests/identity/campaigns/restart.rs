@@ -19,10 +19,11 @@ use std::{
 use iroh::endpoint::presets;
 
 use super::{figure, size};
+use iroh_tickets::endpoint::EndpointTicket;
+
 use crate::support::{
-    ECHO_ALPN,
     child::{self, Holder, outcome},
-    echo_within, list, loopback, random_u64, temp_dir,
+    echo, echo_within, list, loopback, random_u64, temp_dir,
 };
 
 /// How soon the old ticket must reach a restarted server.
@@ -41,26 +42,6 @@ fn spread(mut times: Vec<Duration>) -> String {
     )
 }
 
-/// One echo over a connection that a long-lived client keeps dialling.
-async fn echo_from(client: &iroh::Endpoint, ticket: &str) -> anyhow::Result<Duration> {
-    let ticket: iroh_tickets::endpoint::EndpointTicket = ticket.parse()?;
-    let start = Instant::now();
-    tokio::time::timeout(WITHIN, async {
-        let connection = client
-            .connect(ticket.endpoint_addr().clone(), ECHO_ALPN)
-            .await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(b"still there?").await?;
-        send.finish()?;
-        anyhow::ensure!(recv.read_to_end(64).await? == b"still there?", "wrong echo");
-        connection.close(0u32.into(), b"done");
-        Ok(())
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("no echo within {WITHIN:?}"))??;
-    Ok(start.elapsed())
-}
-
 #[tokio::test]
 async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> anyhow::Result<()> {
     // At least two, so that both kinds of restart happen.
@@ -72,7 +53,8 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
     let long_lived = loopback(iroh::Endpoint::builder(presets::Minimal))
         .bind()
         .await?;
-    echo_from(&long_lived, &ticket).await?;
+    let addr = ticket.parse::<EndpointTicket>()?.endpoint_addr().clone();
+    echo(&long_lived, &addr, b"before", WITHIN).await?;
 
     let (mut after_crash, mut after_close) = (vec![], vec![]);
     let mut long_lived_times = vec![];
@@ -100,7 +82,7 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
             after_crash.push(reconnect);
             ready_after_crash.push(ready);
         }
-        long_lived_times.push(echo_from(&long_lived, &ticket).await?);
+        long_lived_times.push(echo(&long_lived, &addr, b"still there?", WITHIN).await?);
     }
     long_lived.close().await;
     let waited_over_a_second = ready_after_close
