@@ -257,7 +257,9 @@ impl Builder {
     ///
     /// Reading the key is a few system calls on the calling task; creating one adds an
     /// `fsync` of the file and of each directory it touched, once in the life of the key.
-    /// Only the lock wait yields to the runtime.
+    /// With [stable addressing](Self::stable_addressing), so does the ports file when the
+    /// ports change. Only the waits, for the lock and for a busy port, yield to the
+    /// runtime.
     ///
     /// # Errors
     ///
