@@ -237,6 +237,19 @@ pub fn stable_builder(path: &Path) -> iroh_identity::Builder {
         .stable_addressing(true)
 }
 
+/// Relay only, through `relay` (a test relay with a self-signed certificate): no IP
+/// sockets at all, so there is no direct path to take.
+pub fn relay_only(
+    relay: iroh::RelayMap,
+) -> impl Fn(endpoint::Builder) -> endpoint::Builder + Clone + Send + 'static {
+    move |builder| {
+        builder
+            .clear_ip_transports()
+            .relay_mode(iroh::RelayMode::Custom(relay.clone()))
+            .ca_tls_config(iroh::tls::CaTlsConfig::insecure_skip_verify())
+    }
+}
+
 /// The ALPN of the tests' echo protocol.
 pub const ECHO_ALPN: &[u8] = b"iroh-identity/test-echo";
 

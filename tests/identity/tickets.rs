@@ -5,18 +5,13 @@
 
 use std::{fs, net::UdpSocket, time::Duration, time::Instant};
 
-use iroh::{
-    Endpoint, RelayMode,
-    endpoint::{self, presets},
-    protocol::Router,
-    tls::CaTlsConfig,
-};
+use iroh::{Endpoint, endpoint::presets, protocol::Router};
 use iroh_identity::PersistentEndpoint;
 use iroh_tickets::endpoint::EndpointTicket;
 
 use crate::support::{
     ECHO_ALPN, Echo, LogCapture, child, child::Holder, echo, echo_within, list, loopback,
-    loopback_ticket, stable_builder, temp_dir, write_private,
+    loopback_ticket, relay_only, stable_builder, temp_dir, write_private,
 };
 
 /// How soon the old ticket must reach a restarted server.
@@ -122,49 +117,42 @@ async fn without_stable_addressing_the_old_ticket_is_dead() -> anyhow::Result<()
     Ok(())
 }
 
-#[tokio::test]
-async fn through_a_relay_the_old_ticket_reaches_a_restarted_server() -> anyhow::Result<()> {
+// Multi-threaded: the relay server runs on the runtime while this thread waits for the
+// servers, which are child processes.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_relay_the_old_ticket_reaches_a_server_restarted_after_a_crash_and_gracefully()
+-> anyhow::Result<()> {
     let (relay_map, relay_url, _relay) = iroh::test_utils::run_relay_server().await?;
-    // Relay only: no IP sockets at all, so there is no direct path to take.
-    let relay_only = move |builder: endpoint::Builder| {
-        builder
-            .clear_ip_transports()
-            .relay_mode(RelayMode::Custom(relay_map.clone()))
-            .ca_tls_config(CaTlsConfig::insecure_skip_verify())
-    };
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let serve = || async {
-        let endpoint = PersistentEndpoint::builder()
-            .key_path(&key)
-            .preset(presets::Minimal)
-            .configure(relay_only.clone())
-            .bind()
-            .await?;
-        tokio::time::timeout(Duration::from_secs(10), endpoint.online()).await?;
-        anyhow::Ok(Router::builder(endpoint).accept(ECHO_ALPN, Echo).spawn())
+    let serve = || {
+        let mut command = child::command("serve", &key);
+        command.env(child::RELAY, relay_url.to_string());
+        command
     };
-    let first = serve().await?;
-    let ticket = EndpointTicket::new(first.endpoint().addr());
-    assert_eq!(ticket.endpoint_addr().ip_addrs().count(), 0, "{ticket:?}");
-    assert_eq!(
-        ticket.endpoint_addr().relay_urls().collect::<Vec<_>>(),
-        [&relay_url]
-    );
-    let ticket = ticket.to_string();
-    first.shutdown().await?;
-    drop(first);
+    let first = Holder::start(serve());
+    let ticket: EndpointTicket = first.ticket().parse()?;
+    let addr = ticket.endpoint_addr();
+    assert_eq!(addr.ip_addrs().count(), 0, "{addr:?}");
+    assert_eq!(addr.relay_urls().collect::<Vec<_>>(), [&relay_url]);
 
-    let second = serve().await?;
-    let client = relay_only(Endpoint::builder(presets::Minimal))
+    let client = relay_only(relay_map)(Endpoint::builder(presets::Minimal))
         .bind()
         .await?;
-    let ticket: EndpointTicket = ticket.parse()?;
     let limit = Duration::from_secs(10);
-    let took = echo(&client, ticket.endpoint_addr(), b"through the relay", limit).await?;
-    eprintln!("old ticket to first echo through the relay: {took:?}");
+    first.kill();
+    let second = Holder::start(serve());
+    let after_crash = echo(&client, addr, b"after a crash", limit).await?;
+    second.terminate();
+    let third = Holder::start(serve());
+    assert!(second.exits_within(Duration::from_secs(10)).success());
+    let after_close = echo(&client, addr, b"after a graceful restart", limit).await?;
+    eprintln!(
+        "old ticket to first echo through the relay: {after_crash:?} after a crash, \
+         {after_close:?} after a graceful restart"
+    );
     client.close().await;
-    second.shutdown().await?;
+    drop(third);
     Ok(())
 }
 

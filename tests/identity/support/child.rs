@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use iroh::{endpoint::presets, protocol::Router};
+use iroh::{RelayConfig, RelayMap, RelayUrl, endpoint::presets, protocol::Router};
 use iroh_tickets::endpoint::EndpointTicket;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,6 +37,9 @@ pub const FILE_SIZE_LIMIT: &str = "CHILD_FILE_SIZE_LIMIT";
 pub const STABLE: &str = "CHILD_STABLE";
 /// The ticket a `dial` child connects to.
 pub const TICKET: &str = "CHILD_TICKET";
+/// The URL of a relay (with a self-signed certificate): `serve` uses it and no IP
+/// socket at all, and hands out a ticket that holds only the relay.
+pub const RELAY: &str = "CHILD_RELAY";
 
 /// How long a `hold` child keeps its endpoint if nobody kills it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
@@ -313,18 +316,29 @@ async fn serve(path: &Path) {
     if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
         builder = builder.lock_wait(Duration::from_millis(ms.parse().expect("lock wait in ms")));
     }
+    let relay = std::env::var(RELAY).ok().map(|url| {
+        let url: RelayUrl = url.parse().expect("a relay URL");
+        RelayMap::from(RelayConfig::new(url, None))
+    });
+    if let Some(relay) = &relay {
+        builder = builder.configure(super::relay_only(relay.clone()));
+    }
     let endpoint = match builder.bind().await {
         Ok(endpoint) => endpoint,
         Err(err) => return println!("@child: error {}", chain(&err)),
+    };
+    let ticket = if relay.is_some() {
+        let online = tokio::time::timeout(Duration::from_secs(10), endpoint.online());
+        online.await.expect("connected to the relay within 10 s");
+        EndpointTicket::new(endpoint.addr())
+    } else {
+        super::loopback_ticket(&endpoint)
     };
     let router = Router::builder(endpoint)
         .accept(super::ECHO_ALPN, super::Echo)
         .spawn();
     println!("@child: id {}", router.endpoint().id());
-    println!(
-        "@child: ticket {}",
-        super::loopback_ticket(router.endpoint())
-    );
+    println!("@child: ticket {ticket}");
     println!("@child: ready");
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
