@@ -95,28 +95,19 @@ fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
         .expect("valid socket address")
 }
 
-/// What a user of this crate does: open the key at `path` and bind; then close.
-async fn open_and_close(path: &Path) {
-    let endpoint = PersistentEndpoint::builder()
+/// What a user of this crate does: open the key at `path` and bind; then close. On
+/// loopback, or with stable addressing as `PersistentEndpoint::open` does, which binds
+/// the remembered ports on all interfaces.
+async fn open_and_close(path: &Path, stable: bool) {
+    let mut builder = PersistentEndpoint::builder()
         .key_path(path)
-        .preset(presets::Minimal)
-        .configure(loopback)
-        .bind()
-        .await
-        .expect("open");
-    endpoint.close().await;
-}
-
-/// What `PersistentEndpoint::open` does, without n0's services: open with stable
-/// addressing, which binds the remembered ports on all interfaces; then close.
-async fn open_stable_and_close(path: &Path) {
-    let endpoint = PersistentEndpoint::builder()
-        .key_path(path)
-        .preset(presets::Minimal)
-        .stable_addressing(true)
-        .bind()
-        .await
-        .expect("open");
+        .preset(presets::Minimal);
+    builder = if stable {
+        builder.stable_addressing(true)
+    } else {
+        builder.configure(loopback)
+    };
+    let endpoint = builder.bind().await.expect("open");
     endpoint.close().await;
 }
 
@@ -147,7 +138,7 @@ fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
         b.iter(|| runtime.block_on(bind_and_close(&key, false)))
     });
     group.bench_function("persistent", |b| {
-        b.iter(|| runtime.block_on(open_and_close(&path)))
+        b.iter(|| runtime.block_on(open_and_close(&path, false)))
     });
     group.finish();
 }
@@ -167,10 +158,10 @@ fn paired_open(dir: &Path, pairs: usize, stable: bool) -> (f64, f64) {
             // Alternate which goes first, too.
             for persistent_side in [pair % 2 == 0, pair % 2 == 1] {
                 let start = Instant::now();
-                match (persistent_side, stable) {
-                    (true, false) => open_and_close(&path).await,
-                    (true, true) => open_stable_and_close(&path).await,
-                    (false, all_interfaces) => bind_and_close(&key, all_interfaces).await,
+                if persistent_side {
+                    open_and_close(&path, stable).await;
+                } else {
+                    bind_and_close(&key, stable).await;
                 }
                 let took = start.elapsed().as_nanos() as f64;
                 if persistent_side {
@@ -232,12 +223,12 @@ fn first_run_vs_steady_state(criterion: &mut Criterion, dir: &Path) {
     };
     let mut group = criterion.benchmark_group("first-run");
     group.bench_function("steady-state", |b| {
-        b.iter(|| runtime.block_on(open_and_close(&steady_path)))
+        b.iter(|| runtime.block_on(open_and_close(&steady_path, false)))
     });
     group.bench_function("first-run", |b| {
         b.iter_batched(
             missing_key,
-            |path| runtime.block_on(open_and_close(&path)),
+            |path| runtime.block_on(open_and_close(&path, false)),
             BatchSize::PerIteration,
         )
     });
