@@ -176,7 +176,8 @@ async fn a_port_taken_by_another_program_is_waited_for_then_replaced_and_remembe
     child::run_to_end(last_run).expect_id();
     let old_port = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
 
-    let squatter = UdpSocket::bind(("0.0.0.0", old_port))?;
+    // Taken: by this socket or, if another program just took it, by that one.
+    let squatter = UdpSocket::bind(("0.0.0.0", old_port));
     let wait = Duration::from_millis(300);
     let (logs, _guard) = LogCapture::start();
     let start = Instant::now();
