@@ -40,8 +40,10 @@
 //!   endpoint, or any clone of it, is open. A second open waits a little
 //!   ([`DEFAULT_LOCK_WAIT`]), then fails with [`Error::InUse`]. Closing the endpoint,
 //!   dropping its last clone or the death of the process releases it.
-//! - **Read-only keys.** When the key exists nothing is written, so a read-only file or
-//!   directory (a Kubernetes secret) works, lock included.
+//! - **Read-only keys.** An existing key is never written and nothing else has to be, so
+//!   a read-only file or directory (a Kubernetes secret) works, lock included. Where it
+//!   can, stable addressing writes its ports file beside the key; where it cannot, the
+//!   endpoint binds fresh ports.
 //! - **Stable addressing.** [`PersistentEndpoint::open`] remembers the endpoint's UDP
 //!   ports beside the key and binds them again, so that its tickets survive a restart
 //!   ([`Builder::stable_addressing`]).

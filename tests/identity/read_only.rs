@@ -1,5 +1,5 @@
-//! Guarantee 6: when the key exists nothing is written, so a read-only key file and
-//! directory (a Kubernetes secret mount) work, lock included. The campaigns use
+//! Guarantee 6: when the key exists nothing has to be written, so a read-only key file
+//! and directory (a Kubernetes secret mount) work, lock and stable addressing included. The campaigns use
 //! [`ReadOnlyKey`] for an unreadable key and a missing key in a read-only directory.
 //!
 //! Root may write anywhere, so under root the child processes run as `nobody`, for whom
