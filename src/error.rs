@@ -168,6 +168,12 @@ pub enum KeyProblem {
         /// The format it claims to be, e.g. `"PKCS#8 PEM"`.
         format: &'static str,
     },
+    /// It is 32 bytes of text: too short to be a hex (64) or base32 (52) key, and not
+    /// read as a raw key (32 binary bytes), which would make it another identity: a PEM
+    /// line or a text key cut short, or a password.
+    AmbiguousText,
+    /// It is a hex key written with a `0x` in front.
+    HexPrefix,
     /// The public key stored beside the secret key does not match it.
     PublicKeyMismatch,
     /// It is an encrypted private key.
@@ -211,6 +217,13 @@ impl fmt::Display for KeyProblem {
                     f,
                     "has the length of a {encoding} key but is not valid {encoding}"
                 )
+            }
+            Self::AmbiguousText => f.write_str(
+                "is 32 bytes of text, not a key: a raw key is 32 binary bytes and a text key \
+                 64 hex or 52 base32 characters (a key cut short, or a password?)",
+            ),
+            Self::HexPrefix => {
+                f.write_str("is hex with a `0x` in front; write the 64 hex digits alone")
             }
             Self::Damaged { format } => write!(f, "is a damaged or truncated {format} key"),
             Self::PublicKeyMismatch => f.write_str(

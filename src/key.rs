@@ -5,9 +5,9 @@
 //!
 //! | content                                  | format            |
 //! |------------------------------------------|-------------------|
-//! | exactly 32 bytes                         | raw secret key    |
-//! | `-----BEGIN PRIVATE KEY-----` ...        | PKCS#8 PEM        |
-//! | `-----BEGIN OPENSSH PRIVATE KEY-----` ... | OpenSSH           |
+//! | exactly 32 bytes that are not text       | raw secret key    |
+//! | a `-----BEGIN PRIVATE KEY-----` line ...  | PKCS#8 PEM        |
+//! | a `-----BEGIN OPENSSH PRIVATE KEY-----` line | OpenSSH        |
 //! | 64 hex or 52 base32 characters, wrapped  | text              |
 //! | DER starting with a SEQUENCE (`0x30`)    | PKCS#8 DER        |
 //!
@@ -21,7 +21,7 @@ use ed25519_dalek::{
     SigningKey,
     ed25519::pkcs8::{
         ALGORITHM_OID, EncodePrivateKey, KeypairBytes, ObjectIdentifier, PrivateKeyInfoRef,
-        SecretDocument, spki::der::pem,
+        spki::der::pem,
     },
 };
 use iroh::SecretKey;
@@ -72,11 +72,20 @@ impl fmt::Display for KeyFormat {
 
 /// Reads a secret key from the content of a key file, in whichever format it is.
 ///
-/// The format is told by the content, never by a name: exactly 32 bytes are a raw key;
-/// text starting with `-----BEGIN ` is PEM (PKCS#8 or OpenSSH); 64 hex or 52 base32
-/// characters (either case, white space around or inside them ignored) are text; a DER
-/// `SEQUENCE` is PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys that
-/// come from somewhere other than a file (a secret manager, say).
+/// The format is told by the content, never by a name: 32 bytes that are not text are a
+/// raw key; text with a `-----BEGIN ` line is PEM (PKCS#8 or OpenSSH); 64 hex or 52
+/// base32 characters (either case, white space around or inside them ignored) are text;
+/// a DER `SEQUENCE` is PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys
+/// that come from somewhere other than a file (a secret manager, say).
+///
+/// PEM is read as OpenSSL reads it: lines of any width (76, or all on one line),
+/// white space at their ends, a UTF-8 byte order mark, and explanatory text before or
+/// after the armour (what `openssl genpkey -text` prints) are all fine, and so is a
+/// PKCS#8 v2 key without its optional public key.
+///
+/// It is more lenient than iroh's own `SecretKey::from_str`, which takes lower-case hex
+/// or base32 with nothing around it: `iroh-identity export --format hex` (or
+/// [`encode_key`] with [`KeyFormat::Hex`]) writes that form, for iroh's tools.
 ///
 /// ```
 /// use iroh_identity::{KeyFormat, decode_key};
@@ -91,17 +100,20 @@ impl fmt::Display for KeyFormat {
 /// # Errors
 ///
 /// A [`KeyProblem`] saying why the bytes are not an Ed25519 secret key: empty, of an
-/// unknown format, a public key, damaged, encrypted, of another algorithm, or PKCS#8
-/// whose public key does not match its secret key.
+/// unknown format, a public key, damaged, encrypted, of another algorithm, PKCS#8 whose
+/// public key does not match its secret key, or 32 bytes of text, which would be another
+/// key if read as raw bytes (a PEM line or a hex key cut short, a password).
 ///
 /// # Security
 ///
-/// The error holds no key material: of the input, at most a PEM label. The key's bytes
-/// pass through buffers that are zeroed when dropped; the input is the caller's to zero.
+/// The error holds no key material: of the input, at most a PEM label or an OpenSSH key
+/// type, with anything unprintable escaped. The key's bytes pass through buffers that
+/// are zeroed when dropped; the input is the caller's to zero.
 ///
 /// [`load_or_generate`]: crate::load_or_generate
 pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
-    if bytes.len() == 32 {
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    if bytes.len() == 32 && !is_text(bytes) {
         let mut raw = Zeroizing::new([0u8; 32]);
         raw.copy_from_slice(bytes);
         return Ok((SecretKey::from_bytes(&raw), KeyFormat::Raw));
@@ -111,20 +123,53 @@ pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
         if text.is_empty() {
             return Err(KeyProblem::Empty);
         }
-        if text.starts_with("-----BEGIN ") {
-            return decode_pem(text);
+        if let Some(start) = text.find(pem_armour::BEGIN) {
+            return decode_pem(&text[start..]);
         }
         if let Some(decoded) = decode_hex_or_base32(text) {
             return decoded;
         }
+        if is_prefixed_hex(text) {
+            return Err(KeyProblem::HexPrefix);
+        }
         if is_openssh_public_key(text) {
             return Err(KeyProblem::PublicKey);
+        }
+        if bytes.len() == 32 {
+            return Err(KeyProblem::AmbiguousText);
         }
     }
     if bytes.first() == Some(&0x30) {
         return decode_pkcs8_der(bytes, "PKCS#8 DER").map(|(key, _)| (key, KeyFormat::Pkcs8Der));
     }
     Err(KeyProblem::UnknownFormat { len: bytes.len() })
+}
+
+/// The byte order mark some editors put at the start of UTF-8 text.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// Whether 32 bytes are text (UTF-8 with no control character but tab and line ends)
+/// rather than a raw key. A random key is text with a chance below 2 in 10^11.
+fn is_text(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| {
+        text.chars()
+            .all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r'))
+    })
+}
+
+/// Whether the text is a hex key behind a `0x` (64 hex digits, white space ignored).
+fn is_prefixed_hex(text: &str) -> bool {
+    let Some(digits) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) else {
+        return false;
+    };
+    let mut count = 0;
+    for c in digits.chars().filter(|c| !c.is_whitespace()) {
+        if !c.is_ascii_hexdigit() {
+            return false;
+        }
+        count += 1;
+    }
+    count == 64
 }
 
 /// Writes a secret key in `format`: the exact bytes of a key file.
@@ -227,31 +272,91 @@ fn decode_hex_or_base32(text: &str) -> Option<Result<(SecretKey, KeyFormat), Key
     })
 }
 
+/// Reads PEM text that starts with its `-----BEGIN ` line.
 fn decode_pem(text: &str) -> Result<(SecretKey, KeyFormat), KeyProblem> {
-    const DAMAGED: KeyProblem = KeyProblem::Damaged {
-        format: "PKCS#8 PEM",
-    };
-    match pem::decode_label(text.as_bytes()).map_err(|_| DAMAGED)? {
+    let damaged = |format| KeyProblem::Damaged { format };
+    let label = pem_armour::label(text).ok_or(damaged("PKCS#8 PEM"))?;
+    match label {
         "PRIVATE KEY" => {
-            let (_, document) = SecretDocument::from_pem(text).map_err(|_| DAMAGED)?;
-            decode_pkcs8_der(document.as_bytes(), "PKCS#8 PEM")
+            let der = pem_armour::contents(text, label).ok_or(damaged("PKCS#8 PEM"))?;
+            decode_pkcs8_der(&der, "PKCS#8 PEM")
         }
         "ENCRYPTED PRIVATE KEY" => Err(KeyProblem::Encrypted),
-        openssh::LABEL => openssh::decode(text).map(|key| (key, KeyFormat::OpenSsh)),
+        openssh::LABEL => {
+            let blob = pem_armour::contents(text, label).ok_or(damaged("OpenSSH"))?;
+            openssh::decode(&blob).map(|key| (key, KeyFormat::OpenSsh))
+        }
         "PUBLIC KEY" => Err(KeyProblem::PublicKey),
         label => Err(KeyProblem::OtherPem {
-            label: label.to_owned(),
+            label: printable(label.as_bytes()),
         }),
     }
 }
 
+/// PEM armour read leniently, as OpenSSL reads it (RFC 7468's "lax" parsing): lines of
+/// any width, white space anywhere in the base64, text around the armour.
+mod pem_armour {
+    use data_encoding::BASE64;
+    use zeroize::Zeroizing;
+
+    pub(super) const BEGIN: &str = "-----BEGIN ";
+
+    /// The label of the `-----BEGIN LABEL-----` line that `text` starts with.
+    pub(super) fn label(text: &str) -> Option<&str> {
+        let line = text.lines().next()?.trim_end();
+        line.strip_prefix(BEGIN)?.strip_suffix("-----")
+    }
+
+    /// The bytes between the `BEGIN` line and its `END` line.
+    pub(super) fn contents(text: &str, label: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let (_, rest) = text.split_once('\n')?;
+        let end = rest.find(&format!("-----END {label}-----"))?;
+        let base64 = Zeroizing::new(
+            rest[..end]
+                .bytes()
+                .filter(|byte| !byte.is_ascii_whitespace())
+                .collect::<Vec<u8>>(),
+        );
+        let mut decoded = Zeroizing::new(vec![0u8; BASE64.decode_len(base64.len()).ok()?]);
+        let len = BASE64.decode_mut(&base64, &mut decoded).ok()?;
+        decoded.truncate(len);
+        Some(decoded)
+    }
+}
+
+/// Text from a key file that goes into an error message: printable ASCII as it is,
+/// anything else escaped, 64 bytes at most.
+pub(crate) fn printable(bytes: &[u8]) -> String {
+    const MAX: usize = 64;
+    let mut text: String = bytes
+        .iter()
+        .take(MAX)
+        .flat_map(|&byte| std::ascii::escape_default(byte))
+        .map(char::from)
+        .collect();
+    if bytes.len() > MAX {
+        text.push('…');
+    }
+    text
+}
+
 /// Reads PKCS#8 DER; says which PEM format it would be: v2 with the public key, or v1.
+/// A v2 key without its optional public key, which OpenSSL reads, is read as v1.
 fn decode_pkcs8_der(
     der: &[u8],
     format: &'static str,
 ) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     let damaged = KeyProblem::Damaged { format };
-    let info = PrivateKeyInfoRef::try_from(der).map_err(|_| damaged.clone())?;
+    let info = match PrivateKeyInfoRef::try_from(der) {
+        Ok(info) => info,
+        Err(_) => {
+            let as_v1 = v2_without_public_key_as_v1(der).ok_or(damaged.clone())?;
+            return match decode_pkcs8_der(&as_v1, format)? {
+                (key, KeyFormat::Pkcs8PemV1) => Ok((key, KeyFormat::Pkcs8PemV1)),
+                _ => Err(damaged),
+            };
+        }
+    };
     if info.algorithm.oid != ALGORITHM_OID {
         return Err(KeyProblem::OtherAlgorithm {
             algorithm: algorithm_name(info.algorithm.oid),
@@ -268,6 +373,24 @@ fn decode_pkcs8_der(
         Some(_) => Ok((key, KeyFormat::Pkcs8Pem)),
         None => Ok((key, KeyFormat::Pkcs8PemV1)),
     }
+}
+
+/// A copy of PKCS#8 DER whose version says v2 (1), with the version changed to v1 (0):
+/// the `pkcs8` crate refuses a v2 key without its public key, which the standard allows.
+/// `None` if the DER does not start with a `SEQUENCE` and the version `INTEGER 1`.
+fn v2_without_public_key_as_v1(der: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let header = match der.get(..2)? {
+        [0x30, len] if *len < 0x80 => 2,
+        [0x30, 0x81] => 3,
+        [0x30, 0x82] => 4,
+        _ => return None,
+    };
+    if der.get(header..header + 3)? != [0x02, 0x01, 0x01] {
+        return None;
+    }
+    let mut copy = Zeroizing::new(der.to_vec());
+    copy[header + 2] = 0x00;
+    Some(copy)
 }
 
 /// Whether the text is a line of an OpenSSH `.pub` file (`ssh-ed25519 AAAA... comment`).

@@ -22,14 +22,9 @@ const BLOCK: usize = 8;
 
 const DAMAGED: KeyProblem = KeyProblem::Damaged { format: "OpenSSH" };
 
-/// Reads an OpenSSH private key from its PEM-armoured text.
-pub(super) fn decode(text: &str) -> Result<SecretKey, KeyProblem> {
-    let mut decoder = pem::Decoder::new_detect_wrap(text.as_bytes()).map_err(|_| DAMAGED)?;
-    // Exactly the decoded size, so that the buffer holding the secret never grows.
-    let mut blob = Zeroizing::new(vec![0u8; decoder.remaining_len()]);
-    decoder.decode(&mut blob).map_err(|_| DAMAGED)?;
-
-    let mut reader = Reader(&blob);
+/// Reads an OpenSSH private key from the bytes inside its PEM armour.
+pub(super) fn decode(blob: &[u8]) -> Result<SecretKey, KeyProblem> {
+    let mut reader = Reader(blob);
     if reader.take(MAGIC.len())? != MAGIC {
         return Err(DAMAGED);
     }
@@ -46,7 +41,7 @@ pub(super) fn decode(text: &str) -> Result<SecretKey, KeyProblem> {
     let key_type = public_blob.string()?;
     if key_type != KEY_TYPE {
         return Err(KeyProblem::OtherAlgorithm {
-            algorithm: String::from_utf8_lossy(key_type).into_owned(),
+            algorithm: super::printable(key_type),
         });
     }
     let public = public_blob.string()?;

@@ -107,3 +107,64 @@ fn the_same_file_gives_the_same_key_every_time() -> anyhow::Result<()> {
     assert_eq!(fs::read(&path)?, content);
     Ok(())
 }
+
+/// `pem` with its base64 rewrapped at `width` characters a line.
+fn rewrap(pem: &str, width: usize) -> String {
+    let lines: Vec<&str> = pem.lines().collect();
+    let body: String = lines[1..lines.len() - 1].concat();
+    let wrapped: Vec<String> = body
+        .as_bytes()
+        .chunks(width)
+        .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
+        .collect();
+    format!(
+        "{}\n{}\n{}\n",
+        lines[0],
+        wrapped.join("\n"),
+        lines[lines.len() - 1]
+    )
+}
+
+#[test]
+fn pem_is_read_as_leniently_as_openssl_reads_it() -> anyhow::Result<()> {
+    let key = known_key();
+    let signing_key = SigningKey::from_bytes(&key.to_bytes());
+    let pem = signing_key.to_pkcs8_pem(Default::default())?.to_string();
+    let mut v2_without_public_key = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_der()?
+    .as_bytes()
+    .to_vec();
+    assert_eq!(v2_without_public_key[4], 0, "version v1");
+    v2_without_public_key[4] = 1;
+    let v2_without_public_key = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        data_encoding::BASE64.encode(&v2_without_public_key)
+    );
+    let variants: Vec<(&str, String)> = vec![
+        ("wrapped at 76", rewrap(&pem, 76)),
+        ("on a single line", rewrap(&pem, 1000)),
+        (
+            "explanatory text before the armour",
+            format!("Subject: endpoint\nnot: base64 ===\n{pem}"),
+        ),
+        (
+            "text after the armour (openssl genpkey -text)",
+            format!("{pem}ED25519 Private-Key:\npriv:\n    00:11:22\n"),
+        ),
+        ("a UTF-8 byte order mark", format!("\u{feff}{pem}")),
+        (
+            "trailing spaces",
+            pem.lines().map(|line| format!("{line}  \t\n")).collect(),
+        ),
+        ("PKCS#8 v2 without its public key", v2_without_public_key),
+    ];
+    for (name, content) in variants {
+        let (read, _) = iroh_identity::decode_key(content.as_bytes())
+            .unwrap_or_else(|problem| panic!("{name}: {problem}"));
+        assert_eq!(read.public(), key.public(), "{name}");
+    }
+    Ok(())
+}

@@ -148,3 +148,65 @@ fn an_exported_pkcs8_v1_key_is_read_by_openssl() -> anyhow::Result<()> {
     assert_eq!(key.public().as_bytes(), &spki_public(&public));
     Ok(())
 }
+
+#[test]
+fn pem_that_openssl_reads_we_read_to_the_id_openssl_prints() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let generated = dir.path().join("generated.pem");
+    run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            path_str(&generated),
+        ],
+    );
+    // `-text` prints the key's fields after the armour.
+    let with_text = run("openssl", &["pkey", "-in", path_str(&generated), "-text"]);
+    assert!(String::from_utf8_lossy(&with_text).contains("priv:"));
+    let pem = fs::read_to_string(&generated)?;
+    let body: String = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let mut der = BASE64.decode(body.as_bytes())?;
+    assert_eq!(der[4], 0, "openssl 3.0 writes PKCS#8 v1");
+    der[4] = 1;
+    let armour =
+        |body: &str| format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("openssl pkey -text", with_text),
+        (
+            "text before the armour",
+            format!("Subject: endpoint\n{pem}").into_bytes(),
+        ),
+        (
+            "a UTF-8 byte order mark",
+            format!("\u{feff}{pem}").into_bytes(),
+        ),
+        (
+            "trailing spaces",
+            pem.lines()
+                .map(|line| format!("{line}   \n"))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        (
+            "PKCS#8 v2 without its public key",
+            armour(&BASE64.encode(&der)).into_bytes(),
+        ),
+    ];
+    for (name, content) in variants {
+        let path = dir.path().join("variant.pem");
+        write_private(&path, &content);
+        let openssl_id = spki_public(&run(
+            "openssl",
+            &["pkey", "-in", path_str(&path), "-pubout", "-outform", "DER"],
+        ));
+        let (ours, _) = decode_key(&content).unwrap_or_else(|problem| panic!("{name}: {problem}"));
+        assert_eq!(ours.public().as_bytes(), &openssl_id, "{name}");
+    }
+    Ok(())
+}

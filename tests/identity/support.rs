@@ -39,9 +39,10 @@ pub const ALL_FORMATS: [KeyFormat; 7] = [
     KeyFormat::OpenSsh,
 ];
 
-/// A fixed key, so that tests know which id to expect.
+/// A fixed key, so that tests know which id to expect. Its bytes are binary (0x9c is
+/// not UTF-8 on its own), so that written raw it is read as a raw key, not as text.
 pub fn known_key() -> SecretKey {
-    SecretKey::from_bytes(&[42; 32])
+    SecretKey::from_bytes(&[0x9c; 32])
 }
 
 /// Writes a private (0600) file, as a well-kept key file is.

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use data_encoding::{BASE32_NOPAD, HEXLOWER};
 use ed25519_dalek::{
     SigningKey,
     ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes},
@@ -136,6 +137,27 @@ fn noise(len: usize) -> Vec<u8> {
     let mut bytes = Rng::fixed().bytes(len);
     bytes[0] = 0xff;
     bytes
+}
+
+/// An OpenSSH private key file whose public part names `key_type`: all that is read
+/// before the type is refused.
+fn openssh_with_key_type(key_type: &[u8]) -> Vec<u8> {
+    let string = |bytes: &[u8]| [&(bytes.len() as u32).to_be_bytes()[..], bytes].concat();
+    let public = [string(key_type), string(&[7; 32])].concat();
+    let blob = [
+        &b"openssh-key-v1\0"[..],
+        &string(b"none"),
+        &string(b"none"),
+        &string(b""),
+        &1u32.to_be_bytes(),
+        &string(&public),
+    ]
+    .concat();
+    format!(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+        data_encoding::BASE64.encode(&blob)
+    )
+    .into_bytes()
 }
 
 /// Each bad content, the problem it must be reported as.
@@ -314,6 +336,41 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
             KeyProblem::PublicKey,
         ),
         (
+            "a PEM armour line cut to 32 bytes",
+            b"-----BEGIN PRIVATE KEY-----\nMFEC".to_vec(),
+            damaged("PKCS#8 PEM"),
+        ),
+        (
+            "31 hex digits and a newline (32 bytes)",
+            format!("{}\n", &HEXLOWER.encode(&key.to_bytes())[..31]).into_bytes(),
+            KeyProblem::AmbiguousText,
+        ),
+        (
+            "32 characters of a base32 key",
+            BASE32_NOPAD.encode(&key.to_bytes()).as_bytes()[..32].to_vec(),
+            KeyProblem::AmbiguousText,
+        ),
+        (
+            "a 32-character password",
+            b"correct horse battery staple 42!".to_vec(),
+            KeyProblem::AmbiguousText,
+        ),
+        (
+            "hex with 0x in front",
+            format!("0x{}\n", HEXLOWER.encode(&key.to_bytes())).into_bytes(),
+            KeyProblem::HexPrefix,
+        ),
+        (
+            "an OpenSSH key whose key type holds terminal escapes",
+            openssh_with_key_type(b"ssh-\x1b]0;owned\x07\x1b[2J"),
+            other_algorithm("ssh-\\x1b]0;owned\\x07\\x1b[2J"),
+        ),
+        (
+            "a PEM label with a terminal escape",
+            b"-----BEGIN \x1b[31mKEY-----\nAAAA\n-----END \x1b[31mKEY-----\n".to_vec(),
+            other_pem("\\x1b[31mKEY"),
+        ),
+        (
             "certificate",
             b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
                 .to_vec(),
@@ -331,6 +388,10 @@ fn a_damaged_or_foreign_key_file_is_an_error_and_stays_byte_identical() {
         let path = dir.path().join("endpoint.key");
         write_private(&path, content);
         let message = assert_refused_unchanged(&path, invalid(problem.clone()));
+        assert!(
+            !message.chars().any(char::is_control),
+            "{name}: the message echoes control characters: {message:?}"
+        );
         figure("hostile case", format_args!("{name}: {message}"));
         if !problems.contains(problem) {
             problems.push(problem.clone());
