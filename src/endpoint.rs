@@ -3,7 +3,7 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use directories::ProjectDirs;
@@ -14,13 +14,21 @@ use iroh::{
 use tracing::info;
 use zeroize::Zeroizing;
 
-use crate::{Error, IdentityLock, KeyProblem, key, key_file, ports::StableAddressing};
+use crate::{
+    Error, IdentityLock, KeyProblem, key, key_file, ports::StableAddressing, wait::Deadline,
+};
 
 /// How long an open waits, by default, for another endpoint to release the identity.
 ///
 /// Long enough for a restart in which the old process is still closing; short enough
 /// that a second copy of a program fails while its user is still watching.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The longest wait for a remembered port that another program holds, whatever the
+/// [lock wait](Builder::lock_wait): beyond the 3 s or so in which a gracefully closing
+/// endpoint lets go of its sockets, and short enough that a program squatting the port
+/// cannot hold up an open that waits for ever for its identity.
+pub const MAX_PORT_WAIT: Duration = Duration::from_secs(10);
 
 /// The name of the key file in a [default location](Builder::default_location).
 pub const DEFAULT_KEY_FILE_NAME: &str = "endpoint.key";
@@ -89,15 +97,37 @@ impl PersistentEndpoint {
 ///
 /// # Errors
 ///
-/// [`Error::NoHomeDirectory`] when the user has no home directory.
+/// - [`Error::NoHomeDirectory`] when the user has no home directory.
+/// - [`Error::RelativeDataDirectory`] when `HOME` or `XDG_DATA_HOME` is a relative path:
+///   the key would land under whatever the current directory is, and a later start from
+///   another directory would make a new identity.
 pub fn default_key_path(
     qualifier: &str,
     organization: &str,
     application: &str,
 ) -> Result<PathBuf, Error> {
-    ProjectDirs::from(qualifier, organization, application)
+    // Where `directories` reads XDG_DATA_HOME, it ignores a relative one and falls back
+    // to ~/.local/share: a key silently elsewhere than the user meant.
+    #[cfg(not(any(target_os = "macos", target_os = "ios", windows)))]
+    if let Some(value) = std::env::var_os("XDG_DATA_HOME")
+        && !value.is_empty()
+        && Path::new(&value).is_relative()
+    {
+        return Err(Error::RelativeDataDirectory {
+            variable: "XDG_DATA_HOME",
+            value: value.into(),
+        });
+    }
+    let path = ProjectDirs::from(qualifier, organization, application)
         .map(|dirs| dirs.data_local_dir().join(DEFAULT_KEY_FILE_NAME))
-        .ok_or(Error::NoHomeDirectory)
+        .ok_or(Error::NoHomeDirectory)?;
+    if path.is_relative() {
+        return Err(Error::RelativeDataDirectory {
+            variable: "HOME",
+            value: std::env::var_os("HOME").unwrap_or_default().into(),
+        });
+    }
+    Ok(path)
 }
 
 /// A step applied to iroh's own endpoint builder.
@@ -198,14 +228,28 @@ impl Builder {
     }
 
     /// How long to wait for another endpoint with this identity to close before failing
-    /// with [`Error::InUse`]; [`DEFAULT_LOCK_WAIT`] unless set. Zero tries once.
+    /// with [`Error::InUse`]; [`DEFAULT_LOCK_WAIT`] unless set. Zero tries once;
+    /// `Duration::MAX` waits for as long as it takes (a hot standby).
+    ///
+    /// It bounds every wait of the open: for another process creating the same key
+    /// (after which the key is created without the directory lock, which only keeps
+    /// creators in turn), for the identity, and for a busy remembered port, which is
+    /// waited for [`MAX_PORT_WAIT`] at most whatever this is.
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
     }
 
-    /// Accepts a key file of the current user that group or others may access, instead
-    /// of failing with [`Error::InsecurePermissions`]. Unix only; off by default.
+    /// Turns off the checks of who may read and change the key, instead of failing with
+    /// [`Error::InsecurePermissions`] or [`Error::UntrustedPath`]. Unix only; off by
+    /// default.
+    ///
+    /// With it, a key file of the current user that group or others may access is
+    /// accepted, and so is a key file, a directory above it or a symbolic link on the
+    /// way that belongs to another user or that others may write: a place where another
+    /// local user could replace the identity. What stays on: new files and directories
+    /// are still created private, through descriptors and never through a link, and an
+    /// existing key is still never written.
     pub fn allow_insecure_permissions(mut self, allow: bool) -> Self {
         self.read_options.allow_insecure_permissions = allow;
         self
@@ -280,8 +324,8 @@ impl Builder {
     /// does. New key files are `0600` and new directories `0700`, whatever the umask.
     /// No key material appears in errors, `Debug` output or logs.
     pub async fn bind(self) -> Result<Endpoint, Error> {
-        // The waits for the lock and for the ports end together; `None`: no end.
-        let deadline = Instant::now().checked_add(self.lock_wait);
+        // Every wait of the open ends together.
+        let deadline = Deadline::after(self.lock_wait);
         let env_key = match &self.key_env {
             Some(name) => key_from_env(name)?,
             None => None,
@@ -290,15 +334,15 @@ impl Builder {
             Some(key) => (key, None, None),
             None => {
                 let path = self.location.ok_or(Error::NoKeyPath)?.resolve()?;
-                let (key, file) = key_file::load_or_create(&path, self.read_options)?;
-                let lock =
-                    IdentityLock::wait_for(file, &path, self.lock_wait, Some(key.public())).await?;
+                let loaded = key_file::load_or_create(&path, self.read_options, deadline).await?;
+                let id = loaded.key.public();
+                let lock = IdentityLock::wait_for(loaded.file, &path, deadline, Some(id)).await?;
                 let addressing = if self.stable_addressing {
-                    Some(StableAddressing::prepare(&path, deadline).await)
+                    StableAddressing::prepare(&path, deadline).await
                 } else {
                     None
                 };
-                (key, Some(lock), addressing)
+                (loaded.key, Some(lock), addressing)
             }
         };
         let mut builder = endpoint::Builder::empty();

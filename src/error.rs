@@ -46,33 +46,68 @@ pub enum Error {
         kind: &'static str,
     },
 
-    /// The key path is a symbolic link whose target does not exist.
+    /// The key path, or a directory on the way to it, is a symbolic link whose target does
+    /// not exist.
     ///
     /// No key is created through a dangling link: its target may be a volume that is not
     /// mounted yet, and a key created elsewhere would become a second identity.
     #[error(
-        "key file {} is a symbolic link to a missing file; fix the link or remove it",
+        "{} is a symbolic link to something missing (a volume not mounted yet?); fix the \
+         link or remove it: no key is created through it",
         path.display()
     )]
     DanglingSymlink {
-        /// The key path.
+        /// The symbolic link.
         path: PathBuf,
     },
 
     /// The key file belongs to the current user and group or others may access it.
     ///
-    /// Like OpenSSH, the crate refuses such a key. Fix it with `chmod 600 PATH`, or accept
-    /// it with [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions).
+    /// Like OpenSSH, the crate refuses such a key. Fix it with `chmod 600 PATH` (in a
+    /// Kubernetes secret volume, with `defaultMode: 0400`), or accept it with
+    /// [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions).
     #[error(
-        "key file {path} is accessible by group or others (mode {mode:04o}); \
-         run `chmod 600 {path}` to make it private",
-        path = path.display()
+        "key file {path} is accessible by group or others (mode {mode:04o}); {fix}",
+        path = path.display(),
+        fix = if *kubernetes_secret {
+            "it is in a Kubernetes secret volume, where chmod does not last: set \
+             `defaultMode: 0400` on the volume to make it private".to_owned()
+        } else {
+            format!("run `chmod 600 {}` to make it private", path.display())
+        }
     )]
     InsecurePermissions {
         /// The key file.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+        /// Whether it was reached through a Kubernetes secret volume's `..data` link.
+        kubernetes_secret: bool,
+    },
+
+    /// A directory above the key, a symbolic link on the way to it, or the key file
+    /// itself can be changed by a user other than this process's user and root, who
+    /// could then replace the identity (or plant one whose secret they know).
+    ///
+    /// Checked before a key is read or created, like OpenSSH's `StrictModes`. Accepted
+    /// anyway with
+    /// [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions).
+    #[error("{}", Untrusted(self))]
+    UntrustedPath {
+        /// The key file whose location is refused.
+        key: PathBuf,
+        /// The directory, link or file that others could change.
+        path: PathBuf,
+        /// What `path` is.
+        kind: PathKind,
+        /// Its owner's user id.
+        owner: u32,
+        /// Its group id.
+        group: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// Who else could change it.
+        problem: TrustProblem,
     },
 
     /// Another endpoint holds this identity, and it was not released within the wait.
@@ -119,9 +154,139 @@ pub enum Error {
     #[error("no home directory to hold the default key file; give a key path instead")]
     NoHomeDirectory,
 
+    /// The environment variable that names the per-user data directory (`HOME` or
+    /// `XDG_DATA_HOME`) holds a relative path, which would put the key under whatever the
+    /// current directory happens to be.
+    #[error(
+        "{variable} is a relative path ({}), so the default key location would depend on \
+         the current directory; set it to an absolute path or give a key path",
+        value.display()
+    )]
+    RelativeDataDirectory {
+        /// `HOME` or `XDG_DATA_HOME`.
+        variable: &'static str,
+        /// Its value.
+        value: PathBuf,
+    },
+
+    /// The key file's name is too long to create: its temporary file, which adds a
+    /// prefix and a random suffix, would not fit in a file name.
+    #[error(
+        "key file {} has a name of {len} bytes, too long to create it safely (at most \
+         {max}); choose a shorter name",
+        path.display()
+    )]
+    NameTooLong {
+        /// The key path.
+        path: PathBuf,
+        /// The length of its file name, in bytes.
+        len: usize,
+        /// The longest name that can be created.
+        max: usize,
+    },
+
     /// iroh failed to bind the endpoint; the source is iroh's own error.
     #[error("cannot bind the iroh endpoint")]
     Bind(#[source] iroh::endpoint::BindError),
+}
+
+/// What an [`Error::UntrustedPath`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathKind {
+    /// A directory above the key file.
+    Directory,
+    /// A symbolic link on the way to the key file.
+    SymbolicLink,
+    /// The key file itself.
+    KeyFile,
+}
+
+impl fmt::Display for PathKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Directory => "directory",
+            Self::SymbolicLink => "symbolic link",
+            Self::KeyFile => "key file",
+        })
+    }
+}
+
+/// Who, besides this process's user and root, could change a path on the way to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrustProblem {
+    /// It belongs to another user.
+    OtherOwner {
+        /// This process's effective user id.
+        user: u32,
+    },
+    /// Every user may write it (a directory that is not sticky, or a file).
+    WritableByOthers,
+    /// Its group may write it, and this process is not in that group.
+    WritableByGroup,
+}
+
+/// The message of an [`Error::UntrustedPath`].
+struct Untrusted<'a>(&'a Error);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Error::UntrustedPath {
+            key,
+            path,
+            kind,
+            owner,
+            group,
+            mode,
+            problem,
+        } = self.0
+        else {
+            return Ok(());
+        };
+        let shown = path.display();
+        write!(
+            f,
+            "{kind} {shown} (owner uid {owner}, group {group}, mode {mode:04o}) "
+        )?;
+        match problem {
+            TrustProblem::OtherOwner { user } => write!(
+                f,
+                "belongs to uid {owner}, not to this process's user (uid {user}) or root: uid \
+                 {owner}"
+            )?,
+            TrustProblem::WritableByOthers => {
+                f.write_str("may be written by every user: any of them")?;
+            }
+            TrustProblem::WritableByGroup => write!(
+                f,
+                "may be written by group {group}, which this process is not a member of: its \
+                 members"
+            )?,
+        }
+        if key == path {
+            f.write_str(" could replace the key; ")?;
+        } else {
+            write!(f, " could replace the key file {}; ", key.display())?;
+        }
+        match (problem, kind) {
+            (TrustProblem::OtherOwner { user }, _) => write!(
+                f,
+                "keep the key where only you and root own the directories, or run \
+                 `chown {user} {shown}` as root"
+            ),
+            (TrustProblem::WritableByOthers, PathKind::Directory) => write!(
+                f,
+                "run `chmod o-w {shown}`, or `chmod +t {shown}` so that, as in /tmp, others \
+                 cannot rename what is yours"
+            ),
+            (TrustProblem::WritableByOthers, _) => write!(f, "run `chmod o-w {shown}`"),
+            (TrustProblem::WritableByGroup, _) => write!(
+                f,
+                "run `chmod g-w {shown}`, or add this user to group {group}"
+            ),
+        }
+    }
 }
 
 impl Error {

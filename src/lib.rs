@@ -33,7 +33,10 @@
 //!   size: that is an error naming the path and the problem.
 //! - **Crash-safe creation.** A new key is written to a temporary file beside it
 //!   (`0600`), synced, published under its name by a rename that never replaces
-//!   anything, and the directory is synced. A crash leaves no key or a whole one.
+//!   anything, and the directory is synced. A crash leaves no key or a whole one. When
+//!   the directory cannot be synced after the key is published (a directory that may be
+//!   written but not read), the key is used and a warning logged: it is there, only its
+//!   survival of a power loss is not confirmed.
 //! - **First-run races.** Processes that create the same key at once all end up with
 //!   the same one: the losers read the winner's.
 //! - **One live endpoint per identity.** The key file is locked (`flock`) while an
@@ -69,11 +72,46 @@
 //!
 //! # Security
 //!
-//! On unix, new key files are `0600` and new directories `0700` whatever the umask. Like
-//! OpenSSH, a key file of the current user that group or others may access is refused
-//! with [`Error::InsecurePermissions`], which says to run `chmod 600`; a key owned by
-//! another user (root's secret mount) is not judged by its mode. No key material appears
-//! in any error, `Debug` output or log line, and buffers that held key bytes are zeroed.
+//! **Who may change the key.** On unix, before a key is read or created, the crate checks
+//! who could replace it, as OpenSSH's `StrictModes` and Tor's `check_private_dir` do.
+//! Every directory from `/` down to the key, every symbolic link followed on the way and
+//! the key file itself must belong to the process's effective user or to root, and must
+//! not be writable by anyone else; otherwise the open fails with
+//! [`Error::UntrustedPath`], which names the path, its owner and mode, and the fix. Two
+//! exceptions, where this crate differs from OpenSSH:
+//!
+//! - a **sticky** directory that every user may write (`/tmp`, mode `1777`) is accepted:
+//!   others may add names there but not rename or remove ours, and what they plant (a
+//!   key, a link) is theirs and refused in turn;
+//! - a directory **writable by a group the process is in** is accepted: the members of
+//!   one's own groups are trusted like the user. That is a Kubernetes volume with
+//!   `fsGroup` (mode `2775`). A group the process is not in is refused.
+//!
+//! A key file of the current user that group or others may access is refused with
+//! [`Error::InsecurePermissions`] (`chmod 600`; in a Kubernetes secret volume,
+//! `defaultMode: 0400`). A key owned by root and read by another user, a mounted secret,
+//! must be readable through its group or other bits, which is root's choice; it must not
+//! be writable by others. [`Builder::allow_insecure_permissions`] turns all of these
+//! checks off, and nothing else.
+//!
+//! **How files are made.** The key's directory is opened once the path is checked, and
+//! everything after happens through its descriptor: missing directories are made with
+//! `mkdirat` and given mode `0700` through their own descriptor (a directory swapped for
+//! a link meanwhile makes the open fail, never a `chmod` of the link's target), the key
+//! is written to a temporary file `0600` whose name ends in 64 random bits (no one can
+//! take the name first), and published with a rename that replaces nothing. The
+//! directory lock that keeps creators in turn is waited for no longer than the
+//! [lock wait](Builder::lock_wait); after that the key is created without it, so a
+//! lock that another user holds on a shared directory delays a first start, never stops
+//! it.
+//!
+//! **The ports file** beside the key is replaced only when it is absent or is one this
+//! crate wrote; one that is anything else, a link, or another user's is left alone, and
+//! remembered ports below 1024 are ignored.
+//!
+//! **Secrets.** No key material appears in any error, `Debug` output or log line, and
+//! buffers that held key bytes are zeroed. Nothing read from a key file is echoed into an
+//! error unescaped.
 //!
 //! # Limitations
 //!
@@ -83,9 +121,15 @@
 //!   reject the crate's key files. [`encode_key`] with [`KeyFormat::Pkcs8PemV1`] (or
 //!   `iroh-identity export --format pkcs8-v1`) gives them a copy they read.
 //! - Locks are advisory `flock` locks, per host: two machines sharing a key over a
-//!   network file system are not kept apart.
-//! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and keys
-//!   are published with a hard link.
+//!   network file system are not kept apart. A lock belongs to an open file, so a child
+//!   made with `fork` and no `exec` shares its parent's: the identity stays held until
+//!   both have closed it or exited.
+//! - The checks of who may change the key trust root, the process's user and the members
+//!   of its groups. They see owners and modes, not ACLs.
+//! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and no owner
+//!   checks, and keys are published with a hard link. On unixes other than Linux, a key
+//!   directory that may be written but not read (mode `0300`) cannot be used, and
+//!   [`inspect_key`] takes the lock for an instant to see whether it is held.
 //!
 //! [`EndpointId`]: iroh::EndpointId
 
@@ -100,13 +144,16 @@ mod lock;
 mod ports;
 mod sys;
 mod temp_file;
+mod trust;
+mod wait;
 
 pub use endpoint::{
-    Builder, DEFAULT_KEY_FILE_NAME, DEFAULT_LOCK_WAIT, PersistentEndpoint, default_key_path,
+    Builder, DEFAULT_KEY_FILE_NAME, DEFAULT_LOCK_WAIT, MAX_PORT_WAIT, PersistentEndpoint,
+    default_key_path,
 };
-pub use error::{Error, KeyProblem};
+pub use error::{Error, KeyProblem, PathKind, TrustProblem};
 pub use key::{KeyFormat, decode_key, encode_key};
-pub use key_file::{load_key, load_or_generate, store_new_key};
+pub use key_file::{KeyReport, inspect_key, load_key, load_or_generate, store_new_key};
 pub use lock::IdentityLock;
 
 #[cfg(doctest)]

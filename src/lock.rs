@@ -9,13 +9,16 @@ use std::{
     fmt,
     fs::{File, TryLockError},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use iroh::{Endpoint, EndpointId};
 use tracing::{debug, info};
 
-use crate::{Error, sys};
+use crate::{
+    Error, key_file, sys,
+    wait::{self, Deadline, Waited},
+};
 
 /// How often a held lock is tried again while waiting for it.
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
@@ -60,49 +63,39 @@ impl IdentityLock {
     ///   not support locks.
     pub async fn acquire(path: impl AsRef<Path>, wait: Duration) -> Result<Self, Error> {
         let path = path.as_ref();
-        let file = sys::open_key_file(path).map_err(|err| Error::io("open key file", path, err))?;
-        Self::wait_for(file, path, wait, None).await
+        let file =
+            key_file::open_existing(path).map_err(|err| Error::io("open key file", path, err))?;
+        Self::wait_for(file, path, Deadline::after(wait), None).await
     }
 
-    /// Locks an open key file, waiting up to `wait`; `id` is the identity, for the log.
+    /// Locks an open key file, waiting until `deadline`; `id` is the identity, for the log.
     pub(crate) async fn wait_for(
         file: File,
         path: &Path,
-        wait: Duration,
+        deadline: Deadline,
         id: Option<EndpointId>,
     ) -> Result<Self, Error> {
-        let start = Instant::now();
-        let mut announced = false;
-        loop {
-            match file.try_lock() {
-                Ok(()) => {
-                    return Ok(Self {
-                        _file: file,
-                        path: path.into(),
-                    });
-                }
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(err)) => {
-                    return Err(Error::io("lock key file", path, err));
-                }
-            }
-            let waited = start.elapsed();
-            if waited >= wait {
-                return Err(Error::InUse {
-                    path: path.into(),
-                    waited: Duration::from_millis(waited.as_millis() as u64),
-                });
-            }
-            if !announced {
-                announced = true;
-                info!(
-                    path = %path.display(),
-                    id = id.map(tracing::field::display),
-                    ?wait,
-                    "identity in use by another endpoint; waiting for it to close"
-                );
-            }
-            tokio::time::sleep(RETRY_INTERVAL.min(wait - waited)).await;
+        let attempt = || match file.try_lock() {
+            Ok(()) => Ok(Some(())),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(err)) => Err(Error::io("lock key file", path, err)),
+        };
+        let announce = || {
+            info!(
+                path = %path.display(),
+                id = id.map(tracing::field::display),
+                "identity in use by another endpoint; waiting for it to close"
+            );
+        };
+        match wait::until(deadline, RETRY_INTERVAL, attempt, announce).await? {
+            Waited::Done(()) => Ok(Self {
+                _file: file,
+                path: path.into(),
+            }),
+            Waited::TimedOut(waited) => Err(Error::InUse {
+                path: path.into(),
+                waited,
+            }),
         }
     }
 
@@ -136,5 +129,25 @@ impl fmt::Debug for IdentityLock {
         f.debug_struct("IdentityLock")
             .field("path", &self.path)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether an endpoint holds the identity of the open key `file`, found without taking
+/// the lock, so that looking never makes an open fail; `None` when it cannot be told.
+///
+/// On Linux this reads the kernel's table of locks, `/proc/locks`. Elsewhere the lock is
+/// taken and released at once: an open that tries the lock in that instant, with no
+/// wait, finds the identity in use.
+pub(crate) fn is_held(file: &File) -> Option<bool> {
+    if let Some(held) = sys::flock_held(file) {
+        return Some(held);
+    }
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            Some(false)
+        }
+        Err(TryLockError::WouldBlock) => Some(true),
+        Err(TryLockError::Error(_)) => None,
     }
 }

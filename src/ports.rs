@@ -7,16 +7,21 @@
 //! in the log. It is written only while the identity lock is held, so by one process at
 //! a time, and like a key: to a temporary file, synced, renamed over the old one, and
 //! the directory synced. A crash leaves the old ports or the new ones.
+//!
+//! It is ours or it is left alone: it is replaced only when it is absent or is a ports
+//! file this crate wrote (its first line says so), never when it is anything else (a key
+//! someone named `KEY.ports`, a link, another user's file). Remembered ports below 1024
+//! are ignored: a ports file never makes the endpoint bind a service's port (53, 123).
 
 use std::{
     collections::BTreeSet,
-    ffi::OsString,
-    fmt, fs,
+    ffi::{OsStr, OsString},
+    fmt,
     io::{self, Read},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use iroh::{
@@ -27,12 +32,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
 use crate::{
-    Error, sys,
-    temp_file::{self, TempFile},
+    Error, MAX_PORT_WAIT,
+    sys::{self, Dir},
+    temp_file::TempFile,
+    wait::{self, Deadline, Waited},
 };
 
 /// What is appended to the key file's name to name its ports file.
 const PORTS_FILE_SUFFIX: &str = ".ports";
+
+/// The first line of every ports file this crate writes: how it knows its own.
+const HEADER: &str = "# UDP ports of the iroh endpoint whose key is beside this file, bound again";
 
 /// The longest wait for a remembered port held by an endpoint of this process.
 ///
@@ -50,6 +60,9 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The largest ports file that is read; this crate writes under 200 bytes.
 const MAX_PORTS_FILE_LEN: u64 = 1024;
+
+/// The lowest port that is remembered: below it are the ports of system services.
+const LOWEST_PORT: u16 = 1024;
 
 /// The sockets iroh binds on all interfaces by default, one per IP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,11 +137,17 @@ impl Ports {
         ports
     }
 
-    /// Reads the contents of a ports file: `ipv4 PORT` and `ipv6 PORT` lines, and `#`
-    /// comments. `None` if it is anything else.
+    /// Reads the contents of a ports file this crate wrote: its header line, then
+    /// `ipv4 PORT` and `ipv6 PORT` lines and `#` comments. `None` if it is anything
+    /// else. Ports below [`LOWEST_PORT`] are left out.
     fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        if lines.next()?.trim_end() != HEADER {
+            return None;
+        }
         let mut ports = Self::default();
-        for line in text.lines().map(str::trim) {
+        let mut seen = Self::default();
+        for line in lines.map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -139,18 +158,22 @@ impl Ports {
                 _ => return None,
             };
             let port: u16 = port.trim().parse().ok().filter(|&port| port != 0)?;
-            if ports.get(family).is_some() {
+            if seen.get(family).is_some() {
                 return None;
             }
-            ports.set(family, port);
+            seen.set(family, port);
+            if port < LOWEST_PORT {
+                warn!(%family, port, "a remembered port below 1024 is ignored");
+            } else {
+                ports.set(family, port);
+            }
         }
         Some(ports)
     }
 
     fn render(&self) -> String {
-        let mut text = String::from(
-            "# UDP ports of the iroh endpoint whose key is beside this file, bound again\n\
-             # on its next start so that its tickets stay valid (iroh-identity).\n",
+        let mut text = format!(
+            "{HEADER}\n# on its next start so that its tickets stay valid (iroh-identity).\n"
         );
         for family in Family::ALL {
             if let Some(port) = self.get(family) {
@@ -161,11 +184,24 @@ impl Ports {
     }
 }
 
+/// What is at the ports file's path.
+#[derive(Debug)]
+enum PortsFile {
+    /// Nothing: it may be created.
+    Absent,
+    /// A ports file this crate wrote, with the ports worth binding: it may be replaced.
+    Ours(Ports),
+    /// Something else: it is left alone, and nothing is remembered.
+    NotOurs,
+}
+
 /// Stable addressing for one open: the ports remembered, and those asked of iroh.
 #[derive(Debug)]
 pub(crate) struct StableAddressing {
-    path: PathBuf,
-    remembered: Ports,
+    /// The key's directory, where the ports file is.
+    dir: Dir,
+    name: OsString,
+    file: PortsFile,
     asked: Ports,
     /// Remembered ports that stayed in use, and whether this process had bound them.
     taken: Vec<(Family, u16, bool)>,
@@ -173,7 +209,8 @@ pub(crate) struct StableAddressing {
 
 impl StableAddressing {
     /// Reads the ports remembered beside the key at `key_path` and keeps those that can
-    /// be bound, waiting until `deadline` (`None`: as long as it takes) for busy ones.
+    /// be bound, waiting until `deadline`, and [`MAX_PORT_WAIT`] at most,
+    /// for busy ones.
     ///
     /// What holds a busy port is nearly always the previous endpoint of this identity.
     /// It releases the identity when it starts closing, but keeps its sockets while its
@@ -182,9 +219,23 @@ impl StableAddressing {
     /// is at most [`WAIT_FOR_THIS_PROCESS`].
     ///
     /// Call it while holding the identity lock: the ports file is written by the holder.
-    pub(crate) async fn prepare(key_path: &Path, deadline: Option<Instant>) -> Self {
-        let path = ports_file_path(key_path);
-        let remembered = read(&path);
+    /// `None` when the key's directory cannot be opened: then nothing is remembered.
+    pub(crate) async fn prepare(key_path: &Path, deadline: Deadline) -> Option<Self> {
+        let dir = match Dir::open(crate::key_file::parent_dir(key_path)) {
+            Ok(dir) => dir,
+            Err(err) => {
+                info!(path = %key_path.display(), %err, "cannot open the key's directory; binding fresh ports");
+                return None;
+            }
+        };
+        let mut name = key_path.file_name()?.to_owned();
+        name.push(PORTS_FILE_SUFFIX);
+        let file = read(&dir, &name);
+        let remembered = match &file {
+            PortsFile::Ours(ports) => *ports,
+            PortsFile::Absent | PortsFile::NotOurs => Ports::default(),
+        };
+        let deadline = deadline.at_most(MAX_PORT_WAIT);
         let mut asked = Ports::default();
         let mut taken = Vec::new();
         for family in Family::ALL {
@@ -194,26 +245,24 @@ impl StableAddressing {
             let addr = family.all_interfaces(port);
             let here = bound_here(addr);
             let deadline = if here {
-                let soon = Instant::now() + WAIT_FOR_THIS_PROCESS;
-                Some(deadline.map_or(soon, |deadline| deadline.min(soon)))
+                deadline.at_most(WAIT_FOR_THIS_PROCESS)
             } else {
                 deadline
             };
             match wait_until_free(addr, deadline).await {
-                Ok(()) => asked.set(family, port),
-                Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
-                    taken.push((family, port, here));
-                }
+                Ok(true) => asked.set(family, port),
+                Ok(false) => taken.push((family, port, here)),
                 // No IPv6 on this host, say: iroh will not bind it either.
                 Err(err) => debug!(%addr, %err, "cannot bind the remembered port"),
             }
         }
-        Self {
-            path,
-            remembered,
+        Some(Self {
+            dir,
+            name,
+            file,
             asked,
             taken,
-        }
+        })
     }
 
     /// Asks iroh to bind the remembered ports that are free, on all interfaces, where it
@@ -232,12 +281,13 @@ impl StableAddressing {
     }
 
     /// Warns about remembered ports that could not be kept and remembers the ports
-    /// `endpoint` is bound to, if they changed.
+    /// `endpoint` is bound to, if they changed and the ports file is ours to write.
     pub(crate) fn remember(self, endpoint: &Endpoint) {
         let bound = Ports::bound(endpoint);
+        let path = self.dir.path().join(&self.name);
         for &(family, old_port, here) in &self.taken {
             let new_port = bound.get(family);
-            let path = self.path.display();
+            let path = path.display();
             if here {
                 warn!(
                     %path, %family, old_port, new_port,
@@ -261,13 +311,16 @@ impl StableAddressing {
                     .filter_map(|family| bound.get(family).map(|port| family.all_interfaces(port))),
             );
         }
-        if bound.is_empty() || bound == self.remembered {
+        let unchanged = match &self.file {
+            PortsFile::Ours(remembered) => *remembered == bound,
+            PortsFile::Absent => false,
+            PortsFile::NotOurs => return,
+        };
+        if bound.is_empty() || unchanged {
             return;
         }
-        match write(&self.path, &bound) {
-            Ok(()) => {
-                debug!(path = %self.path.display(), ?bound, "remembered the endpoint's ports")
-            }
+        match write(&self.dir, &self.name, &bound) {
+            Ok(()) => debug!(path = %path.display(), ?bound, "remembered the endpoint's ports"),
             Err(err) => info!(
                 %err,
                 "cannot remember the endpoint's ports; after a restart, its tickets will \
@@ -282,39 +335,44 @@ fn bound_here(addr: SocketAddr) -> bool {
     BOUND_HERE.lock().is_ok_and(|here| here.contains(&addr))
 }
 
-/// The ports file of the key at `key_path`: the same path with `.ports` appended.
-fn ports_file_path(key_path: &Path) -> PathBuf {
-    let mut path = OsString::from(key_path.as_os_str());
-    path.push(PORTS_FILE_SUFFIX);
-    path.into()
-}
-
-/// The remembered ports, or none if there is no usable ports file.
-fn read(path: &Path) -> Ports {
-    let text = match read_text(path) {
+/// What is at the ports file's path, read without following a link; what is not ours
+/// is logged and left alone.
+fn read(dir: &Dir, name: &OsStr) -> PortsFile {
+    let path = dir.path().join(name);
+    let text = match read_text(dir, name) {
         Ok(Some(text)) => text,
         Ok(None) => {
             debug!(path = %path.display(), "no ports file yet");
-            return Ports::default();
+            return PortsFile::Absent;
         }
         Err(err) => {
-            warn!(path = %path.display(), %err, "cannot read the ports file; binding fresh ports");
-            return Ports::default();
+            warn!(
+                path = %path.display(),
+                %err,
+                "the ports file cannot be used; binding fresh ports and leaving it as it is"
+            );
+            return PortsFile::NotOurs;
         }
     };
-    Ports::parse(&text).unwrap_or_else(|| {
-        warn!(
-            path = %path.display(),
-            "the ports file is not one this crate wrote; binding fresh ports and replacing it"
-        );
-        Ports::default()
-    })
+    match Ports::parse(&text) {
+        Some(ports) => PortsFile::Ours(ports),
+        None => {
+            warn!(
+                path = %path.display(),
+                "the ports file is not one this crate wrote; binding fresh ports and leaving \
+                 it as it is"
+            );
+            PortsFile::NotOurs
+        }
+    }
 }
 
-/// The contents of the ports file; `None` if there is none.
-fn read_text(path: &Path) -> io::Result<Option<String>> {
-    let file = match sys::open_key_file(path) {
-        Ok(file) => file,
+/// The contents of the ports file; `None` if there is none. An error for anything that
+/// is not a small regular file of this user.
+fn read_text(dir: &Dir, name: &OsStr) -> io::Result<Option<String>> {
+    let file = match dir.open_file_no_follow(name) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Err(io::Error::other("it is a symbolic link")),
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err),
     };
@@ -322,6 +380,15 @@ fn read_text(path: &Path) -> io::Result<Option<String>> {
     if !metadata.is_file() {
         let kind = sys::describe(metadata.file_type());
         return Err(io::Error::other(format!("it is {kind}, not a file")));
+    }
+    if let Some(owner) = sys::owner(&metadata) {
+        let uid = sys::process().uid;
+        if owner.uid != uid {
+            return Err(io::Error::other(format!(
+                "it belongs to uid {}, not to this process's user (uid {uid})",
+                owner.uid
+            )));
+        }
     }
     if metadata.len() > MAX_PORTS_FILE_LEN {
         return Err(io::Error::other(format!(
@@ -335,35 +402,33 @@ fn read_text(path: &Path) -> io::Result<Option<String>> {
 }
 
 /// Replaces the ports file crash-safely.
-fn write(path: &Path, ports: &Ports) -> Result<(), Error> {
-    let dir = temp_file::parent_dir(path);
-    let name = path.file_name().unwrap_or(path.as_os_str());
+fn write(dir: &Dir, name: &OsStr, ports: &Ports) -> Result<(), Error> {
     // The identity lock is held: no other process is writing one.
-    temp_file::remove_leftovers(dir, name);
+    crate::temp_file::remove_leftovers(dir, name);
     let temp = TempFile::create(dir, name)?;
     temp.write_durably(ports.render().as_bytes())?;
-    fs::rename(&temp.path, path).map_err(|err| Error::io("replace ports file", path, err))?;
-    sys::sync_dir(dir).map_err(|err| Error::io("sync directory", dir, err))
+    let path = dir.path().join(name);
+    dir.replace(&temp.name, name)
+        .map_err(|err| Error::io("replace ports file", &path, err))?;
+    if let Err(err) = dir.sync() {
+        debug!(path = %path.display(), %err, "the ports file was replaced, but its directory cannot be synced");
+    }
+    Ok(())
 }
 
-/// Binds `addr` and closes it again, trying again until `deadline` while it is in use.
-async fn wait_until_free(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<()> {
-    let mut announced = false;
-    loop {
-        let err = match try_bind(addr) {
-            Err(err) if err.kind() == io::ErrorKind::AddrInUse => err,
-            result => return result,
-        };
-        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-        if left == Some(Duration::ZERO) {
-            return Err(err);
-        }
-        if !announced {
-            announced = true;
-            debug!(%addr, "the remembered port is in use; waiting for it");
-        }
-        tokio::time::sleep(left.map_or(RETRY_INTERVAL, |left| left.min(RETRY_INTERVAL))).await;
-    }
+/// Binds `addr` and closes it again, trying again until `deadline` while it is in use:
+/// `Ok(false)` if it still was then.
+async fn wait_until_free(addr: SocketAddr, deadline: Deadline) -> io::Result<bool> {
+    let attempt = || match try_bind(addr) {
+        Ok(()) => Ok(Some(())),
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Ok(None),
+        Err(err) => Err(err),
+    };
+    let announce = || debug!(%addr, "the remembered port is in use; waiting for it");
+    Ok(matches!(
+        wait::until(deadline, RETRY_INTERVAL, attempt, announce).await?,
+        Waited::Done(())
+    ))
 }
 
 /// Binds a UDP socket as iroh binds it, and closes it again.
@@ -377,14 +442,14 @@ fn try_bind(addr: SocketAddr) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Ports;
+    use super::{HEADER, Ports};
 
     #[test]
     fn ports_read_back_and_anything_else_is_refused() {
         for ports in [
             Ports::default(),
             Ports {
-                ipv4: Some(1),
+                ipv4: Some(1024),
                 ipv6: None,
             },
             Ports {
@@ -404,7 +469,19 @@ mod tests {
             "4000",
             "ipv4 4000x",
         ] {
-            assert_eq!(Ports::parse(bad), None, "{bad:?}");
+            let text = format!("{HEADER}\n{bad}\n");
+            assert_eq!(Ports::parse(&text), None, "{bad:?}");
         }
+        // Without the header line, it is not ours, however it looks.
+        assert_eq!(Ports::parse("ipv4 40000\n"), None);
+        // Ports of system services are never remembered.
+        let low = format!("{HEADER}\nipv4 53\nipv6 40000\n");
+        assert_eq!(
+            Ports::parse(&low),
+            Some(Ports {
+                ipv4: None,
+                ipv6: Some(40000)
+            })
+        );
     }
 }

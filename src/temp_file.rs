@@ -1,45 +1,72 @@
-//! Temporary files beside the file they become: created private, written and synced
-//! before they are published under their name, removed if they never are, and cleaned up
-//! after runs that were killed.
+//! Temporary files beside the file they become: created private in the same directory
+//! (through its descriptor), written and synced before they are published under their
+//! name, removed if they never are, and cleaned up after runs that were killed.
 //!
 //! The key file and the ports file are both written this way, so that a crash leaves the
 //! old file or the whole new one, never a torn one.
+//!
+//! Their names end in 64 random bits from the operating system: another user who may
+//! add names to the directory (a sticky `/tmp`) cannot create them first to keep a key
+//! from being created.
 
 use std::{
     ffi::{OsStr, OsString},
-    fs::{self, File},
+    fs::File,
     io::{self, Write},
-    path::{Path, PathBuf},
-    process,
+    path::PathBuf,
 };
 
 use tracing::debug;
 
-use crate::{Error, sys};
+use crate::{
+    Error,
+    sys::{self, Dir},
+};
+
+/// What a temporary name adds to the name of the file it becomes: `.`, `.tmp-` and 16 hex
+/// digits.
+pub(crate) const ADDED_LEN: usize = 1 + ".tmp-".len() + 16;
+
+/// The longest name of a file that can be written through a temporary file.
+pub(crate) const MAX_NAME_LEN: usize = sys::NAME_MAX - ADDED_LEN;
 
 /// A temporary file, removed when dropped unless it was renamed away.
-pub(crate) struct TempFile {
-    pub(crate) path: PathBuf,
+pub(crate) struct TempFile<'a> {
+    dir: &'a Dir,
+    pub(crate) name: OsString,
     file: File,
 }
 
-impl TempFile {
-    /// Creates `.NAME.tmp-PID-N` in `dir` (`0600` on unix), for a file to be named `name`.
-    pub(crate) fn create(dir: &Path, name: &OsStr) -> Result<Self, Error> {
-        let mut base = prefix(name);
-        base.push(process::id().to_string());
+impl<'a> TempFile<'a> {
+    /// Creates `.NAME.tmp-RANDOM` in `dir` (`0600` on unix), for a file to be named `name`.
+    pub(crate) fn create(dir: &'a Dir, name: &OsStr) -> Result<Self, Error> {
         let mut attempt = 0;
         loop {
-            let mut file_name = base.clone();
-            file_name.push(format!("-{attempt}"));
-            let path = dir.join(file_name);
-            match sys::create_private_file(&path) {
-                Ok(file) => return Ok(Self { path, file }),
-                // Left by an earlier process with the same id, where nothing cleaned it.
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
+            let random = getrandom::u64().map_err(|err| {
+                let err = io::Error::other(format!("no random source: {err}"));
+                Error::io("create temporary file in", dir.path(), err)
+            })?;
+            let mut temp_name = prefix(name);
+            temp_name.push(format!("{random:016x}"));
+            match dir.create_private_file(&temp_name) {
+                Ok(file) => {
+                    return Ok(Self {
+                        dir,
+                        name: temp_name,
+                        file,
+                    });
+                }
+                // 64 random bits never repeat by chance; try again all the same.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 3 => {
                     attempt += 1;
                 }
-                Err(err) => return Err(Error::io("create temporary file", path, err)),
+                Err(err) => {
+                    return Err(Error::io(
+                        "create temporary file",
+                        dir.path().join(&temp_name),
+                        err,
+                    ));
+                }
             }
         }
     }
@@ -48,27 +75,32 @@ impl TempFile {
     pub(crate) fn write_durably(&self, content: &[u8]) -> Result<(), Error> {
         (&self.file)
             .write_all(content)
-            .map_err(|err| Error::io("write temporary file", &self.path, err))?;
+            .map_err(|err| Error::io("write temporary file", self.path(), err))?;
         self.file
             .sync_all()
-            .map_err(|err| Error::io("sync temporary file", &self.path, err))
+            .map_err(|err| Error::io("sync temporary file", self.path(), err))
+    }
+
+    /// Where it is, for messages.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
     }
 }
 
-impl Drop for TempFile {
+impl Drop for TempFile<'_> {
     fn drop(&mut self) {
         // Gone already after a rename; after a link, or on failure, this removes it.
-        match fs::remove_file(&self.path) {
+        match self.dir.remove_file(&self.name) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => {
-                debug!(path = %self.path.display(), %err, "cannot remove a temporary file")
+                debug!(path = %self.path().display(), %err, "cannot remove a temporary file")
             }
         }
     }
 }
 
-/// Temporary files for a file named `name` are `.NAME.tmp-PID-N`: hidden, beside it.
+/// Temporary files for a file named `name` are `.NAME.tmp-…`: hidden, beside it.
 fn prefix(name: &OsStr) -> OsString {
     let mut prefix = OsString::from(".");
     prefix.push(name);
@@ -76,37 +108,31 @@ fn prefix(name: &OsStr) -> OsString {
     prefix
 }
 
-/// Removes the temporary files that killed runs left in `dir` for the file `name`.
+/// Removes the temporary files that killed runs of this user left in `dir` for the file
+/// `name`. Another user's files are theirs, whatever their names.
 ///
 /// Only for a caller that knows no other process is writing one right now.
-pub(crate) fn remove_leftovers(dir: &Path, name: &OsStr) {
+pub(crate) fn remove_leftovers(dir: &Dir, name: &OsStr) {
     let prefix = prefix(name);
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry
-            .file_name()
+    let uid = sys::process().uid;
+    for entry_name in dir.names() {
+        if !entry_name
             .as_encoded_bytes()
             .starts_with(prefix.as_encoded_bytes())
         {
-            let path = entry.path();
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    debug!(path = %path.display(), "removed a temporary file of an interrupted run")
-                }
-                Err(err) => {
-                    debug!(path = %path.display(), %err, "cannot remove a temporary file")
-                }
-            }
+            continue;
         }
-    }
-}
-
-/// The directory a path is in; `.` for a bare file name.
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
+        let ours =
+            matches!(dir.entry(&entry_name), Ok(Some(entry)) if entry.is_file && entry.uid == uid);
+        if !ours {
+            continue;
+        }
+        let path = dir.path().join(&entry_name);
+        match dir.remove_file(&entry_name) {
+            Ok(()) => {
+                debug!(path = %path.display(), "removed a temporary file of an interrupted run")
+            }
+            Err(err) => debug!(path = %path.display(), %err, "cannot remove a temporary file"),
+        }
     }
 }

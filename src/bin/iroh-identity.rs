@@ -2,17 +2,15 @@
 //! code. Built with the `cli` feature: `cargo install iroh-identity --features cli`.
 
 use std::{
-    fs,
     io::{self, Read, Write},
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
 use iroh::SecretKey;
 use iroh_identity::{
-    Error, IdentityLock, KeyFormat, decode_key, encode_key, load_key, store_new_key,
+    Error, KeyFormat, decode_key, encode_key, inspect_key, load_key, store_new_key,
 };
 use zeroize::Zeroizing;
 
@@ -73,7 +71,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = FileFormat::Pkcs8)]
         format: FileFormat,
     },
-    /// Print a key file's format, EndpointId, permissions and whether an endpoint holds it.
+    /// Print a key file's format, EndpointId, permissions (EXPOSED when another user could
+    /// read or replace it) and whether an endpoint holds it, found without taking its lock.
     Inspect {
         /// The key file.
         path: PathBuf,
@@ -167,8 +166,6 @@ enum Failure {
     ReadStdin(io::Error),
     #[error("cannot write to stdout: {0}")]
     Stdout(io::Error),
-    #[error("cannot start a tokio runtime: {0}")]
-    Runtime(io::Error),
 }
 
 /// An error and its causes, as one line.
@@ -220,57 +217,24 @@ fn store(path: &Path, key: &SecretKey, format: FileFormat) -> Result<(), Failure
 }
 
 fn inspect(path: &Path) -> Result<(), Failure> {
-    let permissions = match load_key(path) {
-        Ok(_) => "private".to_owned(),
-        Err(Error::InsecurePermissions { mode, .. }) => {
-            format!(
-                "EXPOSED: mode {mode:04o}; run `chmod 600 {}`",
-                path.display()
-            )
-        }
-        Err(err) => return Err(err.into()),
+    let report = inspect_key(path)?;
+    let verdict = match &report.refused {
+        None => "private".to_owned(),
+        Some(reason) => format!("EXPOSED: {reason}"),
     };
-    let content = Zeroizing::new(fs::read(path).map_err(|source| Error::Io {
-        action: "read key file",
-        path: path.into(),
-        source,
-    })?);
-    let (key, format) = decode_key(&content).map_err(|problem| Error::InvalidKey {
-        path: path.into(),
-        problem,
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(Failure::Runtime)?;
-    let in_use = match runtime.block_on(IdentityLock::acquire(path, Duration::ZERO)) {
-        Ok(_) => "no",
-        Err(Error::InUse { .. }) => "yes, a running endpoint holds it",
-        Err(err) => return Err(err.into()),
+    let permissions = match report.owner {
+        Some((uid, mode)) => format!("{mode:04o}, owner uid {uid}: {verdict}"),
+        None => verdict,
+    };
+    let in_use = match report.in_use {
+        Some(true) => "yes, a running endpoint holds it",
+        Some(false) => "no",
+        None => "unknown",
     };
     say(&format!(
-        "path: {}\nformat: {format}\nendpoint id: {}\npermissions: {}\nin use: {in_use}",
+        "path: {}\nformat: {}\nendpoint id: {}\npermissions: {permissions}\nin use: {in_use}",
         path.display(),
-        key.public(),
-        describe_permissions(path, &permissions),
+        report.format,
+        report.id,
     ))
-}
-
-/// The mode and owner of the file, and the verdict on them.
-#[cfg(unix)]
-fn describe_permissions(path: &Path, verdict: &str) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match fs::metadata(path) {
-        Ok(metadata) => format!(
-            "{:04o}, owner uid {}: {verdict}",
-            metadata.mode() & 0o7777,
-            metadata.uid()
-        ),
-        Err(_) => verdict.to_owned(),
-    }
-}
-
-#[cfg(not(unix))]
-fn describe_permissions(_path: &Path, verdict: &str) -> String {
-    verdict.to_owned()
 }

@@ -1,54 +1,175 @@
-//! Platforms without unix permissions: plain opens, no modes, publish by link.
+//! Platforms without unix permissions and descriptor-relative calls: directories are used
+//! by path, files get no modes, and keys are published with a hard link.
 //!
 //! These platforms are not tested in CI; see the crate's *Limitations*.
 
 use std::{
+    ffi::{OsStr, OsString},
     fs::{self, File, FileType, Metadata, OpenOptions},
     io,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
-/// Opens an existing key file for reading.
-pub(crate) fn open_key_file(path: &Path) -> io::Result<File> {
-    File::open(path)
+/// The longest file name most file systems accept, in bytes.
+pub(crate) const NAME_MAX: usize = 255;
+
+/// The owner, group and permission bits of a file: unix notions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mode: u32,
 }
 
-/// Creates a new file, failing if anything is at `path`.
-pub(crate) fn create_private_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).open(path)
-}
-
-/// Creates a directory.
-pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
-    fs::create_dir(path)
-}
-
-/// Permission bits are a unix notion: nothing is judged exposed here.
-pub(crate) fn exposed_mode(_metadata: &Metadata) -> Option<u32> {
+/// Files have no unix owner here: nothing is judged by it.
+pub(crate) fn owner(_metadata: &Metadata) -> Option<Owner> {
     None
+}
+
+/// Who this process acts as; unused where files have no unix owner.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Process {
+    pub(crate) uid: u32,
+}
+
+impl Process {
+    pub(crate) fn in_group(self, _gid: u32) -> bool {
+        false
+    }
+}
+
+pub(crate) fn process() -> Process {
+    Process { uid: 0 }
 }
 
 /// Says what a non-regular file is, for error messages.
 pub(crate) fn describe(file_type: FileType) -> &'static str {
     if file_type.is_dir() {
         "a directory"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
     } else {
         "something else"
     }
 }
 
-/// Gives the file at `temp` the name `target` by a hard link, which fails if anything is
-/// already there; `temp` is left for the caller to remove.
-pub(crate) fn publish_no_clobber(temp: &Path, target: &Path) -> io::Result<()> {
-    fs::hard_link(temp, target)
+/// Opens an existing file for reading.
+pub(crate) fn open_file(path: &Path) -> io::Result<File> {
+    File::open(path)
 }
 
-/// Directories cannot be synced here; renames are as durable as the platform makes them.
-pub(crate) fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+/// Opens an existing file for reading, or returns `None` if it is a symbolic link.
+pub(crate) fn open_file_no_follow(path: &Path) -> io::Result<Option<File>> {
+    if fs::symlink_metadata(path)?.is_symlink() {
+        return Ok(None);
+    }
+    File::open(path).map(Some)
 }
 
-/// Directories cannot be locked here.
-pub(crate) fn lock_dir(_dir: &Path) -> Option<File> {
+/// A directory, used by path.
+#[derive(Debug)]
+pub(crate) struct Dir {
+    path: PathBuf,
+}
+
+impl Dir {
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+        if fs::metadata(path)?.is_dir() {
+            Ok(Self { path: path.into() })
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            ))
+        }
+    }
+
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Self> {
+        Self::open(&self.path.join(name))
+    }
+
+    pub(crate) fn create_dir(&self, name: &OsStr, _mode: u32) -> io::Result<Self> {
+        fs::create_dir(self.path.join(name))?;
+        self.open_dir(name)
+    }
+
+    pub(crate) fn open_file_no_follow(&self, name: &OsStr) -> io::Result<Option<File>> {
+        open_file_no_follow(&self.path.join(name))
+    }
+
+    pub(crate) fn create_private_file(&self, name: &OsStr) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.path.join(name))
+    }
+
+    pub(crate) fn entry(&self, name: &OsStr) -> io::Result<Option<Entry>> {
+        match fs::symlink_metadata(self.path.join(name)) {
+            Ok(metadata) => Ok(Some(Entry {
+                uid: 0,
+                is_file: metadata.is_file(),
+            })),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A hard link, which fails if anything is already at `to`; `from` is left for the
+    /// caller to remove.
+    pub(crate) fn publish_no_clobber(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        fs::hard_link(self.path.join(from), self.path.join(to))
+    }
+
+    pub(crate) fn replace(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        fs::rename(self.path.join(from), self.path.join(to))
+    }
+
+    pub(crate) fn remove_file(&self, name: &OsStr) -> io::Result<()> {
+        fs::remove_file(self.path.join(name))
+    }
+
+    pub(crate) fn names(&self) -> Vec<OsString> {
+        fs::read_dir(&self.path)
+            .map(|entries| entries.flatten().map(|entry| entry.file_name()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Directories cannot be synced here; renames are as durable as the platform makes
+    /// them.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Directories cannot be locked here.
+    pub(crate) fn try_lock(&self) -> io::Result<bool> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "directories cannot be locked on this platform",
+        ))
+    }
+
+    pub(crate) fn unlock(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(crate) fn metadata(&self) -> io::Result<Metadata> {
+        fs::metadata(&self.path)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What [`Dir::entry`] found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) uid: u32,
+    pub(crate) is_file: bool,
+}
+
+/// Whether any process holds a lock on the file; not known here.
+pub(crate) fn flock_held(_file: &File) -> Option<bool> {
     None
 }

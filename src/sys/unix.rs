@@ -1,53 +1,75 @@
-//! Unix: file modes and owners, opens that cannot hang, and a no-clobber rename.
+//! Unix: directories held open and used through their descriptor (`openat`, `mkdirat`,
+//! `renameat2`), owners and modes, opens that cannot hang, and the identity of the
+//! process. No policy: what is trusted is decided in `trust`.
 
 use std::{
-    fs::{self, DirBuilder, File, FileType, Metadata, OpenOptions, Permissions},
+    ffi::{CString, OsStr, OsString},
+    fs::{self, File, FileType, Metadata, Permissions, TryLockError},
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::Path,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::{
+            ffi::OsStrExt,
+            fs::{FileTypeExt, MetadataExt, PermissionsExt},
+        },
+    },
+    path::{Path, PathBuf},
 };
 
-/// Opens an existing key file for reading.
-///
-/// `O_NONBLOCK` makes opening a FIFO return at once instead of waiting for a writer; it
-/// changes nothing for the regular files that are then read.
-pub(crate) fn open_key_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+/// The longest file name the file systems this crate runs on accept, in bytes.
+pub(crate) const NAME_MAX: usize = 255;
+
+/// The owner, group and permission bits of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    /// The permission bits, with setuid, setgid and sticky: `mode & 0o7777`.
+    pub(crate) mode: u32,
 }
 
-/// Creates a new file that only its owner can read, failing if anything is at `path`.
-pub(crate) fn create_private_file(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    // The umask may have taken bits away from 0600 (never added any): restore exactly 0600.
-    file.set_permissions(Permissions::from_mode(0o600))?;
-    Ok(file)
+/// The owner and mode in `metadata`.
+pub(crate) fn owner(metadata: &Metadata) -> Option<Owner> {
+    Some(Owner {
+        uid: metadata.uid(),
+        gid: metadata.gid(),
+        mode: metadata.mode() & 0o7777,
+    })
 }
 
-/// Creates a directory that only its owner can enter, whatever the umask.
-pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
-    DirBuilder::new().mode(0o700).create(path)?;
-    fs::set_permissions(path, Permissions::from_mode(0o700))
+/// Who this process acts as when it touches files: its effective user, and (asked only
+/// when a group's rights matter) its groups.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Process {
+    pub(crate) uid: u32,
 }
 
-/// The permission bits of a key file that the current user owns and that group or
-/// others may access: such a key is exposed. A file owned by someone else (a secret
-/// mounted by root, say) is that owner's business and is not judged.
-pub(crate) fn exposed_mode(metadata: &Metadata) -> Option<u32> {
-    let mode = metadata.mode() & 0o7777;
-    (metadata.uid() == effective_uid() && mode & 0o077 != 0).then_some(mode)
+impl Process {
+    /// Whether `gid` is the process's effective group or one of its supplementary groups.
+    #[allow(unsafe_code)]
+    pub(crate) fn in_group(self, gid: u32) -> bool {
+        // SAFETY: getegid takes no arguments and cannot fail.
+        if unsafe { libc::getegid() } == gid {
+            return true;
+        }
+        // SAFETY: with a size of 0, getgroups only returns the number of groups.
+        let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        let Ok(count) = usize::try_from(count) else {
+            return false;
+        };
+        let mut groups: Vec<libc::gid_t> = vec![0; count];
+        // SAFETY: the buffer has room for `count` groups, and getgroups writes at most that.
+        let written = unsafe { libc::getgroups(count as libc::c_int, groups.as_mut_ptr()) };
+        usize::try_from(written).is_ok_and(|written| groups[..written.min(count)].contains(&gid))
+    }
 }
 
 #[allow(unsafe_code)]
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours.
-    unsafe { libc::geteuid() }
+pub(crate) fn process() -> Process {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    Process {
+        uid: unsafe { libc::geteuid() },
+    }
 }
 
 /// Says what a non-regular file is, for error messages.
@@ -62,50 +84,340 @@ pub(crate) fn describe(file_type: FileType) -> &'static str {
         "a character device"
     } else if file_type.is_block_device() {
         "a block device"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
     } else {
         "something else"
     }
 }
 
-/// Gives the complete file at `temp` the name `target`, failing with
-/// [`io::ErrorKind::AlreadyExists`] if anything is already there.
-///
-/// On Linux this is `renameat2(RENAME_NOREPLACE)`, after which `temp` is gone. Where the
-/// kernel or file system lacks it, and on other unixes, it is `link`, after which `temp`
-/// is still there for the caller to remove.
-pub(crate) fn publish_no_clobber(temp: &Path, target: &Path) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    match rename_no_replace(temp, target) {
-        // Not supported here: fall back to link, which reports any real error again.
-        Err(err)
-            if matches!(
-                err.raw_os_error(),
-                Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
-            ) => {}
-        result => return result,
-    }
-    fs::hard_link(temp, target)
+/// Opens an existing file for reading, following links. `O_NONBLOCK` makes opening a
+/// FIFO return at once instead of waiting for a writer; it changes nothing for the
+/// regular files that are then read.
+pub(crate) fn open_file(path: &Path) -> io::Result<File> {
+    let c_path = c_path(path.as_os_str())?;
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    open_fd(libc::AT_FDCWD, &c_path, flags, 0).map(File::from)
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[allow(unsafe_code)]
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+/// Opens an existing file for reading, or returns `None` if it is a symbolic link.
+pub(crate) fn open_file_no_follow(path: &Path) -> io::Result<Option<File>> {
+    let c_path = c_path(path.as_os_str())?;
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    match open_fd(libc::AT_FDCWD, &c_path, flags, 0) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
 
-    let from = CString::new(from.as_os_str().as_bytes())?;
-    let to = CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both paths are NUL-terminated strings that outlive the call; renameat2 reads
-    // them and nothing else of ours.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
+/// An open directory. Files in it are opened, created, renamed and removed through its
+/// descriptor, so that nothing done in it can be redirected elsewhere by replacing a
+/// directory on its path with a symbolic link.
+#[derive(Debug)]
+pub(crate) struct Dir {
+    fd: OwnedFd,
+    /// Where it was opened, for messages and for listing it.
+    path: PathBuf,
+    /// Whether it was opened for reading: without that it can be neither synced, nor
+    /// locked, nor listed (a directory its owner may write and search but not read).
+    readable: bool,
+}
+
+impl Dir {
+    /// Opens the directory at `path`, following symbolic links: the caller has checked
+    /// who may change them.
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+        let c_path = c_path(path.as_os_str())?;
+        Self::open_at(libc::AT_FDCWD, &c_path, 0, path.to_owned())
+    }
+
+    /// Opens the directory `name` in this one; fails if `name` is a symbolic link.
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Self> {
+        let c_name = c_path(name)?;
+        Self::open_at(
+            self.fd.as_raw_fd(),
+            &c_name,
+            libc::O_NOFOLLOW,
+            self.path.join(name),
         )
-    };
+    }
+
+    #[allow(unsafe_code)]
+    fn open_at(at: RawFd, name: &CString, flags: libc::c_int, path: PathBuf) -> io::Result<Self> {
+        let flags = flags | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        match open_fd(at, name, flags | libc::O_RDONLY, 0) {
+            Ok(fd) => Ok(Self {
+                fd,
+                path,
+                readable: true,
+            }),
+            // Write and search permission without read (mode 0300): enough to create,
+            // open and rename files in it, which is all that is needed.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Err(err) if err.raw_os_error() == Some(libc::EACCES) => Ok(Self {
+                fd: open_fd(at, name, flags | libc::O_PATH, 0)?,
+                path,
+                readable: false,
+            }),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Creates the directory `name` in this one with exactly `mode`, whatever the umask,
+    /// and opens it. The mode is set through the new directory's descriptor: if someone
+    /// replaces it with a symbolic link in between, the open fails and nothing is changed.
+    #[allow(unsafe_code)]
+    pub(crate) fn create_dir(&self, name: &OsStr, mode: u32) -> io::Result<Self> {
+        let c_name = c_path(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name that outlives the call.
+        let result =
+            unsafe { libc::mkdirat(self.fd.as_raw_fd(), c_name.as_ptr(), mode as libc::mode_t) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let created = self.open_dir(name)?;
+        let metadata = created.metadata()?;
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        if metadata.uid() != unsafe { libc::geteuid() } {
+            // Whoever may write this directory put one of their own in its place.
+            return Err(io::Error::other(
+                "it was replaced by another user's directory while it was created",
+            ));
+        }
+        if metadata.mode() & 0o7777 != mode {
+            // The umask took bits away. Through the new directory's own descriptor:
+            // `fchmod`, which an `O_PATH` descriptor cannot do, needs it readable.
+            created.readable()?;
+            created
+                .borrow_file()
+                .set_permissions(Permissions::from_mode(mode))?;
+        }
+        Ok(created)
+    }
+
+    /// Opens the file `name` in this directory for reading, or returns `None` if it is a
+    /// symbolic link. `O_NONBLOCK` makes opening a FIFO return at once.
+    pub(crate) fn open_file_no_follow(&self, name: &OsStr) -> io::Result<Option<File>> {
+        let c_name = c_path(name)?;
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        match open_fd(self.fd.as_raw_fd(), &c_name, flags, 0) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Creates the file `name`, that only its owner can read and write (exactly `0600`
+    /// whatever the umask); fails if anything, a symbolic link included, is there.
+    pub(crate) fn create_private_file(&self, name: &OsStr) -> io::Result<File> {
+        let c_name = c_path(name)?;
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        let file = File::from(open_fd(
+            self.fd.as_raw_fd(),
+            &c_name,
+            flags | libc::O_CLOEXEC,
+            0o600,
+        )?);
+        // The umask may have taken bits away from 0600 (never added any).
+        file.set_permissions(Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+
+    /// The owner and type of `name` in this directory, not following a symbolic link;
+    /// `None` if nothing is there.
+    #[allow(unsafe_code)]
+    pub(crate) fn entry(&self, name: &OsStr) -> io::Result<Option<Entry>> {
+        let c_name = c_path(name)?;
+        // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor, a NUL-terminated name and a `stat` to write into,
+        // all of which outlive the call.
+        let result = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                &mut stat,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if result != 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::NotFound => Ok(None),
+                _ => Err(err),
+            };
+        }
+        Ok(Some(Entry {
+            uid: stat.st_uid,
+            is_file: stat.st_mode & libc::S_IFMT == libc::S_IFREG,
+        }))
+    }
+
+    /// Gives the file `from` the name `to`, failing with
+    /// [`io::ErrorKind::AlreadyExists`] if anything is already there.
+    ///
+    /// On Linux this is `renameat2(RENAME_NOREPLACE)`, after which `from` is gone. Where
+    /// the kernel or file system lacks it, and on other unixes, it is `linkat`, after
+    /// which `from` is still there for the caller to remove.
+    pub(crate) fn publish_no_clobber(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        let (c_from, c_to) = (c_path(from)?, c_path(to)?);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        match self.rename_with(&c_from, &c_to, libc::RENAME_NOREPLACE) {
+            // Not supported here: fall back to link, which reports any real error again.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
+                ) => {}
+            result => return result,
+        }
+        self.link(&c_from, &c_to)
+    }
+
+    /// Renames `from` to `to`, replacing what is there.
+    pub(crate) fn replace(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        self.rename_with(&c_path(from)?, &c_path(to)?, 0)
+    }
+
+    #[allow(unsafe_code)]
+    fn rename_with(&self, from: &CString, to: &CString, flags: libc::c_uint) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: a valid descriptor and NUL-terminated names that outlive the call.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                fd,
+                from.as_ptr(),
+                fd,
+                to.as_ptr(),
+                flags,
+            )
+        };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        // SAFETY: as above.
+        let result = {
+            debug_assert_eq!(flags, 0, "only Linux renames without replacing");
+            unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }
+        };
+        check(result as libc::c_int)
+    }
+
+    #[allow(unsafe_code)]
+    fn link(&self, from: &CString, to: &CString) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: a valid descriptor and NUL-terminated names that outlive the call.
+        check(unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) })
+    }
+
+    /// Removes the file `name`; a symbolic link is removed, not what it points to.
+    #[allow(unsafe_code)]
+    pub(crate) fn remove_file(&self, name: &OsStr) -> io::Result<()> {
+        let c_name = c_path(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name that outlives the call.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), 0) })
+    }
+
+    /// The names in this directory; empty if it cannot be read.
+    pub(crate) fn names(&self) -> Vec<OsString> {
+        if !self.readable {
+            return Vec::new();
+        }
+        let Ok(entries) = fs::read_dir(self.path_of_fd()) else {
+            return Vec::new();
+        };
+        entries.flatten().map(|entry| entry.file_name()).collect()
+    }
+
+    /// Makes the entries of the directory durable: after a crash, what was created or
+    /// renamed in it is still there.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.readable()?;
+        self.borrow_file().sync_all()
+    }
+
+    /// Takes an exclusive lock on the directory if no one else holds one: `Ok(false)`
+    /// while another does. It lasts until [`unlock`](Self::unlock) or until the
+    /// directory is dropped.
+    pub(crate) fn try_lock(&self) -> io::Result<bool> {
+        self.readable()?;
+        match self.borrow_file().try_lock() {
+            Ok(()) => Ok(true),
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(err)) => Err(err),
+        }
+    }
+
+    /// Releases the lock taken by [`try_lock`](Self::try_lock).
+    pub(crate) fn unlock(&self) -> io::Result<()> {
+        self.borrow_file().unlock()
+    }
+
+    /// The directory's own metadata (owner, mode), from its descriptor.
+    pub(crate) fn metadata(&self) -> io::Result<Metadata> {
+        self.borrow_file().metadata()
+    }
+
+    /// Where the directory was opened.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn readable(&self) -> io::Result<()> {
+        if self.readable {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the directory may be written and searched but not read",
+            ))
+        }
+    }
+
+    /// The descriptor as a `File`, for what std does through one (sync, lock,
+    /// metadata). Borrowed: dropping it does not close the directory.
+    #[allow(unsafe_code)]
+    fn borrow_file(&self) -> std::mem::ManuallyDrop<File> {
+        // SAFETY: the descriptor is open for as long as `self`, which outlives the
+        // borrowed handle, and `ManuallyDrop` keeps the handle from closing it.
+        std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(self.fd.as_raw_fd()) })
+    }
+
+    /// A path that names exactly this directory, wherever it has been moved since.
+    fn path_of_fd(&self) -> PathBuf {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        return self.path.clone();
+    }
+}
+
+/// What [`Dir::entry`] found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) uid: u32,
+    pub(crate) is_file: bool,
+}
+
+#[allow(unsafe_code)]
+fn open_fd(at: RawFd, name: &CString, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `at` is a descriptor or AT_FDCWD and `name` a NUL-terminated string; both
+    // outlive the call.
+    let fd = unsafe { libc::openat(at, name.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_path(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path contains a NUL byte"))
+}
+
+fn check(result: libc::c_int) -> io::Result<()> {
     if result == 0 {
         Ok(())
     } else {
@@ -113,17 +425,29 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Makes the entries of a directory durable: after a crash, what was created or renamed
-/// in it is still there.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Whether any process holds a `flock` on the file `file` is open on, read from the
+/// kernel's table of locks without taking one; `None` where there is no such table.
+#[cfg(target_os = "linux")]
+pub(crate) fn flock_held(file: &File) -> Option<bool> {
+    let metadata = file.metadata().ok()?;
+    let dev = metadata.dev();
+    // The table names a file as MAJOR:MINOR:INODE, the device numbers in hex.
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        metadata.ino()
+    );
+    let table = fs::read_to_string("/proc/locks").ok()?;
+    Some(table.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // `N: FLOCK ADVISORY WRITE PID ID START END`; a waiter's line has `->` after N.
+        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str())
+    }))
 }
 
-/// Takes an exclusive lock on a directory, waiting for it, so that only one process at a
-/// time creates a key in it. `None` where directories cannot be locked (some network file
-/// systems): creation is then still correct, only stale temporary files are left alone.
-pub(crate) fn lock_dir(dir: &Path) -> Option<File> {
-    let handle = File::open(dir).ok()?;
-    handle.lock().ok()?;
-    Some(handle)
+/// Whether any process holds a `flock` on the file; not known here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn flock_held(_file: &File) -> Option<bool> {
+    None
 }

@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+mod attacker;
 mod filesystem;
 mod hostile;
 mod kill;

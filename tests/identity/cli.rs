@@ -187,7 +187,9 @@ async fn inspect_tells_format_id_permissions_and_use() -> anyhow::Result<()> {
 
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
     let exposed = report(tool(&args, b""));
-    assert!(exposed.contains("EXPOSED: mode 0644"), "{exposed}");
+    assert!(exposed.contains("permissions: 0644"), "{exposed}");
+    assert!(exposed.contains(": EXPOSED: key file"), "{exposed}");
+    assert!(exposed.contains("(mode 0644)"), "{exposed}");
     assert!(
         exposed.contains(&format!("chmod 600 {}", path.display())),
         "{exposed}"
@@ -223,5 +225,105 @@ fn export_prints_the_key_in_the_format_asked_for() -> anyhow::Result<()> {
     );
     let usage = tool(&["export", path_str(&path)], b"");
     assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    Ok(())
+}
+
+#[test]
+fn inspect_labels_a_readable_key_of_another_user_as_exposed() -> anyhow::Result<()> {
+    if !crate::support::is_root() {
+        eprintln!("skipped: only root can give a file to another user");
+        return Ok(());
+    }
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    write_private(
+        &path,
+        &encode_key(&iroh::SecretKey::generate(), KeyFormat::Pkcs8Pem),
+    );
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    let nobody = crate::support::NOBODY;
+    std::os::unix::fs::chown(&path, Some(nobody), Some(nobody))?;
+    let output = tool(&["inspect", path_str(&path)], b"");
+    assert!(output.status.success(), "{output:?}");
+    let report = String::from_utf8(output.stdout)?;
+    assert!(
+        report.contains(&format!("permissions: 0644, owner uid {nobody}: EXPOSED:")),
+        "{report}"
+    );
+    assert!(report.contains("belongs to uid 65534"), "{report}");
+    Ok(())
+}
+
+#[test]
+fn inspect_never_takes_the_lock_so_an_open_that_does_not_wait_never_fails_for_it()
+-> anyhow::Result<()> {
+    use std::{
+        fs::TryLockError,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+        },
+    };
+
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    iroh_identity::load_or_generate(&path)?;
+    // What an open with `lock_wait(ZERO)` does at its lock step, as fast as it can.
+    let (stop, refused, tries) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let opener = {
+        let (stop, refused, tries) = (stop.clone(), refused.clone(), tries.clone());
+        let file = fs::File::open(&path)?;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                tries.fetch_add(1, Ordering::Relaxed);
+                match file.try_lock() {
+                    Ok(()) => file.unlock().expect("unlock"),
+                    Err(TryLockError::WouldBlock) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TryLockError::Error(err)) => panic!("{err}"),
+                }
+            }
+        })
+    };
+    let runs = 100;
+    for _ in 0..runs {
+        let output = tool(&["inspect", path_str(&path)], b"");
+        assert!(output.status.success(), "{output:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    opener.join().expect("the opener");
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "{runs} inspections made the lock busy ({} tries)",
+        tries.load(Ordering::Relaxed)
+    );
+    let after = String::from_utf8(tool(&["inspect", path_str(&path)], b"").stdout)?;
+    assert!(after.contains("in use: no"), "{after}");
+    Ok(())
+}
+
+#[test]
+fn inspect_reads_a_bounded_amount_and_never_hangs() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    // A 1 GiB sparse file and a FIFO that no one writes: refused at once, unread.
+    let huge = dir.path().join("huge.key");
+    write_private(&huge, b"");
+    fs::OpenOptions::new().write(true).open(&huge)?.set_len(1 << 30)?;
+    let fifo = dir.path().join("fifo.key");
+    let status = Command::new("mkfifo").arg(&fifo).status()?;
+    assert!(status.success());
+    for (path, says) in [(&huge, "too large to be a key"), (&fifo, "not a regular file")] {
+        let start = std::time::Instant::now();
+        let output = tool(&["inspect", path_str(path)], b"");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "{path:?}");
+        assert_fails(&output, 1, path);
+        assert!(String::from_utf8_lossy(&output.stderr).contains(says), "{output:?}");
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@ mod read_only;
 mod secrets;
 mod support;
 mod tickets;
+mod trust;
 
 /// Not a test: the body of the child processes that other tests start.
 #[test]

@@ -17,7 +17,7 @@ use iroh_identity::load_or_generate;
 use crate::support::{
     NOBODY,
     child::{self, Holder, run_to_end},
-    is_root, list, temp_dir,
+    is_root, list, runnable_by_others, temp_dir,
 };
 
 /// A key in a directory that the child cannot write to.
@@ -79,26 +79,6 @@ impl Drop for ReadOnlyKey {
     fn drop(&mut self) {
         let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755));
     }
-}
-
-/// This test binary, or a copy of it in `dir` when `nobody` could not run it where it is
-/// (a checkout under `/root`, say).
-fn runnable_by_others(dir: &Path) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let others_may = |path: &Path, bits: u32| {
-        fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & bits == bits)
-    };
-    let reachable = exe
-        .ancestors()
-        .skip(1)
-        .all(|ancestor| others_may(ancestor, 0o001));
-    if !is_root() || (reachable && others_may(&exe, 0o005)) {
-        return exe;
-    }
-    let copy = dir.join("identity-test");
-    fs::copy(&exe, &copy).expect("copy the test binary");
-    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
-    copy
 }
 
 pub fn same_state(

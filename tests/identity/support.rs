@@ -6,8 +6,9 @@ use std::{
     hash::{BuildHasher, RandomState},
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::unix::fs::PermissionsExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -157,8 +158,79 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The user that root-run tests drop to when permissions must really apply.
+/// The user that root-run tests drop to when permissions must really apply; the
+/// attacker of the local-attacker tests.
 pub const NOBODY: u32 = 65534;
+
+/// A second unprivileged user: the one a service runs as, when a test needs a user that
+/// is neither root nor the attacker. It needs no account: the kernel knows users by
+/// number.
+pub const SERVICE_USER: u32 = 61001;
+
+/// A group that is not root's: a Kubernetes pod's `fsGroup`, or a group that an attacker
+/// shares with a directory.
+pub const SHARED_GROUP: u32 = 61100;
+
+/// Makes `command` run as `uid` (its group the same number) with the supplementary
+/// `groups`, as a process of that user would. Root only.
+pub fn as_user<'a>(command: &'a mut Command, uid: u32, groups: &[u32]) -> &'a mut Command {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) between fork and
+    // exec, on memory moved into the closure.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    command
+}
+
+/// Runs a shell command line as `uid` with the supplementary `groups`, for an attacker's
+/// simple moves (mkdir, mv, ln); fails the test if it fails.
+pub fn shell_as(uid: u32, groups: &[u32], script: &str) {
+    let mut command = Command::new("sh");
+    command.args(["-c", script]);
+    as_user(&mut command, uid, groups);
+    let output = command.output().expect("run sh");
+    assert!(
+        output.status.success(),
+        "`{script}` as uid {uid}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A directory made for a test, given to `uid` (and `gid`) with `mode`.
+pub fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) {
+    fs::create_dir(path).expect("mkdir");
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// This test binary, or a copy of it in `dir` when another user could not run it where
+/// it is (a checkout under `/root`, say).
+pub fn runnable_by_others(dir: &Path) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let others_may = |path: &Path, bits: u32| {
+        fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & bits == bits)
+    };
+    let reachable = exe
+        .ancestors()
+        .skip(1)
+        .all(|ancestor| others_may(ancestor, 0o001));
+    if !is_root() || (reachable && others_may(&exe, 0o005)) {
+        return exe;
+    }
+    let copy = dir.join("identity-test");
+    fs::copy(&exe, &copy).expect("copy the test binary");
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
+}
 
 /// Every way a 32-byte secret is commonly written down, and the body of its key file.
 fn renderings(secret: &[u8; 32]) -> Vec<Vec<u8>> {

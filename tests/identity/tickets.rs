@@ -257,20 +257,26 @@ async fn an_endpoint_closed_but_not_dropped_costs_a_quarter_second_and_a_warning
 }
 
 #[tokio::test]
-async fn a_bad_ports_file_never_fails_an_open() -> anyhow::Result<()> {
+async fn a_bad_ports_file_never_fails_an_open_and_is_left_as_it_was() -> anyhow::Result<()> {
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
     let ports = dir.path().join("endpoint.key.ports");
-    let bad_contents: [&[u8]; 4] = [b"ipv4 not-a-port\n", b"\xff\xfe binary", &[b'#'; 4096], b""];
+    let bad_contents: [&[u8]; 5] = [
+        b"ipv4 not-a-port\n",
+        b"ipv4 40000\n", // no header line: not written by this crate
+        b"\xff\xfe binary",
+        &[b'#'; 4096],
+        b"",
+    ];
     for content in bad_contents {
         write_private(&ports, content);
         let endpoint = stable_builder(&key).bind().await?;
-        let port = ipv4_port(&endpoint);
+        assert_ne!(ipv4_port(&endpoint), 40000);
         endpoint.close().await;
-        let remembered = fs::read_to_string(&ports)?;
-        assert!(
-            remembered.contains(&format!("ipv4 {port}\n")),
-            "{remembered}"
+        assert_eq!(
+            fs::read(&ports)?,
+            content,
+            "a file that is not ours was changed"
         );
     }
 
@@ -281,6 +287,134 @@ async fn a_bad_ports_file_never_fails_an_open() -> anyhow::Result<()> {
     endpoint.close().await;
     assert!(ports.is_dir());
     assert_eq!(list(dir.path()), ["endpoint.key", "endpoint.key.ports"]);
+    Ok(())
+}
+
+/// A ports file as this crate writes it, remembering `port` for IPv4.
+fn ports_file(port: u16) -> String {
+    format!(
+        "# UDP ports of the iroh endpoint whose key is beside this file, bound again\n\
+         # on its next start so that its tickets stay valid (iroh-identity).\nipv4 {port}\n"
+    )
+}
+
+/// A UDP port that is free right now on all interfaces, in `range`.
+fn free_port(range: std::ops::Range<u16>) -> u16 {
+    range
+        .into_iter()
+        .find(|&port| UdpSocket::bind(("0.0.0.0", port)).is_ok())
+        .expect("a free port")
+}
+
+#[tokio::test]
+async fn the_ports_file_is_ours_or_it_is_left_alone() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+
+    let dir = temp_dir();
+    let key = dir.path().join("endpoint.key");
+    let ports = dir.path().join("endpoint.key.ports");
+    // What is there, as a rename over it or a write through it would change it.
+    let state = |path: &std::path::Path| {
+        let metadata = fs::symlink_metadata(path).expect("something at the path");
+        let target = fs::read(path).ok();
+        (
+            metadata.ino(),
+            metadata.uid(),
+            metadata.file_type().is_symlink(),
+            target,
+        )
+    };
+
+    // Another key that happens to be named KEY.ports.
+    let other_key = iroh_identity::encode_key(
+        &iroh::SecretKey::generate(),
+        iroh_identity::KeyFormat::Pkcs8Pem,
+    );
+    write_private(&ports, &other_key);
+    let before = state(&ports);
+    let endpoint = stable_builder(&key).bind().await?;
+    endpoint.close().await;
+    assert_eq!(
+        state(&ports),
+        before,
+        "another file named like the ports file was replaced"
+    );
+    fs::remove_file(&ports)?;
+
+    // A link to a ports file elsewhere: not followed, not replaced.
+    let elsewhere = dir.path().join("elsewhere");
+    let linked_port = free_port(41000..42000);
+    write_private(&elsewhere, ports_file(linked_port).as_bytes());
+    std::os::unix::fs::symlink(&elsewhere, &ports)?;
+    let before = (state(&ports), state(&elsewhere));
+    let endpoint = stable_builder(&key).bind().await?;
+    assert_ne!(ipv4_port(&endpoint), linked_port, "the link was followed");
+    endpoint.close().await;
+    assert_eq!((state(&ports), state(&elsewhere)), before);
+    fs::remove_file(&ports)?;
+
+    if crate::support::is_root() {
+        // A ports file of another user's: ignored and left alone.
+        let foreign_port = free_port(42000..43000);
+        write_private(&ports, ports_file(foreign_port).as_bytes());
+        let nobody = crate::support::NOBODY;
+        std::os::unix::fs::chown(&ports, Some(nobody), Some(nobody))?;
+        let before = state(&ports);
+        let endpoint = stable_builder(&key).bind().await?;
+        assert_ne!(
+            ipv4_port(&endpoint),
+            foreign_port,
+            "another user's ports were bound"
+        );
+        endpoint.close().await;
+        assert_eq!(state(&ports), before);
+        fs::remove_file(&ports)?;
+
+        // A port of a system service (below 1024), which root could bind: ignored, and
+        // the file, ours, is replaced with the port bound instead.
+        let low_port = free_port(1000..1024);
+        write_private(&ports, ports_file(low_port).as_bytes());
+        let endpoint = stable_builder(&key).bind().await?;
+        let bound = ipv4_port(&endpoint);
+        assert_ne!(bound, low_port, "a port below 1024 was bound");
+        endpoint.close().await;
+        let remembered = fs::read_to_string(&ports)?;
+        assert!(
+            remembered.contains(&format!("\nipv4 {bound}\n")),
+            "{remembered}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unbounded_lock_wait_does_not_wait_for_ever_for_a_squatted_port() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let key = dir.path().join("endpoint.key");
+    // The last run was another process.
+    let mut last_run = child::command("open", &key);
+    last_run.env(child::STABLE, "1");
+    child::run_to_end(last_run).expect_id();
+    let old_port = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
+    // Taken by another program (this socket, or whoever took it first), for ever.
+    let squatter = UdpSocket::bind(("0.0.0.0", old_port));
+    let limit = iroh_identity::MAX_PORT_WAIT;
+    let start = Instant::now();
+    let endpoint = tokio::time::timeout(
+        limit + Duration::from_secs(5),
+        stable_builder(&key).lock_wait(Duration::MAX).bind(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("lock_wait(MAX) waited for ever for a squatted port"))??;
+    let took = start.elapsed();
+    assert_eq!(limit, Duration::from_secs(10));
+    assert!(
+        took >= limit && took < limit + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_ne!(ipv4_port(&endpoint), old_port);
+    endpoint.close().await;
+    drop(squatter);
     Ok(())
 }
 

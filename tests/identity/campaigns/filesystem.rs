@@ -87,7 +87,7 @@ fn a_parent_that_is_a_file_is_a_clear_error() -> anyhow::Result<()> {
         "parent path is a file",
         child::command("open", &path),
         &path,
-        &path,
+        &file,
         "Not a directory",
     );
     assert_eq!(list(dir.path()), ["file"]);

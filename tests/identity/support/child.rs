@@ -41,6 +41,14 @@ pub const TICKET: &str = "CHILD_TICKET";
 /// socket at all, and hands out a ticket that holds only the relay.
 pub const RELAY: &str = "CHILD_RELAY";
 
+/// How many runs a `create-many` (victim) or `swap` (attacker) child makes.
+pub const RUNS: &str = "CHILD_RUNS";
+/// For a `swap` child: the paths its links point to, `:`-separated, used in turn.
+pub const TARGETS: &str = "CHILD_TARGETS";
+/// Set: `open` takes the key from the default per-user location of an application
+/// (`default_location`), not from `CHILD_PATH`.
+pub const DEFAULT_LOCATION: &str = "CHILD_DEFAULT_LOCATION";
+
 /// How long a `hold` child keeps its endpoint if nobody kills it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
 
@@ -144,6 +152,22 @@ pub fn outcome(child: Child) -> Outcome {
 /// Runs a child to the end.
 pub fn run_to_end(mut command: Command) -> Outcome {
     outcome(command.spawn().expect("spawn child"))
+}
+
+/// Runs a child to the end, killing it and failing the test if it takes longer than
+/// `limit`: for what must not hang.
+pub fn run_within(mut command: Command, limit: Duration) -> Outcome {
+    let mut child = command.spawn().expect("spawn child");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let outcome = outcome(child);
+            panic!("the child did not finish within {limit:?}: {outcome}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    outcome(child)
 }
 
 /// The epoch time `delay` from now, for [`START_AT_MS`].
@@ -279,6 +303,8 @@ pub fn run() {
                 Err(err) => println!("@child: error {}", chain(&err)),
             },
             "serve" => serve(&path).await,
+            "create-many" => create_many(&path),
+            "swap" => swap(&path),
             "dial" => dial().await,
             "open" | "hold" => {
                 let mut builder = if std::env::var_os(STABLE).is_some() {
@@ -286,6 +312,9 @@ pub fn run() {
                 } else {
                     super::builder(&path)
                 };
+                if std::env::var_os(DEFAULT_LOCATION).is_some() {
+                    builder = builder.default_location("com", "example", "iroh-identity-test");
+                }
                 if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
                     let ms = ms.parse().expect("lock wait in ms");
                     builder = builder.lock_wait(Duration::from_millis(ms));
@@ -346,6 +375,63 @@ async fn serve(path: &Path) {
         () = tokio::time::sleep(HOLD_AT_MOST) => {}
     }
     router.shutdown().await.expect("graceful shutdown");
+}
+
+/// The victim of the directory-swap attack: creates a key in `DIR/N/endpoint.key` for
+/// each run N, where `DIR/N` is missing, and says how many were created.
+fn create_many(dir: &Path) {
+    let runs: usize = std::env::var(RUNS)
+        .expect("CHILD_RUNS")
+        .parse()
+        .expect("a count");
+    let (mut created, mut refused) = (0, 0);
+    for run in 0..runs {
+        // In step with the attacker: wait until it has dealt with the previous run.
+        if run > 0 {
+            let previous = dir.join((run - 1).to_string());
+            let start = std::time::Instant::now();
+            while !previous.is_symlink() && start.elapsed() < Duration::from_millis(200) {
+                std::thread::yield_now();
+            }
+        }
+        match iroh_identity::load_or_generate(dir.join(run.to_string()).join("endpoint.key")) {
+            Ok(_) => created += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    println!("@child: created {created} refused {refused}");
+}
+
+/// The attacker of the directory-swap attack: for each run N, waits for `DIR/N` to
+/// appear, renames it away and puts a link to one of `TARGETS` in its place, as fast as
+/// it can. Says how many it swapped.
+fn swap(dir: &Path) {
+    use std::{fs, os::unix::fs::symlink, time::Instant};
+
+    let runs: usize = std::env::var(RUNS)
+        .expect("CHILD_RUNS")
+        .parse()
+        .expect("a count");
+    let targets = std::env::var(TARGETS).expect("CHILD_TARGETS");
+    let targets: Vec<&str> = targets.split(':').collect();
+    let mut swapped = 0;
+    for run in 0..runs {
+        let name = dir.join(run.to_string());
+        let away = dir.join(format!(".moved-{run}"));
+        let start = Instant::now();
+        let moved = loop {
+            if fs::rename(&name, &away).is_ok() {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(2) {
+                break false;
+            }
+        };
+        swapped += usize::from(moved);
+        // Fails only if the victim made the directory again meanwhile: the next run.
+        let _ = symlink(targets[run % targets.len()], &name);
+    }
+    println!("@child: swapped {swapped}");
 }
 
 /// Connects to the ticket's endpoint and stays connected.
