@@ -4,17 +4,19 @@
 //!
 //! 1. Opening with an existing key vs iroh's bare bind with the key in memory; the
 //!    ratio comes from a run that alternates the two (see [`paired_open`]).
-//! 2. Loading the key (lock, permission check, read, parse), per format, vs reading a raw
-//!    32-byte file and `SecretKey::from_bytes`.
+//! 2. Taking the identity (location and permission checks, read, parse, lock), per
+//!    format, vs reading a raw 32-byte file and `SecretKey::from_bytes`.
 //! 3. A first run (generate, durable publish, bind) vs a steady-state open, and the part
 //!    of the difference that is the two `fsync`s.
-//! 4. N processes racing to create the same missing key, N = 1, 4, 16, 64, vs as many
-//!    processes loading a key that exists.
-//! 5. Opening with stable addressing (ports remembered and bound again) vs iroh's bare
-//!    bind, both on all interfaces; alternated like 1.
+//! 4. N processes racing to create the same missing key, N = 1, 4, 16, 64, each taking
+//!    the identity in turn, vs as many processes taking an identity whose key exists.
+//! 5. Opening with stable addressing binding the remembered ports vs iroh's bare bind,
+//!    both on all interfaces; alternated like 1.
 //!
 //! Everything uses `presets::Minimal` (no network, no n0 services) and binds to
-//! 127.0.0.1, except 5, which binds iroh's default sockets on all interfaces.
+//! 127.0.0.1, except 5, which binds iroh's default sockets on all interfaces. Opens run
+//! with every default, stable addressing included: on loopback there are no ports on all
+//! interfaces to remember, so it costs the look for a ports file.
 
 use std::{
     fs,
@@ -23,7 +25,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use criterion::{BatchSize, Criterion};
@@ -31,7 +33,7 @@ use iroh::{
     Endpoint, SecretKey,
     endpoint::{self, presets},
 };
-use iroh_identity::{IdentityLock, KeyFormat, PersistentEndpoint, encode_key, load_or_generate};
+use iroh_identity::{Identity, KeyFormat, PersistentEndpoint, encode_key, store_new_key};
 use tokio::runtime::Runtime;
 
 /// Set in a child process: create or load the key at this path, and exit.
@@ -54,8 +56,14 @@ const OPEN_PAIRS: usize = 2000;
 
 fn main() {
     if let Some(path) = std::env::var_os(CHILD_KEY_PATH) {
-        let key = load_or_generate(&path).expect("child: load or generate");
-        println!("{}", key.public());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("tokio runtime");
+        let identity = runtime
+            .block_on(Identity::open(&path))
+            .expect("child: take the identity");
+        println!("{}", identity.id());
         return;
     }
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -96,19 +104,24 @@ fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
 }
 
 /// What a user of this crate does: open the key at `path` and bind; then close. On
-/// loopback, or with stable addressing as `PersistentEndpoint::open` does, which binds
-/// the remembered ports on all interfaces.
-async fn open_and_close(path: &Path, stable: bool) {
+/// loopback, or on all interfaces as `PersistentEndpoint::open` does, where stable
+/// addressing binds the remembered ports.
+async fn open_and_close(path: &Path, all_interfaces: bool) {
     let mut builder = PersistentEndpoint::builder()
         .key_path(path)
         .preset(presets::Minimal);
-    builder = if stable {
-        builder.stable_addressing(true)
-    } else {
-        builder.configure(loopback)
-    };
+    if !all_interfaces {
+        builder = builder.configure(loopback);
+    }
     let endpoint = builder.bind().await.expect("open");
     endpoint.close().await;
+}
+
+/// A key file at `path`, as a first run leaves it.
+fn new_key(path: &Path) -> SecretKey {
+    let key = SecretKey::generate();
+    store_new_key(path, &key, KeyFormat::Pkcs8Pem).expect("store a key");
+    key
 }
 
 /// What iroh alone does with the key in memory: bind; then close. On loopback, or on
@@ -132,7 +145,7 @@ fn write_key(path: &Path, content: &[u8]) {
 fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
     let runtime = runtime();
     let path = dir.join("open.key");
-    let key = load_or_generate(&path).expect("key");
+    let key = new_key(&path);
     let mut group = criterion.benchmark_group("open");
     group.bench_function("bare-bind", |b| {
         b.iter(|| runtime.block_on(bind_and_close(&key, false)))
@@ -151,7 +164,7 @@ fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
 fn paired_open(dir: &Path, pairs: usize, stable: bool) -> (f64, f64) {
     let runtime = runtime();
     let path = dir.join(if stable { "stable.key" } else { "paired.key" });
-    let key = load_or_generate(&path).expect("key");
+    let key = new_key(&path);
     let (mut opens, mut binds) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
     for pair in 0..pairs {
         runtime.block_on(async {
@@ -181,6 +194,7 @@ fn paired_open(dir: &Path, pairs: usize, stable: bool) -> (f64, f64) {
 
 fn key_load_vs_raw_read(criterion: &mut Criterion, dir: &Path) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("tokio runtime");
     let key = SecretKey::generate();
@@ -199,11 +213,9 @@ fn key_load_vs_raw_read(criterion: &mut Criterion, dir: &Path) {
         write_key(&path, &encode_key(&key, format));
         group.bench_function(name, |b| {
             b.iter(|| {
-                let key = load_or_generate(&path).expect("load");
-                let lock = runtime
-                    .block_on(IdentityLock::acquire(&path, Duration::ZERO))
-                    .expect("lock");
-                (key, lock)
+                runtime
+                    .block_on(Identity::open(&path))
+                    .expect("take the identity")
             })
         });
     }
@@ -213,7 +225,7 @@ fn key_load_vs_raw_read(criterion: &mut Criterion, dir: &Path) {
 fn first_run_vs_steady_state(criterion: &mut Criterion, dir: &Path) {
     let runtime = runtime();
     let steady_path = dir.join("steady.key");
-    load_or_generate(&steady_path).expect("key");
+    new_key(&steady_path);
     let fresh = AtomicUsize::new(0);
     // A missing key in a directory of its own, as on a first run.
     let missing_key = || {
@@ -261,7 +273,7 @@ fn concurrent_first_runs(criterion: &mut Criterion, dir: &Path) {
     let fresh = AtomicUsize::new(0);
     // The baseline: as many processes loading a key that exists, so that nothing races.
     let existing = dir.join("existing.key");
-    load_or_generate(&existing).expect("key");
+    new_key(&existing);
     let mut group = criterion.benchmark_group("concurrent-first-runs");
     group.sample_size(10);
     for racers in RACERS {

@@ -7,7 +7,7 @@
 //! Without a path the key lives in this example's per-user data directory. Run it twice:
 //! the id is the same.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use iroh_identity::PersistentEndpoint;
 
@@ -23,13 +23,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let path = match std::env::args_os().nth(1) {
-        Some(path) => PathBuf::from(path),
-        None => iroh_identity::default_key_path("com", "example", "iroh-identity-example")?,
+    let builder = match std::env::args_os().nth(1) {
+        Some(path) => PersistentEndpoint::builder().key_path(path),
+        None => PersistentEndpoint::builder().default_location(
+            "com",
+            "example",
+            "iroh-identity-example",
+        ),
     };
-    let endpoint = PersistentEndpoint::open(&path).await?;
+    let key_file = builder.key_file()?;
+    let endpoint = builder.bind().await?;
     println!("endpoint id: {}", endpoint.id());
-    println!("key file: {}", path.display());
+    println!("key file: {}", key_file.display());
     // Never wait for `online()` here: offline it would not return. Closing also releases
     // the identity for the next run.
     endpoint.close().await;

@@ -1,4 +1,5 @@
-//! Binding the endpoint: where its key comes from, the preset, and iroh's own options.
+//! The conveniences on top of [`Identity`]: [`PersistentEndpoint::open`], and the
+//! [`Builder`] that holds every option.
 
 use std::{
     fmt,
@@ -6,32 +7,15 @@ use std::{
     time::Duration,
 };
 
-use directories::ProjectDirs;
 use iroh::{
-    Endpoint, SecretKey,
+    Endpoint,
     endpoint::{self, presets::Preset},
 };
-use tracing::info;
-use zeroize::Zeroizing;
 
 use crate::{
-    Error, IdentityLock, KeyProblem, key, key_file, ports::StableAddressing, wait::Deadline,
+    DEFAULT_LOCK_WAIT, Error, Identity,
+    store::file::{self, Location},
 };
-
-/// How long an open waits, by default, for another endpoint to release the identity.
-///
-/// Long enough for a restart in which the old process is still closing; short enough
-/// that a second copy of a program fails while its user is still watching.
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// The longest wait for a remembered port that another program holds, whatever the
-/// [lock wait](Builder::lock_wait): beyond the 3 s or so in which a gracefully closing
-/// endpoint lets go of its sockets, and short enough that a program squatting the port
-/// cannot hold up an open that waits for ever for its identity.
-pub const MAX_PORT_WAIT: Duration = Duration::from_secs(10);
-
-/// The name of the key file in a [default location](Builder::default_location).
-pub const DEFAULT_KEY_FILE_NAME: &str = "endpoint.key";
 
 /// Opens iroh endpoints whose identity survives restarts.
 ///
@@ -54,87 +38,55 @@ pub struct PersistentEndpoint;
 
 impl PersistentEndpoint {
     /// Binds an endpoint with the key stored at `path`, generating and storing one on
-    /// first use, with iroh's [`N0`](iroh::endpoint::presets::N0) preset and
-    /// [stable addressing](Builder::stable_addressing): its UDP ports are remembered
-    /// beside the key and bound again, so that its tickets survive a restart.
+    /// first use, with iroh's [`N0`](iroh::endpoint::presets::N0) preset and every other
+    /// option at its default.
     ///
-    /// The same as
-    /// `PersistentEndpoint::builder().key_path(path).stable_addressing(true).bind()`; see
-    /// [`Builder::bind`] for what happens, the errors and the guarantees.
+    /// The same as `PersistentEndpoint::builder().key_path(path).bind()`; see
+    /// [`Builder::bind`].
     ///
     /// # Errors
     ///
-    /// See [`Builder::bind`].
+    /// See [`Builder::identity`] and [`Builder::bind`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Endpoint, Error> {
-        Self::builder()
-            .key_path(path)
-            .stable_addressing(true)
-            .bind()
-            .await
+        Self::builder().key_path(path).bind().await
     }
 
-    /// Starts configuring an endpoint: key location, preset, iroh options, lock wait.
-    pub fn builder() -> Builder {
+    /// Starts configuring an identity and its endpoint. It needs a key location,
+    /// [`key_path`](Builder::key_path) or [`default_location`](Builder::default_location),
+    /// before it can open anything.
+    pub fn builder() -> Builder<NoKeyPath> {
         Builder {
-            location: None,
+            key_path: NoKeyPath,
+            key_env: None,
+            options: file::Options::default(),
+            lock_wait: DEFAULT_LOCK_WAIT,
+            stable_addressing: true,
             preset: Box::new(|builder| builder.preset(endpoint::presets::N0)),
             configure: Vec::new(),
-            key_env: None,
-            lock_wait: DEFAULT_LOCK_WAIT,
-            read_options: key_file::ReadOptions::default(),
-            stable_addressing: false,
         }
     }
 }
 
-/// The key file of an application in the user's local data directory:
-/// `$XDG_DATA_HOME/<application>/endpoint.key` on Linux, `~/Library/Application
-/// Support/<qualifier>.<organization>.<application>/endpoint.key` on macOS,
-/// `%LOCALAPPDATA%\<organization>\<application>\data\endpoint.key` on Windows.
-///
-/// The directory is local, never roaming: a roaming profile would carry the identity to
-/// a second machine and run it there at the same time.
-///
-/// # Errors
-///
-/// - [`Error::NoHomeDirectory`] when the user has no home directory.
-/// - [`Error::RelativeDataDirectory`] when `HOME` or `XDG_DATA_HOME` is a relative path:
-///   the key would land under whatever the current directory is, and a later start from
-///   another directory would make a new identity.
-pub fn default_key_path(
-    qualifier: &str,
-    organization: &str,
-    application: &str,
-) -> Result<PathBuf, Error> {
-    // Where `directories` reads XDG_DATA_HOME, it ignores a relative one and falls back
-    // to ~/.local/share: a key silently elsewhere than the user meant.
-    #[cfg(not(any(target_os = "macos", target_os = "ios", windows)))]
-    if let Some(value) = std::env::var_os("XDG_DATA_HOME")
-        && !value.is_empty()
-        && Path::new(&value).is_relative()
-    {
-        return Err(Error::RelativeDataDirectory {
-            variable: "XDG_DATA_HOME",
-            value: value.into(),
-        });
-    }
-    let path = ProjectDirs::from(qualifier, organization, application)
-        .map(|dirs| dirs.data_local_dir().join(DEFAULT_KEY_FILE_NAME))
-        .ok_or(Error::NoHomeDirectory)?;
-    if path.is_relative() {
-        return Err(Error::RelativeDataDirectory {
-            variable: "HOME",
-            value: std::env::var_os("HOME").unwrap_or_default().into(),
-        });
-    }
-    Ok(path)
-}
+/// A step applied to iroh's own endpoint builder: the preset, or a `configure` step.
+type Step = Box<dyn Fn(endpoint::Builder) -> endpoint::Builder + Send + Sync>;
 
-/// A step applied to iroh's own endpoint builder.
-type Configure = Box<dyn FnOnce(endpoint::Builder) -> endpoint::Builder + Send>;
+/// The state of a [`Builder`] that has not been told where the key is yet: it cannot
+/// open anything until [`key_path`](Builder::key_path) or
+/// [`default_location`](Builder::default_location) is called.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NoKeyPath;
 
-/// Configures and binds an endpoint with a persistent identity; made by
+/// The state of a [`Builder`] that knows where the key is: it can open.
+#[derive(Debug)]
+pub struct KeyPath(Location);
+
+/// Configures an identity and the endpoint it binds; made by
 /// [`PersistentEndpoint::builder`].
+///
+/// It finishes in one of two ways: [`bind`](Self::bind) gives the endpoint, bound with
+/// the preset and the [`configure`](Self::configure) steps; [`identity`](Self::identity)
+/// gives the [`Identity`] alone, to bind with an iroh builder of your own.
 ///
 /// ```no_run
 /// # async fn run() -> anyhow::Result<()> {
@@ -151,68 +103,60 @@ type Configure = Box<dyn FnOnce(endpoint::Builder) -> endpoint::Builder + Send>;
 /// # Ok(())
 /// # }
 /// ```
-#[must_use = "a Builder does nothing until `bind().await`"]
-pub struct Builder {
-    location: Option<Location>,
-    preset: Configure,
-    configure: Vec<Configure>,
+///
+/// It cannot open anything before it knows where the key is: a builder without
+/// [`key_path`](Self::key_path) or [`default_location`](Self::default_location) has no
+/// `bind` or `identity`.
+///
+/// ```compile_fail
+/// # async fn run() -> anyhow::Result<()> {
+/// let endpoint = iroh_identity::PersistentEndpoint::builder().bind().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a Builder does nothing until `bind().await` or `identity().await`"]
+pub struct Builder<K = KeyPath> {
+    key_path: K,
     key_env: Option<String>,
+    options: file::Options,
     lock_wait: Duration,
-    read_options: key_file::ReadOptions,
     stable_addressing: bool,
+    preset: Step,
+    configure: Vec<Step>,
 }
 
-/// Where the key file is.
-#[derive(Debug)]
-enum Location {
-    Path(PathBuf),
-    Default {
-        qualifier: String,
-        organization: String,
-        application: String,
-    },
-}
-
-impl Builder {
+impl<K> Builder<K> {
     /// Keeps the key in the file at `path`. Missing directories are created (`0700`).
-    pub fn key_path(mut self, path: impl AsRef<Path>) -> Self {
-        self.location = Some(Location::Path(path.as_ref().to_owned()));
-        self
+    pub fn key_path(self, path: impl AsRef<Path>) -> Builder<KeyPath> {
+        self.located(Location::Path(path.as_ref().to_owned()))
     }
 
     /// Keeps the key in the application's local data directory, as
-    /// [`default_key_path`] names it.
+    /// [`default_key_path`](crate::default_key_path) names it.
+    /// [`Builder::key_file`] tells which path that is.
     pub fn default_location(
-        mut self,
+        self,
         qualifier: &str,
         organization: &str,
         application: &str,
-    ) -> Self {
-        self.location = Some(Location::Default {
+    ) -> Builder<KeyPath> {
+        self.located(Location::Default {
             qualifier: qualifier.to_owned(),
             organization: organization.to_owned(),
             application: application.to_owned(),
-        });
-        self
+        })
     }
 
-    /// Uses this iroh preset instead of [`N0`](iroh::endpoint::presets::N0).
-    pub fn preset(mut self, preset: impl Preset + Send + 'static) -> Self {
-        self.preset = Box::new(move |builder| builder.preset(preset));
-        self
-    }
-
-    /// Sets anything else on iroh's [`endpoint::Builder`]: ALPNs, relay mode, bind
-    /// addresses, address lookup, hooks.
-    ///
-    /// Steps run after the preset, in the order given. The secret key is set after all of
-    /// them, so nothing here can replace the identity.
-    pub fn configure(
-        mut self,
-        step: impl FnOnce(endpoint::Builder) -> endpoint::Builder + Send + 'static,
-    ) -> Self {
-        self.configure.push(Box::new(step));
-        self
+    fn located(self, location: Location) -> Builder<KeyPath> {
+        Builder {
+            key_path: KeyPath(location),
+            key_env: self.key_env,
+            options: self.options,
+            lock_wait: self.lock_wait,
+            stable_addressing: self.stable_addressing,
+            preset: self.preset,
+            configure: self.configure,
+        }
     }
 
     /// Takes the key from the environment variable `name` when it is set, as 64 hex or
@@ -227,22 +171,33 @@ impl Builder {
         self
     }
 
+    /// Whether a missing key is generated and stored (the default), or is an error,
+    /// [`Error::NotFound`], that creates nothing, not even a directory.
+    ///
+    /// Turn it off for a provisioned server whose id is known to its clients: a key path
+    /// with a typo, or a secret volume that did not mount, then stops the server instead
+    /// of starting it with a new identity.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.options.create_if_missing = create;
+        self
+    }
+
     /// How long to wait for another endpoint with this identity to close before failing
     /// with [`Error::InUse`]; [`DEFAULT_LOCK_WAIT`] unless set. Zero tries once;
     /// `Duration::MAX` waits for as long as it takes (a hot standby).
     ///
-    /// It bounds every wait of the open: for another process creating the same key
-    /// (after which the key is created without the directory lock, which only keeps
-    /// creators in turn), for the identity, and for a busy remembered port, which is
-    /// waited for [`MAX_PORT_WAIT`] at most whatever this is.
+    /// It bounds every wait: for another process creating the same key (after which the
+    /// key is created without the directory lock, which only keeps creators in turn),
+    /// for the identity, and when binding, for a busy remembered port, which is waited
+    /// for [`MAX_PORT_WAIT`](crate::MAX_PORT_WAIT) at most whatever this is.
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
     }
 
     /// Turns off the checks of who may read and change the key, instead of failing with
-    /// [`Error::InsecurePermissions`] or [`Error::UntrustedPath`]. Unix only; off by
-    /// default.
+    /// [`Error::InsecurePermissions`] or [`Error::UntrustedPath`] (guarantees 5 and 9 of
+    /// the [crate docs](crate#guarantees)). Unix only; off by default.
     ///
     /// With it, a key file of the current user that group or others may access is
     /// accepted, and so is a key file, a directory above it or a symbolic link on the
@@ -251,165 +206,129 @@ impl Builder {
     /// are still created private, through descriptors and never through a link, and an
     /// existing key is still never written.
     pub fn allow_insecure_permissions(mut self, allow: bool) -> Self {
-        self.read_options.allow_insecure_permissions = allow;
+        self.options.allow_insecure_permissions = allow;
         self
     }
 
-    /// Binds the endpoint's UDP sockets to the ports they had last time, so that the
-    /// tickets it handed out still reach it directly after a restart. Off by default;
-    /// [`PersistentEndpoint::open`] turns it on.
-    ///
-    /// iroh binds a socket on all interfaces for IPv4 and one for IPv6, each on a
-    /// random port unless told otherwise. With stable addressing their ports are
-    /// remembered in a file beside the key, named like it with `.ports` appended
-    /// (`endpoint.key.ports`), and asked for again on the next open. The file is written
-    /// when the ports change, with the same crash-safe steps as a new key, and only by
-    /// the holder of the identity lock.
-    ///
-    /// It never makes an open fail. A remembered port that is still in use is waited
-    /// for: a gracefully closing endpoint releases the identity at once but keeps its
-    /// sockets while its connections drain (iroh allows about 3 s). The wait ends with
-    /// the [lock wait](Self::lock_wait), or after 250 ms when the port is held by an
-    /// endpoint of this process that was closed but not dropped: drop every clone of an
-    /// endpoint before opening its identity again. Then the endpoint binds a fresh port,
-    /// logs a warning and remembers the new one. A ports file that is missing, damaged
-    /// or cannot be written (a read-only directory) means fresh ports and a line in the
-    /// log.
-    ///
-    /// See the crate's [*Tickets*](crate#tickets) section for what a ticket holds and
-    /// when it survives a restart.
-    ///
-    /// With [`key_from_env`](Self::key_from_env) there is no key file, so nothing is
-    /// remembered. The remembered sockets are set before the preset and the
-    /// [`configure`](Self::configure) steps. A step that binds addresses of its own
-    /// must start with `clear_ip_transports()`, which also leaves the remembered ones
-    /// out; without it, iroh refuses a second socket on all interfaces for a family.
-    /// Only sockets on all interfaces are remembered.
+    /// Whether the endpoint binds the UDP ports of its last run, remembered beside the
+    /// key, so that its tickets survive a restart: on unless turned off. See
+    /// [*Stable addressing*](crate#stable-addressing) for how, and what it never does.
     pub fn stable_addressing(mut self, on: bool) -> Self {
         self.stable_addressing = on;
         self
     }
 
-    /// Loads the key, or generates and stores one, locks the identity and binds.
+    /// Uses this iroh preset instead of [`N0`](iroh::endpoint::presets::N0), for
+    /// [`bind`](Builder::bind).
+    pub fn preset(mut self, preset: impl Preset + Clone + Send + Sync + 'static) -> Self {
+        self.preset = Box::new(move |builder| builder.preset(preset.clone()));
+        self
+    }
+
+    /// Sets anything else on iroh's [`endpoint::Builder`] for [`bind`](Builder::bind):
+    /// ALPNs, relay mode, bind addresses, address lookup, hooks.
+    ///
+    /// Steps run after the preset, in the order given; the secret key is set after all of
+    /// them, so nothing here can replace the identity. A step may bind addresses of its
+    /// own, fixed ports included: they win over the remembered ports of
+    /// [stable addressing](crate#stable-addressing). A step may run more than once, on
+    /// builders that are thrown away, to see which sockets it binds: it must only
+    /// configure the builder it is given.
+    pub fn configure(
+        mut self,
+        step: impl Fn(endpoint::Builder) -> endpoint::Builder + Send + Sync + 'static,
+    ) -> Self {
+        self.configure.push(Box::new(step));
+        self
+    }
+}
+
+impl Builder<KeyPath> {
+    /// The key file this builder opens: the path given to [`key_path`](Self::key_path),
+    /// or the one [`default_location`](Self::default_location) chose.
+    ///
+    /// # Errors
+    ///
+    /// As [`default_key_path`](crate::default_key_path).
+    pub fn key_file(&self) -> Result<PathBuf, Error> {
+        self.key_path.0.resolve()
+    }
+
+    /// Loads the key, or generates and stores one, and takes the identity: the
+    /// [`Identity`], to bind with an iroh builder of your own
+    /// ([`Identity::bind`]).
     ///
     /// The key file is read if it exists (in any format the crate knows) and never
     /// written again. If there is none, a new key is generated and published as PKCS#8
-    /// PEM, crash-safely, in a way that leaves racing processes with the same key.
-    /// Then the identity is locked: if another endpoint holds it, this waits for up to
-    /// [`lock_wait`](Self::lock_wait). The lock stays with the returned endpoint and all
-    /// its clones until one of them is closed or the last is dropped.
+    /// PEM, crash-safely, in a way that leaves racing processes with the same key (unless
+    /// [`create_if_missing(false)`](Self::create_if_missing)). Then the identity is
+    /// locked: if another endpoint holds it, this waits for up to
+    /// [`lock_wait`](Self::lock_wait).
     ///
     /// Reading the key is a few system calls on the calling task; creating one adds an
     /// `fsync` of the file and of each directory it touched, once in the life of the key.
-    /// With [stable addressing](Self::stable_addressing), so does the ports file when the
-    /// ports change. Only the waits, for the lock and for a busy port, yield to the
-    /// runtime.
+    /// Only the waits yield to the runtime.
     ///
     /// # Errors
     ///
     /// - [`Error::InvalidKey`], [`Error::NotAFile`], [`Error::DanglingSymlink`]:
     ///   something unusable is at the key path. It is left exactly as it was.
-    /// - [`Error::InsecurePermissions`] (unix): the key file is yours and group or
-    ///   others may access it.
+    /// - [`Error::UntrustedPath`], [`Error::InsecurePermissions`] (unix): another user
+    ///   could change the key, or the key is yours and others may read it.
+    /// - [`Error::NotFound`]: there is no key, and [`create_if_missing`] is off.
     /// - [`Error::InUse`]: another endpoint still holds the identity.
     /// - [`Error::InvalidEnvKey`]: the chosen environment variable is set to something
     ///   that is not a key.
-    /// - [`Error::NoKeyPath`], [`Error::NoHomeDirectory`]: there is no key location.
-    /// - [`Error::Io`]: the key file or its directory cannot be read or created.
-    /// - [`Error::Bind`]: iroh cannot bind.
+    /// - [`Error::NoHomeDirectory`], [`Error::RelativeDataDirectory`]: there is no usable
+    ///   default location.
+    /// - [`Error::NameTooLong`], [`Error::Io`]: the key file or its directory cannot be
+    ///   read or created.
     ///
-    /// # Security
+    /// [`create_if_missing`]: Self::create_if_missing
+    pub async fn identity(self) -> Result<Identity, Error> {
+        self.take_identity().await
+    }
+
+    /// Takes the identity (see [`identity`](Self::identity)) and binds an endpoint with
+    /// it, the preset and the [`configure`](Self::configure) steps. The identity stays
+    /// with the returned endpoint and all its clones until one of them is closed or the
+    /// last is dropped.
     ///
-    /// A key file of yours that group or others may access is refused, like OpenSSH
-    /// does. New key files are `0600` and new directories `0700`, whatever the umask.
-    /// No key material appears in errors, `Debug` output or logs.
+    /// # Errors
+    ///
+    /// As [`identity`](Self::identity), and [`Error::Bind`] when iroh cannot bind.
     pub async fn bind(self) -> Result<Endpoint, Error> {
-        // Every wait of the open ends together.
-        let deadline = Deadline::after(self.lock_wait);
-        let env_key = match &self.key_env {
-            Some(name) => key_from_env(name)?,
-            None => None,
+        let identity = self.take_identity().await?;
+        let steps = |builder| {
+            self.configure
+                .iter()
+                .fold((self.preset)(builder), |builder, step| step(builder))
         };
-        let (secret_key, lock, addressing) = match env_key {
-            Some(key) => (key, None, None),
-            None => {
-                let path = self.location.ok_or(Error::NoKeyPath)?.resolve()?;
-                let loaded = key_file::load_or_create(&path, self.read_options, deadline).await?;
-                let id = loaded.key.public();
-                let lock = IdentityLock::wait_for(loaded.file, &path, deadline, Some(id)).await?;
-                let addressing = if self.stable_addressing {
-                    StableAddressing::prepare(&path, deadline).await
-                } else {
-                    None
-                };
-                (loaded.key, Some(lock), addressing)
-            }
-        };
-        let mut builder = endpoint::Builder::empty();
-        if let Some(addressing) = &addressing {
-            builder = addressing.apply(builder);
-        }
-        builder = (self.preset)(builder);
-        for step in self.configure {
-            builder = step(builder);
-        }
-        let endpoint = builder
-            .secret_key(secret_key)
-            .bind()
-            .await
-            .map_err(Error::Bind)?;
-        if let Some(addressing) = addressing {
-            addressing.remember(&endpoint);
-        }
-        if let Some(lock) = lock {
-            lock.hold_until_closed(&endpoint);
-        }
-        Ok(endpoint)
+        identity.bind_configured(steps).await
+    }
+
+    async fn take_identity(&self) -> Result<Identity, Error> {
+        Identity::take(
+            self.key_file()?,
+            self.key_env.as_deref(),
+            self.options,
+            self.lock_wait,
+            self.stable_addressing,
+        )
+        .await
     }
 }
 
-impl Location {
-    fn resolve(self) -> Result<PathBuf, Error> {
-        match self {
-            Self::Path(path) => Ok(path),
-            Self::Default {
-                qualifier,
-                organization,
-                application,
-            } => default_key_path(&qualifier, &organization, &application),
-        }
-    }
-}
-
-/// Reads the key from the environment variable `name`, or `None` if it is unset.
-fn key_from_env(name: &str) -> Result<Option<SecretKey>, Error> {
-    let Some(value) = std::env::var_os(name) else {
-        return Ok(None);
-    };
-    let invalid = |problem| Error::InvalidEnvKey {
-        name: name.to_owned(),
-        problem,
-    };
-    let len = value.len();
-    let value = Zeroizing::new(
-        value
-            .into_string()
-            .map_err(|_| invalid(KeyProblem::NotHexOrBase32 { len }))?,
-    );
-    let (key, format) = key::decode_text(&value).map_err(invalid)?;
-    info!(variable = name, id = %key.public(), %format, "using the endpoint key from the environment");
-    Ok(Some(key))
-}
-
-impl fmt::Debug for Builder {
+impl<K: fmt::Debug> fmt::Debug for Builder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("location", &self.location)
+            .field("key_path", &self.key_path)
             .field("key_env", &self.key_env)
+            .field("create_if_missing", &self.options.create_if_missing)
             .field("lock_wait", &self.lock_wait)
             .field(
                 "allow_insecure_permissions",
-                &self.read_options.allow_insecure_permissions,
+                &self.options.allow_insecure_permissions,
             )
             .field("stable_addressing", &self.stable_addressing)
             .field("configure_steps", &self.configure.len())

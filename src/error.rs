@@ -2,6 +2,8 @@
 
 use std::{fmt, io, path::PathBuf, time::Duration};
 
+use crate::KeyFormat;
+
 /// Everything that can go wrong while loading, creating or locking a key, or binding.
 ///
 /// Every variant that concerns a file names its path. No variant ever holds key material,
@@ -9,16 +11,16 @@ use std::{fmt, io, path::PathBuf, time::Duration};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O operation on the key file or its directory failed.
+    /// An I/O operation on the key file, a file beside it or a directory failed.
     ///
-    /// `action` says what was being done (`"open key file"`, `"create directory"`, ...)
-    /// and `path` what it was done to; the underlying error is the [`source`].
+    /// `operation` says what was being done and `path` what it was done to; the error
+    /// the operating system reported is the [`source`].
     ///
     /// [`source`]: std::error::Error::source
-    #[error("cannot {action} {}", path.display())]
+    #[error("cannot {operation} {}", path.display())]
     Io {
-        /// What was being done, e.g. `"read key file"`.
-        action: &'static str,
+        /// What was being done.
+        operation: Operation,
         /// The file or directory it was done to.
         path: PathBuf,
         /// The error the operating system reported.
@@ -26,14 +28,26 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The key file exists, but its content is not a usable Ed25519 secret key.
+    /// There is no key file at the path, and none was to be created: with
+    /// [`load_key`](crate::load_key), or with
+    /// [`Builder::create_if_missing(false)`](crate::Builder::create_if_missing). Nothing
+    /// was created, not even a directory.
+    #[error("there is no key file at {}; nothing was created", path.display())]
+    NotFound {
+        /// The key path.
+        path: PathBuf,
+    },
+
+    /// The key file exists, but its content is not a usable Ed25519 secret key; the
+    /// [`source`](std::error::Error::source) says why.
     ///
     /// The file is left exactly as it was: a damaged identity is never replaced.
-    #[error("key file {} {problem}; the file was left unchanged", path.display())]
+    #[error("key file {} is not a usable Ed25519 key; it was left unchanged", path.display())]
     InvalidKey {
         /// The key file.
         path: PathBuf,
         /// What is wrong with its content.
+        #[source]
         problem: KeyProblem,
     },
 
@@ -42,8 +56,8 @@ pub enum Error {
     NotAFile {
         /// The key path.
         path: PathBuf,
-        /// What is there instead, e.g. `"a directory"`.
-        kind: &'static str,
+        /// What is there instead.
+        kind: FileKind,
     },
 
     /// The key path, or a directory on the way to it, is a symbolic link whose target does
@@ -135,20 +149,18 @@ pub enum Error {
     },
 
     /// The environment variable chosen with [`Builder::key_from_env`](crate::Builder::key_from_env)
-    /// is set, but does not hold a key.
+    /// is set, but does not hold a key; the [`source`](std::error::Error::source) says
+    /// why.
     ///
     /// The key file is not used as a fallback: that would silently run another identity.
-    #[error("environment variable {name} {problem}; unset it to use the key file")]
+    #[error("environment variable {name} does not hold a key; unset it to use the key file")]
     InvalidEnvKey {
         /// The variable's name.
         name: String,
         /// What is wrong with its value.
+        #[source]
         problem: KeyProblem,
     },
-
-    /// No key location was given: neither a path nor a default location.
-    #[error("no key file location: set one with Builder::key_path or Builder::default_location")]
-    NoKeyPath,
 
     /// The default per-user location cannot be determined (no home directory).
     #[error("no home directory to hold the default key file; give a key path instead")]
@@ -270,143 +282,206 @@ impl fmt::Display for Untrusted<'_> {
             write!(f, " could replace the key file {}; ", key.display())?;
         }
         match (problem, kind) {
-            (TrustProblem::OtherOwner { user }, _) => write!(
+            // Never "chown it": that would adopt what another user may have planted, and
+            // chown follows a link to its target.
+            (TrustProblem::OtherOwner { .. }, _) => write!(
                 f,
-                "keep the key where only you and root own the directories, or run \
-                 `chown {user} {shown}` as root"
+                "keep the key where every directory on the way belongs to you or root, and if \
+                 you did not put {shown} there, remove it"
             ),
             (TrustProblem::WritableByOthers, PathKind::Directory) => write!(
                 f,
-                "run `chmod o-w {shown}`, or `chmod +t {shown}` so that, as in /tmp, others \
-                 cannot rename what is yours"
+                "run `chmod o-w {shown}`, or `chmod +t {shown}` if others must add files there \
+                 (sticky, as /tmp, they cannot rename what is yours)"
             ),
             (TrustProblem::WritableByOthers, _) => write!(f, "run `chmod o-w {shown}`"),
-            (TrustProblem::WritableByGroup, _) => write!(
-                f,
-                "run `chmod g-w {shown}`, or add this user to group {group}"
-            ),
+            (TrustProblem::WritableByGroup, _) => write!(f, "run `chmod g-w {shown}`"),
         }
     }
 }
 
 impl Error {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(operation: Operation, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self::Io {
-            action,
+            operation,
             path: path.into(),
             source,
         }
     }
 }
 
+/// What was being done when an [`Error::Io`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Opening the key file.
+    OpenKeyFile,
+    /// Reading the key file's owner, mode and size.
+    ReadKeyMetadata,
+    /// Reading the key file.
+    ReadKeyFile,
+    /// Locking the key file.
+    LockKeyFile,
+    /// Giving a new key file its name.
+    PublishKeyFile,
+    /// Finding the current directory, to check a relative key path.
+    FindCurrentDirectory,
+    /// Reading the owner and mode of a directory on the way to the key.
+    CheckDirectory,
+    /// Opening a directory.
+    OpenDirectory,
+    /// Creating a directory.
+    CreateDirectory,
+    /// Creating the temporary file that becomes a key file or a ports file.
+    CreateTemporaryFile,
+    /// Writing a temporary file.
+    WriteTemporaryFile,
+    /// Syncing a temporary file to disk.
+    SyncTemporaryFile,
+    /// Giving a new ports file its name.
+    ReplacePortsFile,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OpenKeyFile => "open key file",
+            Self::ReadKeyMetadata => "read the owner, mode and size of key file",
+            Self::ReadKeyFile => "read key file",
+            Self::LockKeyFile => "lock key file",
+            Self::PublishKeyFile => "publish key file",
+            Self::FindCurrentDirectory => "find the current directory to check key path",
+            Self::CheckDirectory => "read the owner and mode of",
+            Self::OpenDirectory => "open directory",
+            Self::CreateDirectory => "create directory",
+            Self::CreateTemporaryFile => "create temporary file",
+            Self::WriteTemporaryFile => "write temporary file",
+            Self::SyncTemporaryFile => "sync temporary file",
+            Self::ReplacePortsFile => "replace ports file",
+        })
+    }
+}
+
+/// What is at a key path that is not a regular file: [`Error::NotAFile`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A directory.
+    Directory,
+    /// A named pipe (FIFO).
+    NamedPipe,
+    /// A unix socket.
+    Socket,
+    /// A character device.
+    CharacterDevice,
+    /// A block device.
+    BlockDevice,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Directory => "a directory",
+            Self::NamedPipe => "a named pipe (FIFO)",
+            Self::Socket => "a socket",
+            Self::CharacterDevice => "a character device",
+            Self::BlockDevice => "a block device",
+            Self::Other => "something else",
+        })
+    }
+}
+
 /// What is wrong with the content of a key file or environment variable.
 ///
-/// Its `Display` completes a sentence that starts with the key's source, e.g.
-/// "key file endpoint.key *is empty*".
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its message is a sentence about "the key", which reads alone (what
+/// [`decode_key`](crate::decode_key) returns) and as the cause of an
+/// [`Error::InvalidKey`] or [`Error::InvalidEnvKey`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyProblem {
     /// There is nothing in it (or only white space).
+    #[error("the key is empty")]
     Empty,
     /// It is larger than any key file could be, so it was not read.
+    #[error("the key is {len} bytes, too large to be a key")]
     TooLarge {
         /// Its size in bytes.
         len: u64,
     },
     /// Its content matches none of the formats this crate reads.
+    #[error(
+        "the key is in no known format ({len} byte{}; expected PKCS#8 or OpenSSH PEM, PKCS#8 \
+         DER, 32 raw bytes, or 64 hex or 52 base32 characters)",
+        if *len == 1 { "" } else { "s" }
+    )]
     UnknownFormat {
         /// Its size in bytes.
         len: usize,
     },
     /// It is not 64 hex or 52 base32 characters (environment variables only).
+    #[error("the key is not 64 hex or 52 base32 characters (it has {len})")]
     NotHexOrBase32 {
         /// Its length in characters, after trimming white space.
         len: usize,
     },
     /// It has the length of a hex or base32 key but characters outside that alphabet.
+    #[error("the key has the length of a {format} key but is not valid {format}")]
     InvalidText {
-        /// `"hex"` or `"base32"`.
-        encoding: &'static str,
-    },
-    /// It starts like a known format but does not decode: truncated or corrupted.
-    Damaged {
-        /// The format it claims to be, e.g. `"PKCS#8 PEM"`.
-        format: &'static str,
+        /// [`KeyFormat::Hex`] or [`KeyFormat::Base32`].
+        format: KeyFormat,
     },
     /// It is 32 bytes of text: too short to be a hex (64) or base32 (52) key, and not
     /// read as a raw key (32 binary bytes), which would make it another identity: a PEM
     /// line or a text key cut short, or a password.
+    #[error(
+        "the key is 32 bytes of text: a raw key is 32 binary bytes and a text key 64 hex or \
+         52 base32 characters (a key cut short, or a password?)"
+    )]
     AmbiguousText,
     /// It is a hex key written with a `0x` in front.
+    #[error("the key is hex with a `0x` in front; write the 64 hex digits alone")]
     HexPrefix,
+    /// It starts like a known format but does not decode: truncated or corrupted.
+    #[error("the key is a damaged or truncated {} key", damaged_name(*format))]
+    Damaged {
+        /// The format it claims to be. A PEM `PRIVATE KEY` of either version is
+        /// [`KeyFormat::Pkcs8Pem`].
+        format: KeyFormat,
+    },
     /// The public key stored beside the secret key does not match it.
+    #[error("the key holds a public key that does not match its secret key (it is damaged)")]
     PublicKeyMismatch,
     /// It is an encrypted private key.
+    #[error("the key is encrypted; store it unencrypted, protected by file permissions")]
     Encrypted,
-    /// It is a PKCS#8 key of another algorithm.
+    /// It is a PKCS#8 or OpenSSH key of another algorithm.
+    #[error("the key is for {algorithm}, not for Ed25519")]
     OtherAlgorithm {
-        /// The algorithm's name, or its OID when the name is not known.
+        /// The algorithm's name, or its OID when the name is not known; anything
+        /// unprintable escaped.
         algorithm: String,
     },
     /// It is a public key (PEM `PUBLIC KEY`, or an OpenSSH `.pub` line): the secret key
     /// is in another file.
+    #[error(
+        "the key is a public key; give the secret key instead (for OpenSSH, the file \
+         without .pub)"
+    )]
     PublicKey,
     /// It is PEM, but of something other than a private key.
+    #[error("the key is a PEM \"{label}\", not an Ed25519 private key")]
     OtherPem {
-        /// The PEM label, e.g. `"RSA PRIVATE KEY"`.
+        /// The PEM label, e.g. `"RSA PRIVATE KEY"`; anything unprintable escaped.
         label: String,
     },
 }
 
-/// An error in its own right for [`decode_key`](crate::decode_key), whose caller knows
-/// where the bytes came from: its message completes "the key …".
-impl std::error::Error for KeyProblem {}
-
-impl fmt::Display for KeyProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Empty => f.write_str("is empty"),
-            Self::TooLarge { len } => write!(f, "is {len} bytes, too large to be a key"),
-            Self::UnknownFormat { len } => write!(
-                f,
-                "is not a key in a known format ({len} byte{}; expected PKCS#8 or OpenSSH \
-                 PEM, PKCS#8 DER, 32 raw bytes, or 64 hex or 52 base32 characters)",
-                if *len == 1 { "" } else { "s" }
-            ),
-            Self::NotHexOrBase32 { len } => write!(
-                f,
-                "is not a key ({len} characters; expected 64 hex or 52 base32 characters)"
-            ),
-            Self::InvalidText { encoding } => {
-                write!(
-                    f,
-                    "has the length of a {encoding} key but is not valid {encoding}"
-                )
-            }
-            Self::AmbiguousText => f.write_str(
-                "is 32 bytes of text, not a key: a raw key is 32 binary bytes and a text key \
-                 64 hex or 52 base32 characters (a key cut short, or a password?)",
-            ),
-            Self::HexPrefix => {
-                f.write_str("is hex with a `0x` in front; write the 64 hex digits alone")
-            }
-            Self::Damaged { format } => write!(f, "is a damaged or truncated {format} key"),
-            Self::PublicKeyMismatch => f.write_str(
-                "holds a public key that does not match its secret key (the file is damaged)",
-            ),
-            Self::Encrypted => f.write_str(
-                "is an encrypted private key; store it unencrypted, protected by file permissions",
-            ),
-            Self::OtherAlgorithm { algorithm } => {
-                write!(f, "holds a key for {algorithm}, not for Ed25519")
-            }
-            Self::PublicKey => f.write_str(
-                "is a public key; give the secret key instead (for OpenSSH, the file \
-                 without .pub)",
-            ),
-            Self::OtherPem { label } => {
-                write!(f, "is a PEM \"{label}\", not an Ed25519 private key")
-            }
-        }
+/// A format's name in "a damaged … key": PEM of either PKCS#8 version is one.
+fn damaged_name(format: KeyFormat) -> String {
+    match format {
+        KeyFormat::Pkcs8Pem | KeyFormat::Pkcs8PemV1 => "PKCS#8 PEM".to_owned(),
+        other => other.to_string(),
     }
 }

@@ -21,7 +21,7 @@ use ed25519_dalek::{
     SigningKey,
     ed25519::pkcs8::{
         ALGORITHM_OID, EncodePrivateKey, KeypairBytes, ObjectIdentifier, PrivateKeyInfoRef,
-        spki::der::pem,
+        spki::der::pem::LineEnding,
     },
 };
 use iroh::SecretKey;
@@ -30,6 +30,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::KeyProblem;
 
 mod openssh;
+mod pem;
 
 /// A format an Ed25519 secret key is written in.
 ///
@@ -75,7 +76,7 @@ impl fmt::Display for KeyFormat {
 /// The format is told by the content, never by a name: 32 bytes that are not text are a
 /// raw key; text with a `-----BEGIN ` line is PEM (PKCS#8 or OpenSSH); 64 hex or 52
 /// base32 characters (either case, white space around or inside them ignored) are text;
-/// a DER `SEQUENCE` is PKCS#8 DER. This is the parser [`load_or_generate`] uses, for keys
+/// a DER `SEQUENCE` is PKCS#8 DER. This is the parser key files are read with, for keys
 /// that come from somewhere other than a file (a secret manager, say).
 ///
 /// PEM is read as OpenSSL reads it: lines of any width (76, or all on one line),
@@ -110,7 +111,6 @@ impl fmt::Display for KeyFormat {
 /// type, with anything unprintable escaped. The key's bytes pass through buffers that
 /// are zeroed when dropped; the input is the caller's to zero.
 ///
-/// [`load_or_generate`]: crate::load_or_generate
 pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     if bytes.len() == 32 && !is_text(bytes) {
@@ -123,7 +123,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
         if text.is_empty() {
             return Err(KeyProblem::Empty);
         }
-        if let Some(start) = text.find(pem_armour::BEGIN) {
+        if let Some(start) = text.find(pem::BEGIN) {
             return decode_pem(&text[start..]);
         }
         if let Some(decoded) = decode_hex_or_base32(text) {
@@ -140,7 +140,8 @@ pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
         }
     }
     if bytes.first() == Some(&0x30) {
-        return decode_pkcs8_der(bytes, "PKCS#8 DER").map(|(key, _)| (key, KeyFormat::Pkcs8Der));
+        return decode_pkcs8_der(bytes, KeyFormat::Pkcs8Der)
+            .map(|(key, _)| (key, KeyFormat::Pkcs8Der));
     }
     Err(KeyProblem::UnknownFormat { len: bytes.len() })
 }
@@ -207,7 +208,7 @@ pub fn encode_key(key: &SecretKey, format: KeyFormat) -> Zeroizing<Vec<u8>> {
         KeyFormat::Base32 => text(&BASE32_NOPAD),
         KeyFormat::Pkcs8Pem => {
             let pem = SigningKey::from_bytes(&secret)
-                .to_pkcs8_pem(pem::LineEnding::LF)
+                .to_pkcs8_pem(LineEnding::LF)
                 .expect("a 32-byte Ed25519 key always encodes as PKCS#8");
             Zeroizing::new(pem.as_bytes().to_vec())
         }
@@ -217,7 +218,7 @@ pub fn encode_key(key: &SecretKey, format: KeyFormat) -> Zeroizing<Vec<u8>> {
                 public_key: None,
             };
             let pem = pair
-                .to_pkcs8_pem(pem::LineEnding::LF)
+                .to_pkcs8_pem(LineEnding::LF)
                 .expect("a 32-byte Ed25519 key always encodes as PKCS#8");
             // `KeypairBytes` zeroes itself only with ed25519's `zeroize` feature, which
             // would rebuild iroh's tree for our users; zero it here instead.
@@ -255,9 +256,9 @@ fn decode_hex_or_base32(text: &str) -> Option<Result<(SecretKey, KeyFormat), Key
         *compact.get_mut(len)? = byte;
         len += 1;
     }
-    let (encoding, format, name): (&Encoding, _, _) = match len {
-        64 => (&HEXLOWER_PERMISSIVE, KeyFormat::Hex, "hex"),
-        52 => (&BASE32_NOPAD_NOCASE, KeyFormat::Base32, "base32"),
+    let (encoding, format): (&Encoding, _) = match len {
+        64 => (&HEXLOWER_PERMISSIVE, KeyFormat::Hex),
+        52 => (&BASE32_NOPAD_NOCASE, KeyFormat::Base32),
         _ => return None,
     };
     let mut bytes = Zeroizing::new([0u8; 32]);
@@ -268,59 +269,28 @@ fn decode_hex_or_base32(text: &str) -> Option<Result<(SecretKey, KeyFormat), Key
     Some(if decoded {
         Ok((SecretKey::from_bytes(&bytes), format))
     } else {
-        Err(KeyProblem::InvalidText { encoding: name })
+        Err(KeyProblem::InvalidText { format })
     })
 }
 
 /// Reads PEM text that starts with its `-----BEGIN ` line.
 fn decode_pem(text: &str) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     let damaged = |format| KeyProblem::Damaged { format };
-    let label = pem_armour::label(text).ok_or(damaged("PKCS#8 PEM"))?;
+    let label = pem::label(text).ok_or(damaged(KeyFormat::Pkcs8Pem))?;
     match label {
         "PRIVATE KEY" => {
-            let der = pem_armour::contents(text, label).ok_or(damaged("PKCS#8 PEM"))?;
-            decode_pkcs8_der(&der, "PKCS#8 PEM")
+            let der = pem::contents(text, label).ok_or(damaged(KeyFormat::Pkcs8Pem))?;
+            decode_pkcs8_der(&der, KeyFormat::Pkcs8Pem)
         }
         "ENCRYPTED PRIVATE KEY" => Err(KeyProblem::Encrypted),
         openssh::LABEL => {
-            let blob = pem_armour::contents(text, label).ok_or(damaged("OpenSSH"))?;
+            let blob = pem::contents(text, label).ok_or(damaged(KeyFormat::OpenSsh))?;
             openssh::decode(&blob).map(|key| (key, KeyFormat::OpenSsh))
         }
         "PUBLIC KEY" => Err(KeyProblem::PublicKey),
         label => Err(KeyProblem::OtherPem {
             label: printable(label.as_bytes()),
         }),
-    }
-}
-
-/// PEM armour read leniently, as OpenSSL reads it (RFC 7468's "lax" parsing): lines of
-/// any width, white space anywhere in the base64, text around the armour.
-mod pem_armour {
-    use data_encoding::BASE64;
-    use zeroize::Zeroizing;
-
-    pub(super) const BEGIN: &str = "-----BEGIN ";
-
-    /// The label of the `-----BEGIN LABEL-----` line that `text` starts with.
-    pub(super) fn label(text: &str) -> Option<&str> {
-        let line = text.lines().next()?.trim_end();
-        line.strip_prefix(BEGIN)?.strip_suffix("-----")
-    }
-
-    /// The bytes between the `BEGIN` line and its `END` line.
-    pub(super) fn contents(text: &str, label: &str) -> Option<Zeroizing<Vec<u8>>> {
-        let (_, rest) = text.split_once('\n')?;
-        let end = rest.find(&format!("-----END {label}-----"))?;
-        let base64 = Zeroizing::new(
-            rest[..end]
-                .bytes()
-                .filter(|byte| !byte.is_ascii_whitespace())
-                .collect::<Vec<u8>>(),
-        );
-        let mut decoded = Zeroizing::new(vec![0u8; BASE64.decode_len(base64.len()).ok()?]);
-        let len = BASE64.decode_mut(&base64, &mut decoded).ok()?;
-        decoded.truncate(len);
-        Some(decoded)
     }
 }
 
@@ -342,10 +312,7 @@ pub(crate) fn printable(bytes: &[u8]) -> String {
 
 /// Reads PKCS#8 DER; says which PEM format it would be: v2 with the public key, or v1.
 /// A v2 key without its optional public key, which OpenSSL reads, is read as v1.
-fn decode_pkcs8_der(
-    der: &[u8],
-    format: &'static str,
-) -> Result<(SecretKey, KeyFormat), KeyProblem> {
+fn decode_pkcs8_der(der: &[u8], format: KeyFormat) -> Result<(SecretKey, KeyFormat), KeyProblem> {
     let damaged = KeyProblem::Damaged { format };
     let info = match PrivateKeyInfoRef::try_from(der) {
         Ok(info) => info,
@@ -440,7 +407,9 @@ mod tests {
         );
         assert_eq!(
             decode_text(&"g".repeat(64)).map(drop_key),
-            Err(KeyProblem::InvalidText { encoding: "hex" })
+            Err(KeyProblem::InvalidText {
+                format: KeyFormat::Hex
+            })
         );
     }
 

@@ -3,133 +3,178 @@
 //! An endpoint's identity is an Ed25519 key; its public half is the [`EndpointId`] that
 //! peers dial. iroh makes a new one on every start unless it is given one. This crate
 //! keeps it in a file: loaded when it is there, generated and stored safely when it is
-//! not, locked while an endpoint uses it.
+//! not, locked while an endpoint uses it, and it keeps the endpoint's ports too, so that
+//! its tickets survive a restart.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! let endpoint = iroh_identity::PersistentEndpoint::open("endpoint.key").await?;
 //! println!("{}", endpoint.id()); // the same on every run
-//! endpoint.close().await;
+//! endpoint.close().await; // closing also releases the identity for the next start
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! [`PersistentEndpoint::open`] gives back a plain [`iroh::Endpoint`].
-//! [`PersistentEndpoint::builder`] chooses a default per-user location, the preset, any
-//! option of iroh's own builder, an environment variable and the lock wait. For those who
-//! bind the endpoint themselves, [`load_or_generate`] gives the key alone and
-//! [`IdentityLock`] the lock. [`decode_key`] and [`encode_key`] read and write every key
-//! format in memory.
+//! # Two ways in
 //!
-//! # Design
+//! - **The endpoint.** [`PersistentEndpoint::open`] binds a plain [`iroh::Endpoint`]
+//!   with iroh's `N0` preset. [`PersistentEndpoint::builder`] holds every option: a key
+//!   path or a [default per-user location](Builder::default_location), an
+//!   [environment variable](Builder::key_from_env),
+//!   [`create_if_missing`](Builder::create_if_missing), the
+//!   [lock wait](Builder::lock_wait), the preset, and any step on iroh's own builder
+//!   ([`configure`](Builder::configure)).
+//! - **The identity.** [`Identity::open`] (or the builder's
+//!   [`identity`](Builder::identity)) takes the identity without binding: its
+//!   [`id`](Identity::id) is known at once, and [`Identity::bind`] binds it with an
+//!   iroh builder you configured. The key never leaves the [`Identity`]: it reaches an
+//!   endpoint only together with its lock.
 //!
-//! - **Format.** New keys are PKCS#8 v2 PEM (`BEGIN PRIVATE KEY`), which holds the public
-//!   key too, so a damaged file is detected instead of becoming another identity. Keys
-//!   are read by content: PKCS#8 PEM or DER, OpenSSH (`ssh-keygen -t ed25519`), the 32
-//!   raw bytes iroh's documentation writes, or 64 hex or 52 base32 characters. A file is
-//!   never rewritten in another format.
-//! - **An identity is never lost.** An existing key file is never written, replaced or
-//!   deleted, even when it is damaged, unreadable, of an unknown format or the wrong
-//!   size: that is an error naming the path and the problem.
-//! - **Crash-safe creation.** A new key is written to a temporary file beside it
-//!   (`0600`), synced, published under its name by a rename that never replaces
-//!   anything, and the directory is synced. A crash leaves no key or a whole one. When
-//!   the directory cannot be synced after the key is published (a directory that may be
-//!   written but not read), the key is used and a warning logged: it is there, only its
-//!   survival of a power loss is not confirmed.
-//! - **First-run races.** Processes that create the same key at once all end up with
-//!   the same one: the losers read the winner's.
-//! - **One live endpoint per identity.** The key file is locked (`flock`) while an
-//!   endpoint, or any clone of it, is open. A second open waits a little
-//!   ([`DEFAULT_LOCK_WAIT`]), then fails with [`Error::InUse`]. Closing the endpoint,
-//!   dropping its last clone or the death of the process releases it.
-//! - **Read-only keys.** An existing key is never written and nothing else has to be, so
-//!   a read-only file or directory (a Kubernetes secret) works, lock included. Where it
-//!   can, stable addressing writes its ports file beside the key; where it cannot, the
-//!   endpoint binds fresh ports.
-//! - **Stable addressing.** [`PersistentEndpoint::open`] remembers the endpoint's UDP
-//!   ports beside the key and binds them again, so that its tickets survive a restart
-//!   ([`Builder::stable_addressing`]).
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use iroh::{Endpoint, endpoint::presets};
+//! use iroh_identity::Identity;
 //!
-//! # Tickets
+//! let identity = Identity::open("endpoint.key").await?;
+//! println!("{}", identity.id());
+//! let endpoint = identity.bind(Endpoint::builder(presets::Minimal)).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! For tools: [`load_key`] reads a key without creating or locking it, [`store_new_key`]
+//! stores one from elsewhere as carefully as a generated one, [`inspect_key`] reports on
+//! a key file, and [`decode_key`] and [`encode_key`] read and write every format in
+//! memory.
+//!
+//! # Guarantees
+//!
+//! Each is tested in `tests/identity` (the module names the guarantee's number) and put
+//! under kills, races, hostile input and faults by the campaigns of `RELIABILITY.md`.
+//!
+//! 1. **Every key you have keeps its id.** Keys are read by their content: PKCS#8 PEM
+//!    or DER, OpenSSH (`ssh-keygen -t ed25519`), the 32 raw bytes iroh's documentation
+//!    writes, 64 hex or 52 base32 characters ([`decode_key`] has the details). New keys
+//!    are PKCS#8 v2 PEM, which holds the public key too, so that a damaged file is
+//!    detected instead of becoming another identity. A file is never rewritten in
+//!    another format.
+//! 2. **An identity is never lost.** An existing key file is never written, replaced or
+//!    deleted, even when it is damaged, unreadable, of an unknown format or the wrong
+//!    size: that is an error naming the path and the problem. With
+//!    [`create_if_missing(false)`](Builder::create_if_missing), a missing key is an
+//!    error too, instead of a new identity.
+//! 3. **Keys are created crash-safely.** A new key is written to a temporary file beside
+//!    it (`0600`), synced, published under its name by a rename that never replaces
+//!    anything, and the directory is synced. A crash leaves no key or a whole one, and
+//!    the next creation removes the temporary files of killed runs. When the directory
+//!    cannot be synced after the key is published (one that may be written but not
+//!    read), the key is used and a warning logged: only its survival of a power loss is
+//!    unconfirmed.
+//! 4. **First-run races settle.** Processes that create the same key at once all end up
+//!    with the same one: the losers read the winner's.
+//! 5. **The key stays private.** On unix, key files are `0600` and the directories the
+//!    crate creates `0700`, whatever the umask. Like OpenSSH, a key file of yours that
+//!    group or others may access is refused ([`Error::InsecurePermissions`], whose
+//!    message gives the `chmod`, or `defaultMode: 0400` for a Kubernetes secret).
+//! 6. **Read-only keys work.** An existing key is never written and nothing else has to
+//!    be, so a read-only file or directory (a Kubernetes secret) works, lock included.
+//!    Where it can, the crate writes the ports file beside the key; where it cannot, the
+//!    endpoint binds fresh ports.
+//! 7. **One live endpoint per identity.** Two endpoints with the same key do not fail in
+//!    iroh: their connections silently split between them. Here the key file is locked
+//!    (`flock`) while an [`Identity`], or an endpoint bound with it, or any clone of
+//!    that endpoint, is alive. A second open waits up to the
+//!    [lock wait](Builder::lock_wait) ([`DEFAULT_LOCK_WAIT`]), then fails with
+//!    [`Error::InUse`]. Closing the endpoint, dropping its last clone or the death of the
+//!    process releases it: there are no stale locks.
+//! 8. **Secrets stay out of sight.** No key material appears in any error, `Debug`
+//!    output or log line, at any level; buffers that held key bytes are zeroed; nothing
+//!    read from a key file is echoed into an error unescaped.
+//! 9. **No other local user can replace, plant or stall an identity.** Before a key is
+//!    read or created, every directory from `/` down to it, every symbolic link on the
+//!    way and the key itself must belong to the process's user or to root and be
+//!    writable by no one else, as OpenSSH's `StrictModes` and Tor's `check_private_dir`
+//!    require; otherwise [`Error::UntrustedPath`] names the path, its owner and mode,
+//!    and the fix. Where this crate differs from OpenSSH: a sticky directory (`/tmp`) is
+//!    accepted, since others may add names there but not rename or remove ours; and a
+//!    directory writable by a group the process is in is accepted (a Kubernetes
+//!    `fsGroup` volume), one of a group it is not in refused. A key of another user is
+//!    refused; root's key read by another user (a mounted secret) may be readable, not
+//!    writable (a warning says when every user may read it). The path is walked one name
+//!    at a time through descriptors, as the kernel would, and never looked up by name
+//!    again: what is planted on it after it was checked is never followed. New
+//!    directories and files are made through the descriptor of their directory, never
+//!    through a link, with random temporary names; the directory lock that keeps
+//!    creators in turn is waited for no longer than the lock wait, 5 s at most. All of
+//!    these checks, and only these, are what
+//!    [`allow_insecure_permissions`](Builder::allow_insecure_permissions) turns off,
+//!    with the mode check of guarantee 5.
+//! 10. **Tickets survive a restart.** The endpoint's UDP ports are remembered beside the
+//!     key and bound again: see [*Stable addressing*](#stable-addressing).
+//!
+//! # Stable addressing
 //!
 //! A ticket (`iroh_tickets::endpoint::EndpointTicket`) holds an endpoint's id, the direct
 //! addresses (IP and UDP port) it had when the ticket was made, and its home relay. A
 //! peer dials what is in it, so a ticket reaches the endpoint after a restart if one of
-//! them still leads to it:
+//! them still leads to it: the id does (the key file); the home relay does when the
+//! endpoint picks the same one again (always with a single relay of your own; with n0's
+//! relays while the nearest is the same); a direct address does when the machine keeps
+//! its IP address and the port is the same. That last one is stable addressing, and it
+//! works offline, with no relay at all.
 //!
-//! - **the id** stays the same: that is the key file;
-//! - **a direct address** stays valid when the machine keeps its IP address and the port
-//!   is the same, which stable addressing sees to. This works offline and with no relay.
-//!   It does not when the address changes (another network, a new container, a new DHCP
-//!   lease), or when another program took the port (the log says so);
-//! - **the home relay** stays valid when the endpoint picks the same one again: with a
-//!   single relay always, with n0's relays when it is still nearest to the same one. The
-//!   relay forwards by id, whatever the ports.
+//! iroh binds a socket on all interfaces for IPv4 and one for IPv6, on random ports.
+//! Their ports are remembered in a file beside the key, named like it with `.ports`
+//! appended (`endpoint.key.ports`), and asked for again on the next bind. It is on
+//! unless [`Builder::stable_addressing`] turns it off, and:
 //!
-//! With the [`N0`](iroh::endpoint::presets::N0) preset, online, a peer can also look the
-//! new addresses up by id, with or without a ticket.
-//!
-//! # Security
-//!
-//! **Who may change the key.** On unix, before a key is read or created, the crate checks
-//! who could replace it, as OpenSSH's `StrictModes` and Tor's `check_private_dir` do.
-//! Every directory from `/` down to the key, every symbolic link followed on the way and
-//! the key file itself must belong to the process's effective user or to root, and must
-//! not be writable by anyone else; otherwise the open fails with
-//! [`Error::UntrustedPath`], which names the path, its owner and mode, and the fix. Two
-//! exceptions, where this crate differs from OpenSSH:
-//!
-//! - a **sticky** directory that every user may write (`/tmp`, mode `1777`) is accepted:
-//!   others may add names there but not rename or remove ours, and what they plant (a
-//!   key, a link) is theirs and refused in turn;
-//! - a directory **writable by a group the process is in** is accepted: the members of
-//!   one's own groups are trusted like the user. That is a Kubernetes volume with
-//!   `fsGroup` (mode `2775`). A group the process is not in is refused.
-//!
-//! A key file of the current user that group or others may access is refused with
-//! [`Error::InsecurePermissions`] (`chmod 600`; in a Kubernetes secret volume,
-//! `defaultMode: 0400`). A key owned by root and read by another user, a mounted secret,
-//! must be readable through its group or other bits, which is root's choice; it must not
-//! be writable by others. [`Builder::allow_insecure_permissions`] turns all of these
-//! checks off, and nothing else.
-//!
-//! **How files are made.** The key's directory is opened once the path is checked, and
-//! everything after happens through its descriptor: missing directories are made with
-//! `mkdirat` and given mode `0700` through their own descriptor (a directory swapped for
-//! a link meanwhile makes the open fail, never a `chmod` of the link's target), the key
-//! is written to a temporary file `0600` whose name ends in 64 random bits (no one can
-//! take the name first), and published with a rename that replaces nothing. The
-//! directory lock that keeps creators in turn is waited for no longer than the
-//! [lock wait](Builder::lock_wait); after that the key is created without it, so a
-//! lock that another user holds on a shared directory delays a first start, never stops
-//! it.
-//!
-//! **The ports file** beside the key is replaced only when it is absent or is one this
-//! crate wrote; one that is anything else, a link, or another user's is left alone, and
-//! remembered ports below 1024 are ignored.
-//!
-//! **Secrets.** No key material appears in any error, `Debug` output or log line, and
-//! buffers that held key bytes are zeroed. Nothing read from a key file is echoed into an
-//! error unescaped.
+//! - **Your addresses win.** [`Builder::bind`] owns the order of the builder's steps: the
+//!   remembered sockets go first, as iroh's own are, and a [`configure`](Builder::configure)
+//!   step may bind any address of its own (a fixed port or port 0, one interface or all),
+//!   or clear them with `clear_ip_transports()`. A family the steps bind a default
+//!   socket for keeps theirs; the remembered port fills in only where they bind none.
+//!   [`Identity::bind`] is given a builder that is already configured, whose sockets
+//!   iroh 1.4 cannot show; adding one to it could fail, so it binds the builder as it is
+//!   and only remembers the ports.
+//! - **A busy port is waited for.** A gracefully closing endpoint releases the identity
+//!   at once but keeps its sockets while its connections drain (iroh allows about 3 s).
+//!   So a remembered port still in use is waited for until the lock wait ends,
+//!   [`MAX_PORT_WAIT`] at most, or 250 ms when the port is held by an endpoint of this
+//!   process that was closed but not dropped. Then the endpoint binds a fresh port, logs
+//!   a warning that says why, and remembers the new one.
+//! - **It never makes an open fail.** A ports file that is missing, damaged or cannot
+//!   be written (a read-only secret mount) means fresh ports and a line in the log. The
+//!   file is replaced only when it is one this crate wrote, never when it is anything
+//!   else (another file, a link, another user's), and ports below 1024 are ignored. It
+//!   is written like a key, only by the holder of the identity.
+//! - **What it cannot do.** A ticket does not survive a new IP address (another network,
+//!   a new container, a new DHCP lease) with no relay or address lookup to help, nor a
+//!   port that another program took. A key from an environment variable has no file, so
+//!   nothing is remembered. Only sockets on all interfaces are remembered.
 //!
 //! # Limitations
 //!
-//! - When the key comes from an environment variable ([`Builder::key_from_env`]) there
-//!   is no file, so no lock: nothing stops two processes started with the same variable.
+//! - A key from an environment variable ([`Builder::key_from_env`]) has no file, so no
+//!   lock: nothing stops two processes started with the same variable.
 //! - OpenSSL reads PKCS#8 v2 only from version 3.5 on; older versions (3.0 is common)
 //!   reject the crate's key files. [`encode_key`] with [`KeyFormat::Pkcs8PemV1`] (or
 //!   `iroh-identity export --format pkcs8-v1`) gives them a copy they read.
 //! - Locks are advisory `flock` locks, per host: two machines sharing a key over a
 //!   network file system are not kept apart. A lock belongs to an open file, so a child
 //!   made with `fork` and no `exec` shares its parent's: the identity stays held until
-//!   both have closed it or exited.
-//! - The checks of who may change the key trust root, the process's user and the members
-//!   of its groups. They see owners and modes, not ACLs.
-//! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and no owner
-//!   checks, and keys are published with a hard link. On unixes other than Linux, a key
-//!   directory that may be written but not read (mode `0300`) cannot be used, and
-//!   [`inspect_key`] takes the lock for an instant to see whether it is held.
+//!   both have closed it or exited. Where the file system refuses locks, opening fails
+//!   with the system's reason.
+//! - Stable addressing keeps ports, not IP addresses. Between the check that a
+//!   remembered port is free and iroh's bind (microseconds), another program could take
+//!   it; the open then fails with [`Error::Bind`].
+//! - The checks of who may change the key trust root, the process's user and the
+//!   members of its groups. They see owners and modes, not ACLs.
+//! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and no
+//!   owner checks, and keys are published with a hard link. On unixes other than Linux,
+//!   a key directory that may be written but not read (mode `0300`) cannot be used, and
+//!   [`inspect_key`] takes the lock for an instant to see whether it is held. On Linux
+//!   it reads `/proc/locks`, which does not show locks held from another PID namespace
+//!   (another container on the same volume).
 //!
 //! [`EndpointId`]: iroh::EndpointId
 
@@ -138,23 +183,23 @@
 
 mod endpoint;
 mod error;
+mod guard;
+mod identity;
 mod key;
-mod key_file;
-mod lock;
 mod ports;
+mod store;
 mod sys;
 mod temp_file;
-mod trust;
 mod wait;
 
-pub use endpoint::{
-    Builder, DEFAULT_KEY_FILE_NAME, DEFAULT_LOCK_WAIT, MAX_PORT_WAIT, PersistentEndpoint,
-    default_key_path,
-};
-pub use error::{Error, KeyProblem, PathKind, TrustProblem};
+pub use endpoint::{Builder, KeyPath, NoKeyPath, PersistentEndpoint};
+pub use error::{Error, FileKind, KeyProblem, Operation, PathKind, TrustProblem};
+pub use identity::{Identity, KeySource};
 pub use key::{KeyFormat, decode_key, encode_key};
-pub use key_file::{KeyReport, inspect_key, load_key, load_or_generate, store_new_key};
-pub use lock::IdentityLock;
+pub use store::file::{
+    DEFAULT_KEY_FILE_NAME, KeyReport, default_key_path, inspect_key, load_key, store_new_key,
+};
+pub use wait::{DEFAULT_LOCK_WAIT, MAX_PORT_WAIT};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -2,67 +2,36 @@
 //! and bound again on the next open, so that the direct addresses in the tickets it
 //! handed out still reach it after a restart.
 //!
-//! The ports file is a convenience, never a reason to fail: when it is missing, damaged
-//! or cannot be written, or a port is taken, the endpoint binds fresh ports and says so
-//! in the log. It is written only while the identity lock is held, so by one process at
-//! a time, and like a key: to a temporary file, synced, renamed over the old one, and
-//! the directory synced. A crash leaves the old ports or the new ones.
+//! iroh binds one socket on all interfaces for IPv4 and one for IPv6, on random ports.
+//! Their ports are remembered in `KEY.ports` ([`file`]) and asked for again, as iroh's own
+//! sockets: first on the builder, as iroh's defaults are, so that the steps that follow
+//! bind what they like. A family the steps bind a default socket of their own for keeps
+//! theirs ([`defaults_bound_by`]); `clear_ip_transports()` removes the remembered sockets
+//! with the rest. Only sockets on all interfaces are remembered.
 //!
-//! It is ours or it is left alone: it is replaced only when it is absent or is a ports
-//! file this crate wrote (its first line says so), never when it is anything else (a key
-//! someone named `KEY.ports`, a link, another user's file). Remembered ports below 1024
-//! are ignored: a ports file never makes the endpoint bind a service's port (53, 123).
+//! It is a convenience, never a reason to fail. A remembered port that is still in use
+//! is waited for ([`probe`]), then replaced with a fresh one and a warning. A ports file
+//! that is missing, damaged, not this crate's, or cannot be written means fresh ports and
+//! a line in the log.
+
+mod file;
+mod probe;
 
 use std::{
-    collections::BTreeSet,
     ffi::{OsStr, OsString},
     fmt,
-    io::{self, Read},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
-    sync::Mutex,
-    time::Duration,
+    sync::Arc,
 };
 
 use iroh::{
     Endpoint,
     endpoint::{self, BindOpts},
 };
-use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
-use crate::{
-    Error, MAX_PORT_WAIT,
-    sys::{self, Dir},
-    temp_file::TempFile,
-    wait::{self, Deadline, Waited},
-};
-
-/// What is appended to the key file's name to name its ports file.
-const PORTS_FILE_SUFFIX: &str = ".ports";
-
-/// The first line of every ports file this crate writes: how it knows its own.
-const HEADER: &str = "# UDP ports of the iroh endpoint whose key is beside this file, bound again";
-
-/// The longest wait for a remembered port held by an endpoint of this process.
-///
-/// Such an endpoint is closed (it released the identity) but not dropped. A clone in a
-/// task that ends once the endpoint closes (an accept loop) goes within milliseconds; a
-/// clone still in scope never will, and a longer wait would only delay the open.
-const WAIT_FOR_THIS_PROCESS: Duration = Duration::from_millis(250);
-
-/// The sockets on all interfaces that endpoints of this process have bound with stable
-/// addressing. Never emptied: it says who most likely holds a busy port, no more.
-static BOUND_HERE: Mutex<BTreeSet<SocketAddr>> = Mutex::new(BTreeSet::new());
-
-/// How often a busy port is tried again.
-const RETRY_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The largest ports file that is read; this crate writes under 200 bytes.
-const MAX_PORTS_FILE_LEN: u64 = 1024;
-
-/// The lowest port that is remembered: below it are the ports of system services.
-const LOWEST_PORT: u16 = 1024;
+use self::file::PortsFile;
+use crate::{sys::Dir, wait::Deadline};
 
 /// The sockets iroh binds on all interfaces by default, one per IP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,70 +105,60 @@ impl Ports {
         }
         ports
     }
+}
 
-    /// Reads the contents of a ports file this crate wrote: its header line, then
-    /// `ipv4 PORT` and `ipv6 PORT` lines and `#` comments. `None` if it is anything
-    /// else. Ports below [`LOWEST_PORT`] are left out.
-    fn parse(text: &str) -> Option<Self> {
-        let mut lines = text.lines();
-        if lines.next()?.trim_end() != HEADER {
-            return None;
+/// The families for which a default socket is bound by `configure` (the preset and the
+/// user's steps, run on a fresh builder): iroh refuses a second default socket for a
+/// family (`DuplicateDefaultAddr`), so asking for one says whether there is one. Nothing
+/// is bound; `configure` runs once, or twice when it binds one for IPv4.
+pub(crate) fn defaults_bound_by(
+    configure: impl Fn(endpoint::Builder) -> endpoint::Builder,
+) -> FamiliesBound {
+    let mut bound = FamiliesBound::default();
+    let mut probe = Some(configure(endpoint::Builder::empty()));
+    for family in Family::ALL {
+        let builder = probe
+            .take()
+            .unwrap_or_else(|| configure(endpoint::Builder::empty()));
+        // On all interfaces, port 0: the only way this can fail is a default socket of
+        // the family that is there already.
+        match builder.bind_addr_with_opts(family.all_interfaces(0), BindOpts::default()) {
+            Ok(builder) => probe = Some(builder),
+            Err(_) => bound.insert(family),
         }
-        let mut ports = Self::default();
-        let mut seen = Self::default();
-        for line in lines.map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (family, port) = line.split_once(' ')?;
-            let family = match family {
-                "ipv4" => Family::Ipv4,
-                "ipv6" => Family::Ipv6,
-                _ => return None,
-            };
-            let port: u16 = port.trim().parse().ok().filter(|&port| port != 0)?;
-            if seen.get(family).is_some() {
-                return None;
-            }
-            seen.set(family, port);
-            if port < LOWEST_PORT {
-                warn!(%family, port, "a remembered port below 1024 is ignored");
-            } else {
-                ports.set(family, port);
-            }
+    }
+    bound
+}
+
+/// Families for which a builder's own steps bind a default socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FamiliesBound {
+    ipv4: bool,
+    ipv6: bool,
+}
+
+impl FamiliesBound {
+    fn insert(&mut self, family: Family) {
+        match family {
+            Family::Ipv4 => self.ipv4 = true,
+            Family::Ipv6 => self.ipv6 = true,
         }
-        Some(ports)
     }
 
-    fn render(&self) -> String {
-        let mut text = format!(
-            "{HEADER}\n# on its next start so that its tickets stay valid (iroh-identity).\n"
-        );
-        for family in Family::ALL {
-            if let Some(port) = self.get(family) {
-                text += &format!("{family} {port}\n");
-            }
+    fn contains(self, family: Family) -> bool {
+        match family {
+            Family::Ipv4 => self.ipv4,
+            Family::Ipv6 => self.ipv6,
         }
-        text
     }
 }
 
-/// What is at the ports file's path.
-#[derive(Debug)]
-enum PortsFile {
-    /// Nothing: it may be created.
-    Absent,
-    /// A ports file this crate wrote, with the ports worth binding: it may be replaced.
-    Ours(Ports),
-    /// Something else: it is left alone, and nothing is remembered.
-    NotOurs,
-}
-
-/// Stable addressing for one open: the ports remembered, and those asked of iroh.
+/// Stable addressing for one bind: the ports file, and the remembered ports that are
+/// free to ask for.
 #[derive(Debug)]
 pub(crate) struct StableAddressing {
     /// The key's directory, where the ports file is.
-    dir: Dir,
+    dir: Arc<Dir>,
     name: OsString,
     file: PortsFile,
     asked: Ports,
@@ -208,74 +167,67 @@ pub(crate) struct StableAddressing {
 }
 
 impl StableAddressing {
-    /// Reads the ports remembered beside the key at `key_path` and keeps those that can
-    /// be bound, waiting until `deadline`, and [`MAX_PORT_WAIT`] at most,
-    /// for busy ones.
+    /// Reads the ports remembered beside the key named `key_name` in `dir` and keeps
+    /// those that can be bound, waiting for busy ones until `deadline`,
+    /// [`crate::MAX_PORT_WAIT`] at most (see [`probe`]).
     ///
-    /// What holds a busy port is nearly always the previous endpoint of this identity.
-    /// It releases the identity when it starts closing, but keeps its sockets while its
-    /// connections drain (iroh allows up to about 3 s) and until its last clone is
-    /// dropped or its process exits. When it is an endpoint of this process, the wait
-    /// is at most [`WAIT_FOR_THIS_PROCESS`].
-    ///
-    /// Call it while holding the identity lock: the ports file is written by the holder.
-    /// `None` when the key's directory cannot be opened: then nothing is remembered.
-    pub(crate) async fn prepare(key_path: &Path, deadline: Deadline) -> Option<Self> {
-        let dir = match Dir::open(crate::key_file::parent_dir(key_path)) {
-            Ok(dir) => dir,
-            Err(err) => {
-                info!(path = %key_path.display(), %err, "cannot open the key's directory; binding fresh ports");
-                return None;
-            }
-        };
-        let mut name = key_path.file_name()?.to_owned();
-        name.push(PORTS_FILE_SUFFIX);
-        let file = read(&dir, &name);
-        let remembered = match &file {
-            PortsFile::Ours(ports) => *ports,
-            PortsFile::Absent | PortsFile::NotOurs => Ports::default(),
-        };
-        let deadline = deadline.at_most(MAX_PORT_WAIT);
+    /// Call it while holding the identity: the ports file is written by its holder.
+    pub(crate) async fn prepare(dir: Arc<Dir>, key_name: &OsStr, deadline: Deadline) -> Self {
+        let name = file::name_beside(key_name);
+        let file = PortsFile::read(&dir, &name);
+        let remembered = file.ports();
+        let deadline = deadline.at_most(crate::MAX_PORT_WAIT);
         let mut asked = Ports::default();
         let mut taken = Vec::new();
         for family in Family::ALL {
             let Some(port) = remembered.get(family) else {
                 continue;
             };
-            let addr = family.all_interfaces(port);
-            let here = bound_here(addr);
-            let deadline = if here {
-                deadline.at_most(WAIT_FOR_THIS_PROCESS)
-            } else {
-                deadline
-            };
-            match wait_until_free(addr, deadline).await {
-                Ok(true) => asked.set(family, port),
-                Ok(false) => taken.push((family, port, here)),
-                // No IPv6 on this host, say: iroh will not bind it either.
-                Err(err) => debug!(%addr, %err, "cannot bind the remembered port"),
+            match probe::wait_until_free(family.all_interfaces(port), deadline).await {
+                probe::Free::Yes => asked.set(family, port),
+                probe::Free::No { here } => taken.push((family, port, here)),
+                probe::Free::Unusable => {}
             }
         }
-        Some(Self {
+        Self {
             dir,
             name,
             file,
             asked,
             taken,
-        })
+        }
     }
 
-    /// Asks iroh to bind the remembered ports that are free, on all interfaces, where it
-    /// would otherwise bind random ones. Apply it to an empty builder.
-    pub(crate) fn apply(&self, mut builder: endpoint::Builder) -> endpoint::Builder {
+    /// Whether any remembered port can be asked for.
+    pub(crate) fn has_ports(&self) -> bool {
+        !self.asked.is_empty()
+    }
+
+    /// Puts iroh's own sockets on all interfaces, on the remembered ports, on a builder
+    /// that nothing has bound anything on yet, except for the families in `theirs`. They
+    /// are what iroh's defaults are, sockets that are no default route: steps that follow
+    /// may bind any address of their own, and `clear_ip_transports()` removes them.
+    pub(crate) fn apply(
+        &self,
+        builder: endpoint::Builder,
+        theirs: FamiliesBound,
+    ) -> endpoint::Builder {
+        if self.asked.is_empty() {
+            return builder;
+        }
+        let mut builder = builder.clear_ip_transports();
         for family in Family::ALL {
-            if let Some(port) = self.asked.get(family) {
-                // IPv6 may be missing on a host: iroh does not require it either.
-                let options = BindOpts::default().set_is_required(family == Family::Ipv4);
-                builder = builder
-                    .bind_addr_with_opts(family.all_interfaces(port), options)
-                    .expect("an empty builder has no bind address to conflict with");
+            if theirs.contains(family) {
+                continue;
             }
+            // As iroh's defaults: IPv6 may be missing on a host.
+            let options = BindOpts::default()
+                .set_is_default_route(false)
+                .set_is_required(family == Family::Ipv4);
+            let port = self.asked.get(family).unwrap_or(0);
+            builder = builder
+                .bind_addr_with_opts(family.all_interfaces(port), options)
+                .expect("no default socket is bound on a builder whose IP sockets were cleared");
         }
         builder
     }
@@ -304,22 +256,15 @@ impl StableAddressing {
                 );
             }
         }
-        if let Ok(mut here) = BOUND_HERE.lock() {
-            here.extend(
-                Family::ALL
-                    .into_iter()
-                    .filter_map(|family| bound.get(family).map(|port| family.all_interfaces(port))),
-            );
-        }
-        let unchanged = match &self.file {
-            PortsFile::Ours(remembered) => *remembered == bound,
-            PortsFile::Absent => false,
-            PortsFile::NotOurs => return,
-        };
-        if bound.is_empty() || unchanged {
+        probe::bound_here(
+            Family::ALL
+                .into_iter()
+                .filter_map(|family| bound.get(family).map(|port| family.all_interfaces(port))),
+        );
+        if bound.is_empty() || !self.file.should_write(&bound) {
             return;
         }
-        match write(&self.dir, &self.name, &bound) {
+        match file::write(&self.dir, &self.name, &bound, &self.file) {
             Ok(()) => debug!(path = %path.display(), ?bound, "remembered the endpoint's ports"),
             Err(err) => info!(
                 %err,
@@ -327,161 +272,5 @@ impl StableAddressing {
                  reach it only through a relay or address lookup"
             ),
         }
-    }
-}
-
-/// Whether an endpoint of this process has bound `addr` with stable addressing.
-fn bound_here(addr: SocketAddr) -> bool {
-    BOUND_HERE.lock().is_ok_and(|here| here.contains(&addr))
-}
-
-/// What is at the ports file's path, read without following a link; what is not ours
-/// is logged and left alone.
-fn read(dir: &Dir, name: &OsStr) -> PortsFile {
-    let path = dir.path().join(name);
-    let text = match read_text(dir, name) {
-        Ok(Some(text)) => text,
-        Ok(None) => {
-            debug!(path = %path.display(), "no ports file yet");
-            return PortsFile::Absent;
-        }
-        Err(err) => {
-            warn!(
-                path = %path.display(),
-                %err,
-                "the ports file cannot be used; binding fresh ports and leaving it as it is"
-            );
-            return PortsFile::NotOurs;
-        }
-    };
-    match Ports::parse(&text) {
-        Some(ports) => PortsFile::Ours(ports),
-        None => {
-            warn!(
-                path = %path.display(),
-                "the ports file is not one this crate wrote; binding fresh ports and leaving \
-                 it as it is"
-            );
-            PortsFile::NotOurs
-        }
-    }
-}
-
-/// The contents of the ports file; `None` if there is none. An error for anything that
-/// is not a small regular file of this user.
-fn read_text(dir: &Dir, name: &OsStr) -> io::Result<Option<String>> {
-    let file = match dir.open_file_no_follow(name) {
-        Ok(Some(file)) => file,
-        Ok(None) => return Err(io::Error::other("it is a symbolic link")),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
-        let kind = sys::describe(metadata.file_type());
-        return Err(io::Error::other(format!("it is {kind}, not a file")));
-    }
-    if let Some(owner) = sys::owner(&metadata) {
-        let uid = sys::process().uid;
-        if owner.uid != uid {
-            return Err(io::Error::other(format!(
-                "it belongs to uid {}, not to this process's user (uid {uid})",
-                owner.uid
-            )));
-        }
-    }
-    if metadata.len() > MAX_PORTS_FILE_LEN {
-        return Err(io::Error::other(format!(
-            "it has {} bytes, more than a ports file",
-            metadata.len()
-        )));
-    }
-    let mut text = String::new();
-    file.take(MAX_PORTS_FILE_LEN).read_to_string(&mut text)?;
-    Ok(Some(text))
-}
-
-/// Replaces the ports file crash-safely.
-fn write(dir: &Dir, name: &OsStr, ports: &Ports) -> Result<(), Error> {
-    // The identity lock is held: no other process is writing one.
-    crate::temp_file::remove_leftovers(dir, name);
-    let temp = TempFile::create(dir, name)?;
-    temp.write_durably(ports.render().as_bytes())?;
-    let path = dir.path().join(name);
-    dir.replace(&temp.name, name)
-        .map_err(|err| Error::io("replace ports file", &path, err))?;
-    if let Err(err) = dir.sync() {
-        debug!(path = %path.display(), %err, "the ports file was replaced, but its directory cannot be synced");
-    }
-    Ok(())
-}
-
-/// Binds `addr` and closes it again, trying again until `deadline` while it is in use:
-/// `Ok(false)` if it still was then.
-async fn wait_until_free(addr: SocketAddr, deadline: Deadline) -> io::Result<bool> {
-    let attempt = || match try_bind(addr) {
-        Ok(()) => Ok(Some(())),
-        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Ok(None),
-        Err(err) => Err(err),
-    };
-    let announce = || debug!(%addr, "the remembered port is in use; waiting for it");
-    Ok(matches!(
-        wait::until(deadline, RETRY_INTERVAL, attempt, announce).await?,
-        Waited::Done(())
-    ))
-}
-
-/// Binds a UDP socket as iroh binds it, and closes it again.
-fn try_bind(addr: SocketAddr) -> io::Result<()> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.bind(&addr.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{HEADER, Ports};
-
-    #[test]
-    fn ports_read_back_and_anything_else_is_refused() {
-        for ports in [
-            Ports::default(),
-            Ports {
-                ipv4: Some(1024),
-                ipv6: None,
-            },
-            Ports {
-                ipv4: Some(40000),
-                ipv6: Some(65535),
-            },
-        ] {
-            assert_eq!(Ports::parse(&ports.render()), Some(ports));
-        }
-        for bad in [
-            "ipv4 0",
-            "ipv4 65536",
-            "ipv4 -1",
-            "ipv4",
-            "ipv5 4000",
-            "ipv4 4000\nipv4 4001",
-            "4000",
-            "ipv4 4000x",
-        ] {
-            let text = format!("{HEADER}\n{bad}\n");
-            assert_eq!(Ports::parse(&text), None, "{bad:?}");
-        }
-        // Without the header line, it is not ours, however it looks.
-        assert_eq!(Ports::parse("ipv4 40000\n"), None);
-        // Ports of system services are never remembered.
-        let low = format!("{HEADER}\nipv4 53\nipv6 40000\n");
-        assert_eq!(
-            Ports::parse(&low),
-            Some(Ports {
-                ipv4: None,
-                ipv6: Some(40000)
-            })
-        );
     }
 }

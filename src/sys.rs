@@ -1,5 +1,7 @@
-//! What differs between platforms, behind one set of functions: how a key file is opened
-//! and created, what its permissions mean, and how it is published without clobbering.
+//! The platform, behind one set of functions and types: directories used through their
+//! descriptor, files opened without hanging or following links, owners and modes, locks
+//! and the identity of the process. Mechanism only: what is trusted is decided in
+//! `store::trust`.
 
 #[cfg(unix)]
 mod unix;

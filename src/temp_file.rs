@@ -7,7 +7,9 @@
 //!
 //! Their names end in 64 random bits from the operating system: another user who may
 //! add names to the directory (a sticky `/tmp`) cannot create them first to keep a key
-//! from being created.
+//! from being created. Each is locked (`flock`) by its writer for as long as it exists,
+//! so that a leftover of a killed run is told from a file that another process is still
+//! writing: only an unlocked one is removed.
 
 use std::{
     ffi::{OsStr, OsString},
@@ -19,7 +21,7 @@ use std::{
 use tracing::debug;
 
 use crate::{
-    Error,
+    Error, Operation,
     sys::{self, Dir},
 };
 
@@ -44,12 +46,17 @@ impl<'a> TempFile<'a> {
         loop {
             let random = getrandom::u64().map_err(|err| {
                 let err = io::Error::other(format!("no random source: {err}"));
-                Error::io("create temporary file in", dir.path(), err)
+                Error::io(Operation::CreateTemporaryFile, dir.path(), err)
             })?;
             let mut temp_name = prefix(name);
             temp_name.push(format!("{random:016x}"));
             match dir.create_private_file(&temp_name) {
                 Ok(file) => {
+                    // Held until the file is gone: a sweep removes only unlocked ones.
+                    // Where files cannot be locked, no sweep can lock one either.
+                    if let Err(err) = file.try_lock() {
+                        debug!(%err, "cannot lock a temporary file");
+                    }
                     return Ok(Self {
                         dir,
                         name: temp_name,
@@ -62,7 +69,7 @@ impl<'a> TempFile<'a> {
                 }
                 Err(err) => {
                     return Err(Error::io(
-                        "create temporary file",
+                        Operation::CreateTemporaryFile,
                         dir.path().join(&temp_name),
                         err,
                     ));
@@ -75,10 +82,10 @@ impl<'a> TempFile<'a> {
     pub(crate) fn write_durably(&self, content: &[u8]) -> Result<(), Error> {
         (&self.file)
             .write_all(content)
-            .map_err(|err| Error::io("write temporary file", self.path(), err))?;
+            .map_err(|err| Error::io(Operation::WriteTemporaryFile, self.path(), err))?;
         self.file
             .sync_all()
-            .map_err(|err| Error::io("sync temporary file", self.path(), err))
+            .map_err(|err| Error::io(Operation::SyncTemporaryFile, self.path(), err))
     }
 
     /// Where it is, for messages.
@@ -109,9 +116,8 @@ fn prefix(name: &OsStr) -> OsString {
 }
 
 /// Removes the temporary files that killed runs of this user left in `dir` for the file
-/// `name`. Another user's files are theirs, whatever their names.
-///
-/// Only for a caller that knows no other process is writing one right now.
+/// `name`: those that no live writer holds locked. Another user's files are theirs,
+/// whatever their names.
 pub(crate) fn remove_leftovers(dir: &Dir, name: &OsStr) {
     let prefix = prefix(name);
     let uid = sys::process().uid;
@@ -122,9 +128,17 @@ pub(crate) fn remove_leftovers(dir: &Dir, name: &OsStr) {
         {
             continue;
         }
-        let ours =
-            matches!(dir.entry(&entry_name), Ok(Some(entry)) if entry.is_file && entry.uid == uid);
-        if !ours {
+        let ours = matches!(
+            dir.stat_at(&entry_name),
+            Ok(Some(stat)) if stat.kind == sys::Kind::File && stat.owner.uid == uid
+        );
+        // A live writer holds its file locked for as long as it exists; the lock taken
+        // here lasts until the file is removed.
+        let abandoned = || match dir.open_file_no_follow(&entry_name) {
+            Ok(Some(file)) => file.try_lock().is_ok(),
+            _ => false,
+        };
+        if !ours || !abandoned() {
             continue;
         }
         let path = dir.path().join(&entry_name);

@@ -146,7 +146,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("iroh-identity: {err}");
+            eprintln!("iroh-identity: {}", chain(&err));
             match err {
                 Failure::Key(Error::AlreadyExists { .. }) => ExitCode::from(EXIT_EXISTS),
                 _ => ExitCode::from(EXIT_ERROR),
@@ -158,17 +158,17 @@ fn main() -> ExitCode {
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
-    #[error("{}", chain(.0))]
+    #[error(transparent)]
     Key(#[from] Error),
-    #[error("stdin is not a key: it {0}")]
-    Stdin(iroh_identity::KeyProblem),
-    #[error("cannot read stdin: {0}")]
-    ReadStdin(io::Error),
-    #[error("cannot write to stdout: {0}")]
-    Stdout(io::Error),
+    #[error("stdin is not a key")]
+    Stdin(#[source] iroh_identity::KeyProblem),
+    #[error("cannot read stdin")]
+    ReadStdin(#[source] io::Error),
+    #[error("cannot write to stdout")]
+    Stdout(#[source] io::Error),
 }
 
-/// An error and its causes, as one line.
+/// An error and its causes, as one line, as `anyhow` prints them with `{:#}`.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();

@@ -10,7 +10,7 @@ use ed25519_dalek::ed25519::pkcs8::spki::der::pem::{self, LineEnding};
 use iroh::SecretKey;
 use zeroize::Zeroizing;
 
-use crate::KeyProblem;
+use crate::{KeyFormat, KeyProblem};
 
 pub(super) const LABEL: &str = "OPENSSH PRIVATE KEY";
 const MAGIC: &[u8] = b"openssh-key-v1\0";
@@ -20,7 +20,9 @@ const LINE_WIDTH: usize = 70;
 /// The private section is padded to this (the block size of the cipher "none").
 const BLOCK: usize = 8;
 
-const DAMAGED: KeyProblem = KeyProblem::Damaged { format: "OpenSSH" };
+const DAMAGED: KeyProblem = KeyProblem::Damaged {
+    format: KeyFormat::OpenSsh,
+};
 
 /// Reads an OpenSSH private key from the bytes inside its PEM armour.
 pub(super) fn decode(blob: &[u8]) -> Result<SecretKey, KeyProblem> {

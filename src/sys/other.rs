@@ -10,6 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::FileKind;
+
 /// The longest file name most file systems accept, in bytes.
 pub(crate) const NAME_MAX: usize = 255;
 
@@ -42,28 +44,13 @@ pub(crate) fn process() -> Process {
     Process { uid: 0 }
 }
 
-/// Says what a non-regular file is, for error messages.
-pub(crate) fn describe(file_type: FileType) -> &'static str {
+/// What a file that is not a regular file is.
+pub(crate) fn file_kind(file_type: FileType) -> FileKind {
     if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_symlink() {
-        "a symbolic link"
+        FileKind::Directory
     } else {
-        "something else"
+        FileKind::Other
     }
-}
-
-/// Opens an existing file for reading.
-pub(crate) fn open_file(path: &Path) -> io::Result<File> {
-    File::open(path)
-}
-
-/// Opens an existing file for reading, or returns `None` if it is a symbolic link.
-pub(crate) fn open_file_no_follow(path: &Path) -> io::Result<Option<File>> {
-    if fs::symlink_metadata(path)?.is_symlink() {
-        return Ok(None);
-    }
-    File::open(path).map(Some)
 }
 
 /// A directory, used by path.
@@ -73,6 +60,12 @@ pub(crate) struct Dir {
 }
 
 impl Dir {
+    pub(crate) fn root() -> io::Result<Self> {
+        Ok(Self {
+            path: PathBuf::from("/"),
+        })
+    }
+
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
         if fs::metadata(path)?.is_dir() {
             Ok(Self { path: path.into() })
@@ -94,7 +87,27 @@ impl Dir {
     }
 
     pub(crate) fn open_file_no_follow(&self, name: &OsStr) -> io::Result<Option<File>> {
-        open_file_no_follow(&self.path.join(name))
+        let path = self.path.join(name);
+        if fs::symlink_metadata(&path)?.is_symlink() {
+            return Ok(None);
+        }
+        File::open(path).map(Some)
+    }
+
+    pub(crate) fn stat_at(&self, name: &OsStr) -> io::Result<Option<Stat>> {
+        match fs::symlink_metadata(self.path.join(name)) {
+            Ok(metadata) => Ok(Some(Stat::of(&metadata))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub(crate) fn stat(&self) -> io::Result<Stat> {
+        Ok(Stat::of(&fs::metadata(&self.path)?))
+    }
+
+    pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
+        fs::read_link(self.path.join(name))
     }
 
     pub(crate) fn create_private_file(&self, name: &OsStr) -> io::Result<File> {
@@ -102,17 +115,6 @@ impl Dir {
             .write(true)
             .create_new(true)
             .open(self.path.join(name))
-    }
-
-    pub(crate) fn entry(&self, name: &OsStr) -> io::Result<Option<Entry>> {
-        match fs::symlink_metadata(self.path.join(name)) {
-            Ok(metadata) => Ok(Some(Entry {
-                uid: 0,
-                is_file: metadata.is_file(),
-            })),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err),
-        }
     }
 
     /// A hard link, which fails if anything is already at `to`; `from` is left for the
@@ -153,20 +155,49 @@ impl Dir {
         Ok(())
     }
 
-    pub(crate) fn metadata(&self) -> io::Result<Metadata> {
-        fs::metadata(&self.path)
-    }
-
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
-/// What [`Dir::entry`] found.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Entry {
-    pub(crate) uid: u32,
-    pub(crate) is_file: bool,
+/// What a file is: its type, and its owner and mode (none here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub(crate) kind: Kind,
+    pub(crate) owner: Owner,
+}
+
+/// The types of file that a path walk tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Directory,
+    File,
+    SymbolicLink,
+    Other,
+}
+
+impl Stat {
+    pub(crate) fn of(metadata: &Metadata) -> Self {
+        let file_type = metadata.file_type();
+        let kind = if file_type.is_dir() {
+            Kind::Directory
+        } else if file_type.is_file() {
+            Kind::File
+        } else if file_type.is_symlink() {
+            Kind::SymbolicLink
+        } else {
+            Kind::Other
+        };
+        // No owners here: everything looks like the process's own, private.
+        Self {
+            kind,
+            owner: Owner {
+                uid: 0,
+                gid: 0,
+                mode: 0o700,
+            },
+        }
+    }
 }
 
 /// Whether any process holds a lock on the file; not known here.

@@ -1,6 +1,6 @@
 //! Unix: directories held open and used through their descriptor (`openat`, `mkdirat`,
 //! `renameat2`), owners and modes, opens that cannot hang, and the identity of the
-//! process. No policy: what is trusted is decided in `trust`.
+//! process. No policy: what is trusted is decided in `store::trust`.
 
 use std::{
     ffi::{CString, OsStr, OsString},
@@ -9,12 +9,14 @@ use std::{
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::{
-            ffi::OsStrExt,
+            ffi::{OsStrExt, OsStringExt},
             fs::{FileTypeExt, MetadataExt, PermissionsExt},
         },
     },
     path::{Path, PathBuf},
 };
+
+use crate::FileKind;
 
 /// The longest file name the file systems this crate runs on accept, in bytes.
 pub(crate) const NAME_MAX: usize = 255;
@@ -72,42 +74,20 @@ pub(crate) fn process() -> Process {
     }
 }
 
-/// Says what a non-regular file is, for error messages.
-pub(crate) fn describe(file_type: FileType) -> &'static str {
+/// What a file that is not a regular file is.
+pub(crate) fn file_kind(file_type: FileType) -> FileKind {
     if file_type.is_dir() {
-        "a directory"
+        FileKind::Directory
     } else if file_type.is_fifo() {
-        "a named pipe (FIFO)"
+        FileKind::NamedPipe
     } else if file_type.is_socket() {
-        "a socket"
+        FileKind::Socket
     } else if file_type.is_char_device() {
-        "a character device"
+        FileKind::CharacterDevice
     } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_symlink() {
-        "a symbolic link"
+        FileKind::BlockDevice
     } else {
-        "something else"
-    }
-}
-
-/// Opens an existing file for reading, following links. `O_NONBLOCK` makes opening a
-/// FIFO return at once instead of waiting for a writer; it changes nothing for the
-/// regular files that are then read.
-pub(crate) fn open_file(path: &Path) -> io::Result<File> {
-    let c_path = c_path(path.as_os_str())?;
-    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    open_fd(libc::AT_FDCWD, &c_path, flags, 0).map(File::from)
-}
-
-/// Opens an existing file for reading, or returns `None` if it is a symbolic link.
-pub(crate) fn open_file_no_follow(path: &Path) -> io::Result<Option<File>> {
-    let c_path = c_path(path.as_os_str())?;
-    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    match open_fd(libc::AT_FDCWD, &c_path, flags, 0) {
-        Ok(fd) => Ok(Some(File::from(fd))),
-        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => Ok(None),
-        Err(err) => Err(err),
+        FileKind::Other
     }
 }
 
@@ -130,6 +110,11 @@ impl Dir {
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
         let c_path = c_path(path.as_os_str())?;
         Self::open_at(libc::AT_FDCWD, &c_path, 0, path.to_owned())
+    }
+
+    /// Opens the root directory, `/`.
+    pub(crate) fn root() -> io::Result<Self> {
+        Self::open(Path::new("/"))
     }
 
     /// Opens the directory `name` in this one; fails if `name` is a symbolic link.
@@ -203,7 +188,7 @@ impl Dir {
         let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         match open_fd(self.fd.as_raw_fd(), &c_name, flags, 0) {
             Ok(fd) => Ok(Some(File::from(fd))),
-            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => Ok(None),
+            Err(err) if is_link_error(&err) => Ok(None),
             Err(err) => Err(err),
         }
     }
@@ -224,10 +209,10 @@ impl Dir {
         Ok(file)
     }
 
-    /// The owner and type of `name` in this directory, not following a symbolic link;
-    /// `None` if nothing is there.
+    /// What `name` in this directory is, not following a symbolic link; `None` if
+    /// nothing is there.
     #[allow(unsafe_code)]
-    pub(crate) fn entry(&self, name: &OsStr) -> io::Result<Option<Entry>> {
+    pub(crate) fn stat_at(&self, name: &OsStr) -> io::Result<Option<Stat>> {
         let c_name = c_path(name)?;
         // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
@@ -248,10 +233,32 @@ impl Dir {
                 _ => Err(err),
             };
         }
-        Ok(Some(Entry {
-            uid: stat.st_uid,
-            is_file: stat.st_mode & libc::S_IFMT == libc::S_IFREG,
-        }))
+        Ok(Some(Stat::from_raw(&stat)))
+    }
+
+    /// What this directory is: its owner and mode, and which directory it is.
+    pub(crate) fn stat(&self) -> io::Result<Stat> {
+        Ok(Stat::of(&self.metadata()?))
+    }
+
+    /// The target of the symbolic link `name` in this directory.
+    #[allow(unsafe_code)]
+    pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
+        let c_name = c_path(name)?;
+        let mut buffer = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: a valid descriptor, a NUL-terminated name, and a buffer of the length
+        // given, all of which outlive the call.
+        let len = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        };
+        let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
+        buffer.truncate(len);
+        Ok(PathBuf::from(OsString::from_vec(buffer)))
     }
 
     /// Gives the file `from` the name `to`, failing with
@@ -393,11 +400,63 @@ impl Dir {
     }
 }
 
-/// What [`Dir::entry`] found.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Entry {
-    pub(crate) uid: u32,
-    pub(crate) is_file: bool,
+/// What a file is: its type, and its owner and mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub(crate) kind: Kind,
+    pub(crate) owner: Owner,
+}
+
+/// The types of file that a path walk tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Directory,
+    File,
+    SymbolicLink,
+    Other,
+}
+
+impl Stat {
+    /// The stat of an open file.
+    pub(crate) fn of(metadata: &Metadata) -> Self {
+        let file_type = metadata.file_type();
+        let kind = if file_type.is_dir() {
+            Kind::Directory
+        } else if file_type.is_file() {
+            Kind::File
+        } else if file_type.is_symlink() {
+            Kind::SymbolicLink
+        } else {
+            Kind::Other
+        };
+        Self {
+            kind,
+            owner: Owner {
+                uid: metadata.uid(),
+                gid: metadata.gid(),
+                mode: metadata.mode() & 0o7777,
+            },
+        }
+    }
+
+    fn from_raw(stat: &libc::stat) -> Self {
+        let kind = match stat.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Directory,
+            libc::S_IFREG => Kind::File,
+            libc::S_IFLNK => Kind::SymbolicLink,
+            _ => Kind::Other,
+        };
+        Self {
+            kind,
+            owner: Owner {
+                uid: stat.st_uid,
+                gid: stat.st_gid,
+                // `mode_t` is u32 on Linux and u16 on macOS.
+                #[allow(clippy::useless_conversion)]
+                mode: u32::from(stat.st_mode) & 0o7777,
+            },
+        }
+    }
 }
 
 #[allow(unsafe_code)]
@@ -410,6 +469,16 @@ fn open_fd(at: RawFd, name: &CString, flags: libc::c_int, mode: u32) -> io::Resu
     }
     // SAFETY: openat returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether opening with `O_NOFOLLOW` failed because the name is a symbolic link:
+/// `ELOOP`, or `EMLINK` on the BSDs.
+fn is_link_error(err: &io::Error) -> bool {
+    #[cfg(any(target_os = "freebsd", target_os = "dragonfly", target_os = "netbsd"))]
+    if err.raw_os_error() == Some(libc::EMLINK) {
+        return true;
+    }
+    err.raw_os_error() == Some(libc::ELOOP)
 }
 
 fn c_path(name: &OsStr) -> io::Result<CString> {

@@ -22,7 +22,7 @@ mod race;
 mod restart;
 
 /// `small` in an ordinary test run, `full` when `IROH_IDENTITY_CAMPAIGN=full`.
-pub fn size(small: usize, full: usize) -> usize {
+pub(crate) fn size(small: usize, full: usize) -> usize {
     match std::env::var("IROH_IDENTITY_CAMPAIGN").as_deref() {
         Ok("full") => full,
         _ => small,
@@ -30,6 +30,6 @@ pub fn size(small: usize, full: usize) -> usize {
 }
 
 /// Prints a campaign's figure (seen with `--nocapture`).
-pub fn figure(campaign: &str, text: fmt::Arguments<'_>) {
+pub(crate) fn figure(campaign: &str, text: fmt::Arguments<'_>) {
     eprintln!("figure {campaign}: {text}");
 }

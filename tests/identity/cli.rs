@@ -11,7 +11,7 @@ use std::{
 
 use iroh_identity::{KeyFormat, decode_key, encode_key, load_key};
 
-use crate::support::{assert_no_secret, builder, temp_dir, write_private};
+use crate::support::{assert_no_secret, builder, new_key_file, temp_dir, write_private};
 
 /// Runs the tool with `args`, feeding it `stdin`.
 fn tool(args: &[&str], stdin: &[u8]) -> Output {
@@ -93,7 +93,7 @@ fn generate_id_and_a_refused_overwrite() -> anyhow::Result<()> {
 fn convert_writes_every_format_and_never_over_a_file() -> anyhow::Result<()> {
     let dir = temp_dir();
     let input = dir.path().join("endpoint.key");
-    let key = iroh_identity::load_or_generate(&input)?;
+    let key = new_key_file(&input);
     let id = key.public().to_string();
     for format in [
         "pkcs8", "pkcs8-v1", "der", "openssh", "raw", "hex", "base32",
@@ -205,7 +205,7 @@ fn uid(path: &Path) -> u32 {
 fn export_prints_the_key_in_the_format_asked_for() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let key = iroh_identity::load_or_generate(&path)?;
+    let key = new_key_file(&path);
     for (format, expected) in [
         ("hex", KeyFormat::Hex),
         ("base32", KeyFormat::Base32),
@@ -267,7 +267,7 @@ fn inspect_never_takes_the_lock_so_an_open_that_does_not_wait_never_fails_for_it
 
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    iroh_identity::load_or_generate(&path)?;
+    new_key_file(&path);
     // What an open with `lock_wait(ZERO)` does at its lock step, as fast as it can.
     let (stop, refused, tries) = (
         Arc::new(AtomicBool::new(false)),
@@ -314,16 +314,28 @@ fn inspect_reads_a_bounded_amount_and_never_hangs() -> anyhow::Result<()> {
     // A 1 GiB sparse file and a FIFO that no one writes: refused at once, unread.
     let huge = dir.path().join("huge.key");
     write_private(&huge, b"");
-    fs::OpenOptions::new().write(true).open(&huge)?.set_len(1 << 30)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&huge)?
+        .set_len(1 << 30)?;
     let fifo = dir.path().join("fifo.key");
     let status = Command::new("mkfifo").arg(&fifo).status()?;
     assert!(status.success());
-    for (path, says) in [(&huge, "too large to be a key"), (&fifo, "not a regular file")] {
+    for (path, says) in [
+        (&huge, "too large to be a key"),
+        (&fifo, "not a regular file"),
+    ] {
         let start = std::time::Instant::now();
         let output = tool(&["inspect", path_str(path)], b"");
-        assert!(start.elapsed() < std::time::Duration::from_secs(2), "{path:?}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{path:?}"
+        );
         assert_fails(&output, 1, path);
-        assert!(String::from_utf8_lossy(&output.stderr).contains(says), "{output:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(says),
+            "{output:?}"
+        );
     }
     Ok(())
 }

@@ -4,12 +4,12 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use iroh_identity::{Error, encode_key, load_key, load_or_generate, store_new_key};
+use iroh_identity::{Error, PersistentEndpoint, encode_key, load_key, store_new_key};
 
 use crate::support::{
     ALL_FORMATS,
-    child::{self, run_to_end},
-    list, temp_dir,
+    child::{Action, Task},
+    identity_of, list, temp_dir,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -19,7 +19,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn creation_leaves_only_the_key_file() -> anyhow::Result<()> {
     let dir = temp_dir();
-    load_or_generate(dir.path().join("endpoint.key"))?;
+    identity_of(&dir.path().join("endpoint.key"))?;
     assert_eq!(list(dir.path()), ["endpoint.key"]);
     Ok(())
 }
@@ -32,8 +32,28 @@ fn temporary_files_of_killed_runs_are_removed_by_the_next_creation() -> anyhow::
         fs::write(dir.path().join(stale), b"-----BEGIN PRIVATE KEY-----\nMFEC")?;
     }
     fs::write(dir.path().join("unrelated.tmp-1-0"), b"not ours")?;
-    load_or_generate(dir.path().join("endpoint.key"))?;
+    identity_of(&dir.path().join("endpoint.key"))?;
     assert_eq!(list(dir.path()), ["endpoint.key", "unrelated.tmp-1-0"]);
+    Ok(())
+}
+
+#[test]
+fn a_temporary_file_is_removed_only_when_no_writer_holds_it() -> anyhow::Result<()> {
+    // A run killed while writing leaves its temporary file, unlocked; a process that is
+    // writing one holds it locked, and a sweep must leave it alone.
+    let dir = temp_dir();
+    let abandoned = dir.path().join(".endpoint.key.tmp-0123456789abcdef");
+    let in_use = dir.path().join(".endpoint.key.tmp-fedcba9876543210");
+    fs::write(&abandoned, b"-----BEGIN PRIVATE KEY-----\nMFEC")?;
+    fs::write(&in_use, b"-----BEGIN PRIVATE KEY-----\nMFEC")?;
+    let writer = fs::File::open(&in_use)?;
+    writer.lock()?;
+    identity_of(&dir.path().join("endpoint.key"))?;
+    assert_eq!(
+        list(dir.path()),
+        [".endpoint.key.tmp-fedcba9876543210", "endpoint.key"]
+    );
+    drop(writer);
     Ok(())
 }
 
@@ -41,8 +61,8 @@ fn temporary_files_of_killed_runs_are_removed_by_the_next_creation() -> anyhow::
 fn missing_directories_are_created() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("a").join("b").join("endpoint.key");
-    let key = load_or_generate(&path)?;
-    assert_eq!(load_or_generate(&path)?.public(), key.public());
+    let id = identity_of(&path)?;
+    assert_eq!(identity_of(&path)?, id);
     assert_eq!(mode(&dir.path().join("a")), 0o700);
     assert_eq!(mode(&dir.path().join("a").join("b")), 0o700);
     assert_eq!(mode(&path), 0o600);
@@ -54,9 +74,9 @@ fn modes_are_0600_and_0700_whatever_the_umask() {
     for umask in ["000", "002", "022", "077", "277"] {
         let dir = temp_dir();
         let path = dir.path().join("new").join("nested").join("endpoint.key");
-        let mut command = child::command("key", &path);
-        command.env(child::UMASK, umask);
-        let outcome = run_to_end(command);
+        let mut task = Task::new(Action::Identity, &path);
+        task.umask = Some(u32::from_str_radix(umask, 8).expect("octal"));
+        let outcome = task.run();
         outcome.expect_id();
         assert_eq!(mode(&path), 0o600, "key file under umask {umask}");
         assert_eq!(
@@ -103,11 +123,53 @@ fn a_key_from_elsewhere_is_stored_in_any_format_and_never_over_another() -> anyh
 #[test]
 fn load_key_never_creates_a_key() {
     let dir = temp_dir();
-    let path = dir.path().join("endpoint.key");
+    let path = dir.path().join("missing").join("endpoint.key");
     let err = load_key(&path).expect_err("there is no key");
+    assert!(
+        matches!(&err, Error::NotFound { path: p } if *p == path),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains(&path.display().to_string()),
         "{err}"
     );
     assert!(list(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn without_create_if_missing_a_missing_key_is_an_error_and_nothing_is_created() {
+    // A provisioned server whose secret volume did not mount, or whose path has a typo.
+    let dir = temp_dir();
+    let path = dir.path().join("secret-volume").join("endpoint.key");
+    let open = |path: &Path| {
+        PersistentEndpoint::builder()
+            .key_path(path)
+            .create_if_missing(false)
+    };
+    let err = open(&path).bind().await.expect_err("there is no key");
+    assert!(
+        matches!(&err, Error::NotFound { path: p } if *p == path),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "there is no key file at {}; nothing was created",
+            path.display()
+        )
+    );
+    let err = open(&path).identity().await.expect_err("no key");
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    assert!(list(dir.path()).is_empty(), "something was created");
+
+    // Once the key is there, it opens.
+    let key = dir.path().join("endpoint.key");
+    store_new_key(
+        &key,
+        &iroh::SecretKey::generate(),
+        iroh_identity::KeyFormat::Pkcs8Pem,
+    )
+    .expect("store");
+    let identity = open(&key).identity().await.expect("the key exists");
+    assert_eq!(identity.key_path(), Some(key.as_path()));
 }

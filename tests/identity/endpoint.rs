@@ -6,65 +6,31 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iroh::{Endpoint, EndpointAddr, SecretKey, endpoint::presets, protocol::Router};
+use iroh::{Endpoint, SecretKey, endpoint::presets, protocol::Router};
 use iroh_identity::{Error, PersistentEndpoint};
 
-use crate::support::{addr_of, builder, temp_dir};
+use crate::support::{addr_of, builder, echo, temp_dir};
 
-const ALPN: &[u8] = b"iroh-identity-test/echo/0";
 /// Every connect in these tests is bounded: a dead address would take ~30 s to fail.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn open_server(path: &Path) -> Result<Endpoint, Error> {
-    builder(path)
-        .configure(|builder| builder.alpns(vec![ALPN.to_vec()]))
-        .bind()
-        .await
-}
-
-/// Answers one connection with what it sent.
-async fn echo_once(server: Endpoint) -> anyhow::Result<()> {
-    let incoming = server
-        .accept()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("closed"))?;
-    let connection = incoming.await?;
-    let (mut send, mut recv) = connection.accept_bi().await?;
-    let message = recv.read_to_end(1024).await?;
-    send.write_all(&message).await?;
-    send.finish()?;
-    connection.closed().await;
-    Ok(())
-}
-
-/// Sends `message` to `addr` and returns the reply and the peer's id.
-async fn ask(
-    client: &Endpoint,
-    addr: EndpointAddr,
-    message: &[u8],
-) -> anyhow::Result<(Vec<u8>, iroh::EndpointId)> {
-    tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let connection = client.connect(addr, ALPN).await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(message).await?;
-        send.finish()?;
-        let reply = recv.read_to_end(1024).await?;
-        let peer = connection.remote_id();
-        connection.close(0u32.into(), b"bye");
-        Ok((reply, peer))
-    })
-    .await?
+/// An echo server with the identity at `path`, on loopback.
+async fn open_server(path: &Path) -> Result<Router, Error> {
+    let endpoint = builder(path).bind().await?;
+    Ok(Router::builder(endpoint)
+        .accept(echo::ALPN, echo::Echo)
+        .spawn())
 }
 
 #[tokio::test]
 async fn the_id_is_the_same_after_close_and_reopen() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let first = open_server(&path).await?;
+    let first = builder(&path).bind().await?;
     let id = first.id();
     first.close().await;
     for _ in 0..3 {
-        let again = open_server(&path).await?;
+        let again = builder(&path).bind().await?;
         assert_eq!(again.id(), id);
         again.close().await;
     }
@@ -82,22 +48,29 @@ async fn a_peer_reconnects_to_the_restarted_endpoint() -> anyhow::Result<()> {
         .await?;
 
     let server = open_server(&path).await?;
-    let id = server.id();
-    let serving = tokio::spawn(echo_once(server.clone()));
-    let (reply, peer) = ask(&client, addr_of(&server), b"before").await?;
-    assert_eq!((reply.as_slice(), peer), (&b"before"[..], id));
-    serving.await??;
-    server.close().await;
+    let id = server.endpoint().id();
+    // The address holds the id, which the client checks in TLS.
+    echo::echo(
+        &client,
+        &addr_of(server.endpoint()),
+        b"before",
+        CONNECT_TIMEOUT,
+    )
+    .await?;
+    server.shutdown().await?;
     drop(server);
 
-    // The restarted server has a new port but the same id, which the peer checks in TLS.
+    // The restarted server has a new port but the same id.
     let restarted = open_server(&path).await?;
-    assert_eq!(restarted.id(), id);
-    let serving = tokio::spawn(echo_once(restarted.clone()));
-    let (reply, peer) = ask(&client, addr_of(&restarted), b"after").await?;
-    assert_eq!((reply.as_slice(), peer), (&b"after"[..], id));
-    serving.await??;
-    restarted.close().await;
+    assert_eq!(restarted.endpoint().id(), id);
+    echo::echo(
+        &client,
+        &addr_of(restarted.endpoint()),
+        b"after",
+        CONNECT_TIMEOUT,
+    )
+    .await?;
+    restarted.shutdown().await?;
     client.close().await;
     Ok(())
 }
@@ -132,7 +105,7 @@ async fn open_binds_with_n0_and_closes_promptly_offline() -> anyhow::Result<()> 
 async fn configure_cannot_replace_the_identity() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let expected = iroh_identity::load_or_generate(&path)?.public();
+    let expected = iroh_identity::Identity::open(&path).await?.id();
     let endpoint = builder(&path)
         .configure(|builder| builder.secret_key(SecretKey::generate()))
         .bind()
@@ -146,20 +119,10 @@ async fn configure_cannot_replace_the_identity() -> anyhow::Result<()> {
 async fn the_endpoint_works_with_a_router() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let endpoint = open_server(&path).await?;
     // A plain iroh::Endpoint: it goes into a Router as it is.
-    let router = Router::builder(endpoint).spawn();
+    let router = open_server(&path).await?;
     assert!(!router.endpoint().is_closed());
     router.shutdown().await?;
     assert!(router.endpoint().is_closed());
     Ok(())
-}
-
-#[tokio::test]
-async fn a_builder_without_a_key_location_is_an_error() {
-    let result = PersistentEndpoint::builder()
-        .preset(presets::Minimal)
-        .bind()
-        .await;
-    assert!(matches!(result, Err(Error::NoKeyPath)), "{result:?}");
 }

@@ -7,15 +7,17 @@ use std::fs;
 use data_encoding::{BASE32_NOPAD, HEXLOWER, HEXUPPER};
 
 use crate::support::{
-    child::{self, run_to_end},
+    child::{Action, Outcome, Task, run_to_end},
     known_key, temp_dir, write_private,
 };
 
 const VAR: &str = "TEST_IROH_SECRET";
 
-fn open_with_env(path: &std::path::Path, value: Option<&str>) -> child::Outcome {
-    let mut command = child::command("open", path);
-    command.env(child::KEY_ENV, VAR).env_remove(VAR);
+fn open_with_env(path: &std::path::Path, value: Option<&str>) -> Outcome {
+    let mut task = Task::new(Action::Open, path);
+    task.key_env = Some(VAR.to_owned());
+    let mut command = task.command();
+    command.env_remove(VAR);
     if let Some(value) = value {
         command.env(VAR, value);
     }

@@ -73,7 +73,7 @@ fn persistent_reports_an_error_in_one_line_and_fails() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A running `echo serve`, stopped with Ctrl-C (SIGINT) or killed when dropped.
+/// A running `echo serve`, stopped with a signal or killed when dropped.
 struct Server {
     child: Child,
     id: String,
@@ -102,11 +102,12 @@ impl Server {
         Self { child, id, ticket }
     }
 
-    /// Ctrl-C, then the exit status within a bound.
-    fn interrupt(mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (Ctrl-C is SIGINT; `systemctl stop` and `docker stop` send
+    /// SIGTERM), then returns the exit status within a bound.
+    fn stop(mut self, signal: libc::c_int) -> std::process::ExitStatus {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: sends a signal to our own child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -114,7 +115,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "echo serve did not stop on Ctrl-C"
+                "echo serve did not stop on signal {signal}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -146,7 +147,7 @@ fn assert_echo(ticket: &str, message: &str) {
 }
 
 #[test]
-fn echo_serve_keeps_its_ticket_across_restarts_and_stops_on_ctrl_c() {
+fn echo_serve_keeps_its_ticket_across_restarts_and_stops_gracefully_on_ctrl_c_and_sigterm() {
     let dir = temp_dir();
     let key = dir.path().join("server.key");
 
@@ -154,8 +155,8 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_on_ctrl_c() {
     let (id, ticket) = (server.id.clone(), server.ticket.clone());
     assert_echo(&ticket, "hello, persistent world");
     assert!(
-        server.interrupt().success(),
-        "echo serve did not exit cleanly"
+        server.stop(libc::SIGINT).success(),
+        "echo serve did not exit cleanly on Ctrl-C"
     );
 
     // `open` remembers the ports beside the key: the same ticket, and the old one works.
@@ -174,6 +175,16 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_on_ctrl_c() {
         "the ticket changed after a crash"
     );
     assert_echo(&ticket, "after a crash");
-    assert!(after_crash.interrupt().success());
+    let status = after_crash.stop(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "echo serve did not exit cleanly on SIGTERM: {status}"
+    );
+
+    // Stopped gracefully, it released its identity and its port: the next one keeps both.
+    let after_sigterm = Server::start(&key);
+    assert_eq!(after_sigterm.ticket, ticket);
+    assert_echo(&ticket, "after SIGTERM");
+    assert!(after_sigterm.stop(libc::SIGTERM).success());
     assert_eq!(list(dir.path()), ["server.key", "server.key.ports"]);
 }

@@ -8,15 +8,17 @@ use ed25519_dalek::{
     SigningKey,
     ed25519::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes},
 };
-use iroh_identity::load_or_generate;
+use iroh_identity::load_key;
 
-use crate::support::{known_key, temp_dir, write_private};
+use crate::support::{identity_of, known_key, temp_dir, write_private};
 
 #[test]
 fn a_new_key_is_pkcs8_v2_pem_holding_its_public_key() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let key = load_or_generate(&path)?;
+    let id = identity_of(&path)?;
+    let key = load_key(&path)?;
+    assert_eq!(key.public(), id);
 
     let pem = fs::read_to_string(&path)?;
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
@@ -87,8 +89,7 @@ fn every_known_format_loads_to_the_same_id_and_stays_as_it_was() -> anyhow::Resu
         let dir = temp_dir();
         let path = dir.path().join("endpoint.key");
         write_private(&path, &content);
-        let loaded =
-            load_or_generate(&path).unwrap_or_else(|err| panic!("{format} does not load: {err}"));
+        let loaded = load_key(&path).unwrap_or_else(|err| panic!("{format} does not load: {err}"));
         assert_eq!(loaded.public(), key.public(), "{format}");
         assert_eq!(fs::read(&path)?, content, "{format} was rewritten");
     }
@@ -99,10 +100,11 @@ fn every_known_format_loads_to_the_same_id_and_stays_as_it_was() -> anyhow::Resu
 fn the_same_file_gives_the_same_key_every_time() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let first = load_or_generate(&path)?;
+    identity_of(&path)?;
+    let first = load_key(&path)?;
     let content = fs::read(&path)?;
     for _ in 0..3 {
-        assert_eq!(load_or_generate(&path)?.to_bytes(), first.to_bytes());
+        assert_eq!(load_key(&path)?.to_bytes(), first.to_bytes());
     }
     assert_eq!(fs::read(&path)?, content);
     Ok(())
@@ -166,5 +168,55 @@ fn pem_is_read_as_leniently_as_openssl_reads_it() -> anyhow::Result<()> {
             .unwrap_or_else(|problem| panic!("{name}: {problem}"));
         assert_eq!(read.public(), key.public(), "{name}");
     }
+    Ok(())
+}
+
+#[test]
+fn errors_read_as_sentences_alone_and_as_causes() -> anyhow::Result<()> {
+    use iroh_identity::{Error, KeyProblem, decode_key};
+
+    // Alone: what `decode_key(..)?` prints in a program.
+    let problem = decode_key(b"").expect_err("empty");
+    assert_eq!(problem, KeyProblem::Empty);
+    assert_eq!(problem.to_string(), "the key is empty");
+    // As the cause of a key file's error: the chain reads as one sentence.
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    write_private(&path, b"");
+    let err = load_key(&path).expect_err("an empty file");
+    assert!(
+        matches!(
+            &err,
+            Error::InvalidKey {
+                problem: KeyProblem::Empty,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(err)),
+        format!(
+            "key file {} is not a usable Ed25519 key; it was left unchanged: the key is empty",
+            path.display()
+        )
+    );
+    // An I/O error says which operation on which path, and its cause once.
+    let file = dir.path().join("file");
+    write_private(&file, b"");
+    let err = load_key(file.join("endpoint.key")).expect_err("a file as a directory");
+    assert!(
+        matches!(
+            &err,
+            Error::Io {
+                operation: iroh_identity::Operation::OpenDirectory,
+                path,
+                ..
+            } if *path == file
+        ),
+        "{err:?}"
+    );
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(chain.matches("Not a directory").count(), 1, "{chain}");
     Ok(())
 }

@@ -5,9 +5,9 @@ use std::{fs, path::Path, process::Command, str::FromStr};
 
 use data_encoding::{BASE32_NOPAD, BASE64, HEXLOWER};
 use iroh::SecretKey;
-use iroh_identity::{KeyFormat, decode_key, encode_key, load_or_generate};
+use iroh_identity::{KeyFormat, decode_key, encode_key, load_key};
 
-use crate::support::{temp_dir, write_private};
+use crate::support::{new_key_file, temp_dir, write_private};
 
 /// Runs a tool and returns its stdout; fails if it is missing or fails.
 fn run(tool: &str, args: &[&str]) -> Vec<u8> {
@@ -64,7 +64,7 @@ fn an_ssh_keygen_ed25519_key_keeps_the_id_of_its_pub_file() -> anyhow::Result<()
         ],
     );
     let before = fs::read(&path)?;
-    let key = load_or_generate(&path)?;
+    let key = load_key(&path)?;
     let pub_file = fs::read(dir.path().join("id_ed25519.pub"))?;
     assert_eq!(key.public().as_bytes(), &openssh_public(&pub_file));
     assert_eq!(decode_key(&before)?.1, KeyFormat::OpenSsh);
@@ -100,11 +100,7 @@ fn openssl_pkcs8_keys_pem_and_der_keep_the_id_openssl_prints() -> anyhow::Result
     for (path, format) in [(&pem, KeyFormat::Pkcs8PemV1), (&der, KeyFormat::Pkcs8Der)] {
         let content = fs::read(path)?;
         write_private(path, &content);
-        assert_eq!(
-            load_or_generate(path)?.public().as_bytes(),
-            &public,
-            "{format}"
-        );
+        assert_eq!(load_key(path)?.public().as_bytes(), &public, "{format}");
         assert_eq!(decode_key(&content)?.1, format);
     }
     Ok(())
@@ -128,7 +124,7 @@ fn hex_and_base32_read_as_iroh_reads_them() -> anyhow::Result<()> {
 fn an_exported_openssh_key_is_read_by_ssh_keygen() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("exported");
-    let key = load_or_generate(dir.path().join("endpoint.key"))?;
+    let key = new_key_file(&dir.path().join("endpoint.key"));
     write_private(&path, &encode_key(&key, KeyFormat::OpenSsh));
     let public = run("ssh-keygen", &["-y", "-f", path_str(&path)]);
     assert_eq!(key.public().as_bytes(), &openssh_public(&public));
@@ -139,7 +135,7 @@ fn an_exported_openssh_key_is_read_by_ssh_keygen() -> anyhow::Result<()> {
 fn an_exported_pkcs8_v1_key_is_read_by_openssl() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("exported.pem");
-    let key = load_or_generate(dir.path().join("endpoint.key"))?;
+    let key = new_key_file(&dir.path().join("endpoint.key"));
     write_private(&path, &encode_key(&key, KeyFormat::Pkcs8PemV1));
     let public = run(
         "openssl",

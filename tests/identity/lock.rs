@@ -8,9 +8,9 @@ use std::{
 };
 
 use iroh::{Endpoint, endpoint::presets, protocol::Router};
-use iroh_identity::{DEFAULT_LOCK_WAIT, Error, IdentityLock, load_or_generate};
+use iroh_identity::{DEFAULT_LOCK_WAIT, Error, Identity};
 
-use crate::support::{builder, temp_dir};
+use crate::support::{builder, loopback, temp_dir};
 
 async fn open(path: &Path, wait: Duration) -> Result<Endpoint, Error> {
     builder(path).lock_wait(wait).bind().await
@@ -109,39 +109,40 @@ async fn dropping_the_last_clone_releases_the_identity() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn the_key_only_lock_holds_a_self_built_endpoint() -> anyhow::Result<()> {
+async fn an_identity_is_held_until_the_endpoint_it_binds_closes() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let key = load_or_generate(&path)?;
-    let lock = IdentityLock::acquire(&path, Duration::ZERO).await?;
-    assert_eq!(lock.path(), path);
-    let endpoint = Endpoint::builder(presets::Minimal)
-        .secret_key(key)
-        .bind()
+    let identity = Identity::open(&path).await?;
+    assert_eq!(identity.key_path(), Some(path.as_path()));
+    assert!(matches!(
+        open(&path, Duration::ZERO).await,
+        Err(Error::InUse { .. })
+    ));
+    let id = identity.id();
+    // Any iroh builder: the identity goes with the endpoint it binds.
+    let endpoint = identity
+        .bind(loopback(Endpoint::builder(presets::Minimal)))
         .await?;
-    lock.hold_until_closed(&endpoint);
-    let err = IdentityLock::acquire(&path, Duration::ZERO)
-        .await
-        .expect_err("held");
-    assert!(matches!(err, Error::InUse { .. }), "{err:?}");
+    assert_eq!(endpoint.id(), id);
     assert!(matches!(
         open(&path, Duration::ZERO).await,
         Err(Error::InUse { .. })
     ));
     endpoint.close().await;
-    IdentityLock::acquire(&path, Duration::from_secs(1)).await?;
+    open(&path, Duration::from_secs(1)).await?.close().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_lock_on_a_missing_key_is_an_error_naming_the_path() {
+async fn an_identity_that_is_dropped_unbound_is_released() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let err = IdentityLock::acquire(&path, Duration::ZERO)
-        .await
-        .expect_err("no key");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
+    let identity = builder(&path).identity().await?;
+    assert!(matches!(
+        builder(&path).lock_wait(Duration::ZERO).identity().await,
+        Err(Error::InUse { .. })
+    ));
+    drop(identity);
+    builder(&path).lock_wait(Duration::ZERO).identity().await?;
+    Ok(())
 }

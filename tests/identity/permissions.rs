@@ -4,7 +4,7 @@
 
 use std::{fs, os::unix::fs::PermissionsExt};
 
-use iroh_identity::{Error, load_or_generate};
+use iroh_identity::{Error, load_key};
 
 use crate::support::{builder, known_key, temp_dir, write_private};
 
@@ -15,7 +15,7 @@ fn an_exposed_key_of_ours_is_refused_with_the_chmod_that_fixes_it() -> anyhow::R
         let path = dir.path().join("endpoint.key");
         write_private(&path, &known_key().to_bytes());
         fs::set_permissions(&path, fs::Permissions::from_mode(exposed))?;
-        let err = load_or_generate(&path).expect_err("an exposed key is refused");
+        let err = load_key(&path).expect_err("an exposed key is refused");
         assert!(
             matches!(err, Error::InsecurePermissions { mode, .. } if mode == exposed),
             "{err:?}"
@@ -41,7 +41,7 @@ fn private_modes_are_accepted() -> anyhow::Result<()> {
         write_private(&path, &known_key().to_bytes());
         fs::set_permissions(&path, fs::Permissions::from_mode(private))?;
         assert_eq!(
-            load_or_generate(&path)?.public(),
+            load_key(&path)?.public(),
             known_key().public(),
             "{private:o}"
         );

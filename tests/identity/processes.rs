@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     builder,
-    child::{self, run_to_end},
+    child::{Action, Task, run_to_end},
     temp_dir,
 };
 
@@ -16,8 +16,7 @@ async fn another_process_is_kept_out_while_the_identity_is_in_use() -> anyhow::R
     let path = dir.path().join("endpoint.key");
     let endpoint = builder(&path).bind().await?;
 
-    let mut second = child::command("open", &path);
-    second.env(child::LOCK_WAIT_MS, "500");
+    let second = Task::new(Action::Open, &path).lock_wait_ms(500).command();
     let start = Instant::now();
     let refused = tokio::task::spawn_blocking(move || run_to_end(second)).await?;
     let error = refused.expect_error();
@@ -30,8 +29,7 @@ async fn another_process_is_kept_out_while_the_identity_is_in_use() -> anyhow::R
     );
 
     endpoint.close().await;
-    let mut after = child::command("open", &path);
-    after.env(child::LOCK_WAIT_MS, "0");
+    let after = Task::new(Action::Open, &path).lock_wait_ms(0).command();
     let admitted = tokio::task::spawn_blocking(move || run_to_end(after)).await?;
     assert_eq!(admitted.expect_id(), endpoint.id().to_string());
     Ok(())

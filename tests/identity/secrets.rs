@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
 use iroh::SecretKey;
-use iroh_identity::{IdentityLock, load_or_generate};
+use iroh_identity::{Identity, load_key};
 
 use crate::support::{LogCapture, assert_no_secret, builder, temp_dir, write_private};
 
@@ -26,9 +26,8 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
     let endpoint = builder().bind().await?;
     let lock_dir = temp_dir();
     let lock_path = lock_dir.path().join("endpoint.key");
-    load_or_generate(&lock_path)?;
-    let lock = IdentityLock::acquire(&lock_path, Duration::ZERO).await?;
-    said += &format!("{lock:?}\n");
+    let identity = Identity::open(&lock_path).await?;
+    said += &format!("{identity:?}\n");
     endpoint.close().await;
 
     // A damaged file that holds a real secret: the error must not repeat it.
@@ -42,15 +41,15 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
     .to_pkcs8_pem(Default::default())?;
     let damaged_path = dir.path().join("damaged.key");
     write_private(&damaged_path, damaged.as_bytes());
-    let err = load_or_generate(&damaged_path).expect_err("mismatch");
-    said += &format!("{err}\n{err:?}\n");
+    let err = load_key(&damaged_path).expect_err("mismatch");
+    said += &format!("{err}\n{err:?}\n{}\n", crate::support::child::chain(&err));
     let raw_path = dir.path().join("raw.key");
     write_private(&raw_path, &[0x5a; 31]);
-    let err = load_or_generate(&raw_path).expect_err("wrong size");
-    said += &format!("{err}\n{err:?}\n");
+    let err = load_key(&raw_path).expect_err("wrong size");
+    said += &format!("{err}\n{err:?}\n{}\n", crate::support::child::chain(&err));
 
-    let secret = load_or_generate(&path)?.to_bytes();
-    let lock_secret = load_or_generate(&lock_path)?.to_bytes();
+    let secret = load_key(&path)?.to_bytes();
+    let lock_secret = load_key(&lock_path)?.to_bytes();
     let logs = logs.bytes();
     assert!(logs.len() > 1000, "TRACE logging was not captured");
     let logs_text = String::from_utf8_lossy(&logs);
@@ -67,6 +66,6 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
         assert_no_secret(haystack, &lock_secret, what);
         assert_no_secret(haystack, &damaged_secret, what);
     }
-    drop(lock);
+    drop(identity);
     Ok(())
 }

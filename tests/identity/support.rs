@@ -10,27 +10,29 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use data_encoding::{BASE32_NOPAD, BASE64, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
 use iroh::{
     SecretKey,
-    endpoint::{self, Connection},
-    protocol::{AcceptError, ProtocolHandler},
+    endpoint::{self},
 };
 use iroh_identity::{KeyFormat, encode_key};
 use iroh_tickets::endpoint::EndpointTicket;
 
-pub mod child;
+pub(crate) mod child;
+/// The echo protocol of the `echo` example: one implementation for both.
+#[path = "../../examples/echo/protocol.rs"]
+pub(crate) mod echo;
 
 /// A fresh directory, removed at the end of the test.
-pub fn temp_dir() -> tempfile::TempDir {
+pub(crate) fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create a temporary directory")
 }
 
 /// Every format a key file can be written in.
-pub const ALL_FORMATS: [KeyFormat; 7] = [
+pub(crate) const ALL_FORMATS: [KeyFormat; 7] = [
     KeyFormat::Pkcs8Pem,
     KeyFormat::Pkcs8PemV1,
     KeyFormat::Pkcs8Der,
@@ -42,28 +44,88 @@ pub const ALL_FORMATS: [KeyFormat; 7] = [
 
 /// A fixed key, so that tests know which id to expect. Its bytes are binary (0x9c is
 /// not UTF-8 on its own), so that written raw it is read as a raw key, not as text.
-pub fn known_key() -> SecretKey {
+pub(crate) fn known_key() -> SecretKey {
     SecretKey::from_bytes(&[0x9c; 32])
 }
 
+/// Takes the identity at `path` as an application does (the key loaded, or generated
+/// and stored, then locked), on a runtime of its own for tests that are not async, and
+/// lets it go again. Returns its id.
+pub(crate) fn identity_of(path: &Path) -> Result<iroh::EndpointId, iroh_identity::Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+        .block_on(iroh_identity::Identity::open(path))
+        .map(|identity| identity.id())
+}
+
+/// Stores a new key at `path`, as a first run leaves it, and returns it.
+pub(crate) fn new_key_file(path: &Path) -> SecretKey {
+    let key = SecretKey::generate();
+    iroh_identity::store_new_key(path, &key, KeyFormat::Pkcs8Pem).expect("store a key");
+    key
+}
+
+/// Everything about what is at a path that a write, a replacement or a deletion would
+/// change: its type, inode, mtime and mode, and what it holds (a file's bytes, a
+/// directory's names, a link's target).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Snapshot {
+    file_type: fs::FileType,
+    inode: u64,
+    modified: std::time::SystemTime,
+    mode: u32,
+    content: Option<Vec<u8>>,
+    names: Option<Vec<String>>,
+    link_target: Option<PathBuf>,
+}
+
+impl Snapshot {
+    pub(crate) fn of(path: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+
+        let metadata = fs::symlink_metadata(path).expect("something is at the path");
+        let file_type = metadata.file_type();
+        Self {
+            file_type,
+            inode: metadata.ino(),
+            modified: metadata.modified().expect("mtime"),
+            mode: metadata.mode(),
+            // Only small regular files: a 1 GiB sparse case must not be read whole here.
+            content: (file_type.is_file() && metadata.len() < 1 << 20)
+                .then(|| fs::read(path).expect("read")),
+            names: file_type.is_dir().then(|| list(path)),
+            link_target: file_type
+                .is_symlink()
+                .then(|| fs::read_link(path).expect("readlink")),
+        }
+    }
+
+    /// What the file held, if it is a small regular file.
+    pub(crate) fn content(&self) -> Option<&[u8]> {
+        self.content.as_deref()
+    }
+}
+
 /// Writes a private (0600) file, as a well-kept key file is.
-pub fn write_private(path: &Path, content: &[u8]) {
+pub(crate) fn write_private(path: &Path, content: &[u8]) {
     fs::write(path, content).expect("write file");
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 /// A random number, without a dependency.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// A small, seeded generator (xorshift64*): reproducible without a dependency.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     /// Seeded from the variable `name` when it is set, at random otherwise; returns the
     /// seed too, to print.
-    pub fn from_env_or_random(name: &str) -> (Self, u64) {
+    pub(crate) fn from_env_or_random(name: &str) -> (Self, u64) {
         let seed = std::env::var(name)
             .ok()
             .and_then(|seed| seed.parse().ok())
@@ -73,34 +135,35 @@ impl Rng {
     }
 
     /// Always the same numbers.
-    pub fn fixed() -> Self {
+    pub(crate) fn fixed() -> Self {
         Self(0x2545_f491_4f6c_dd1d)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+    pub(crate) fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| self.next().to_le_bytes()[0]).collect()
     }
 
-    pub fn key(&mut self) -> SecretKey {
+    pub(crate) fn key(&mut self) -> SecretKey {
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(&self.bytes(32));
         SecretKey::from_bytes(&bytes)
     }
 }
 
-/// A persistent endpoint as the tests open it: no n0 services, loopback only.
-pub fn builder(path: &Path) -> iroh_identity::Builder {
+/// A persistent endpoint as the tests open it: no n0 services, loopback only (so no
+/// ports to remember).
+pub(crate) fn builder(path: &Path) -> iroh_identity::Builder {
     iroh_identity::PersistentEndpoint::builder()
         .key_path(path)
         .preset(endpoint::presets::Minimal)
@@ -108,7 +171,7 @@ pub fn builder(path: &Path) -> iroh_identity::Builder {
 }
 
 /// Binds only to 127.0.0.1, so that tests never touch another interface.
-pub fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
+pub(crate) fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
     builder
         .clear_ip_transports()
         .bind_addr("127.0.0.1:0")
@@ -116,12 +179,12 @@ pub fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
 }
 
 /// The address to reach a loopback endpoint at.
-pub fn addr_of(endpoint: &iroh::Endpoint) -> iroh::EndpointAddr {
+pub(crate) fn addr_of(endpoint: &iroh::Endpoint) -> iroh::EndpointAddr {
     iroh::EndpointAddr::new(endpoint.id()).with_ip_addr(endpoint.bound_sockets()[0])
 }
 
 /// The files in a directory, by name, sorted.
-pub fn list(dir: &Path) -> Vec<String> {
+pub(crate) fn list(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read dir")
         .map(|entry| {
@@ -137,7 +200,7 @@ pub fn list(dir: &Path) -> Vec<String> {
 }
 
 /// An example binary built by `cargo test` beside this test binary.
-pub fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()
@@ -153,27 +216,27 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// Whether the tests run as root, who can read and write any file regardless of mode.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// The user that root-run tests drop to when permissions must really apply; the
 /// attacker of the local-attacker tests.
-pub const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
 /// A second unprivileged user: the one a service runs as, when a test needs a user that
 /// is neither root nor the attacker. It needs no account: the kernel knows users by
 /// number.
-pub const SERVICE_USER: u32 = 61001;
+pub(crate) const SERVICE_USER: u32 = 61001;
 
 /// A group that is not root's: a Kubernetes pod's `fsGroup`, or a group that an attacker
 /// shares with a directory.
-pub const SHARED_GROUP: u32 = 61100;
+pub(crate) const SHARED_GROUP: u32 = 61100;
 
 /// Makes `command` run as `uid` (its group the same number) with the supplementary
 /// `groups`, as a process of that user would. Root only.
-pub fn as_user<'a>(command: &'a mut Command, uid: u32, groups: &[u32]) -> &'a mut Command {
+pub(crate) fn as_user<'a>(command: &'a mut Command, uid: u32, groups: &[u32]) -> &'a mut Command {
     let groups: Vec<libc::gid_t> = groups.to_vec();
     // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) between fork and
     // exec, on memory moved into the closure.
@@ -193,7 +256,7 @@ pub fn as_user<'a>(command: &'a mut Command, uid: u32, groups: &[u32]) -> &'a mu
 
 /// Runs a shell command line as `uid` with the supplementary `groups`, for an attacker's
 /// simple moves (mkdir, mv, ln); fails the test if it fails.
-pub fn shell_as(uid: u32, groups: &[u32], script: &str) {
+pub(crate) fn shell_as(uid: u32, groups: &[u32], script: &str) {
     let mut command = Command::new("sh");
     command.args(["-c", script]);
     as_user(&mut command, uid, groups);
@@ -206,7 +269,7 @@ pub fn shell_as(uid: u32, groups: &[u32], script: &str) {
 }
 
 /// A directory made for a test, given to `uid` (and `gid`) with `mode`.
-pub fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) {
+pub(crate) fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) {
     fs::create_dir(path).expect("mkdir");
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
@@ -214,7 +277,7 @@ pub fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) {
 
 /// This test binary, or a copy of it in `dir` when another user could not run it where
 /// it is (a checkout under `/root`, say).
-pub fn runnable_by_others(dir: &Path) -> PathBuf {
+pub(crate) fn runnable_by_others(dir: &Path) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let others_may = |path: &Path, bits: u32| {
         fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & bits == bits)
@@ -257,7 +320,7 @@ fn renderings(secret: &[u8; 32]) -> Vec<Vec<u8>> {
 }
 
 /// Fails if `haystack` holds the secret key in any of its common renderings.
-pub fn assert_no_secret(haystack: &[u8], secret: &[u8; 32], what: &str) {
+pub(crate) fn assert_no_secret(haystack: &[u8], secret: &[u8; 32], what: &str) {
     for rendering in renderings(secret) {
         assert!(
             !haystack
@@ -272,10 +335,10 @@ pub fn assert_no_secret(haystack: &[u8], secret: &[u8; 32], what: &str) {
 /// Every log line at TRACE, iroh's included, written on this thread while the guard
 /// lives.
 #[derive(Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
 impl LogCapture {
-    pub fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+    pub(crate) fn start() -> (Self, tracing::subscriber::DefaultGuard) {
         let capture = Self::default();
         let writer = capture.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -286,7 +349,7 @@ impl LogCapture {
         (capture, tracing::subscriber::set_default(subscriber))
     }
 
-    pub fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         self.0.lock().expect("not poisoned").clone()
     }
 }
@@ -301,18 +364,17 @@ impl Write for LogCapture {
     }
 }
 
-/// A persistent endpoint with stable addressing, as a server would open it: no n0
-/// services (no relay, no address lookup), sockets on all interfaces.
-pub fn stable_builder(path: &Path) -> iroh_identity::Builder {
+/// A persistent endpoint as a server opens it: no n0 services (no relay, no address
+/// lookup), iroh's sockets on all interfaces, whose ports stable addressing remembers.
+pub(crate) fn stable_builder(path: &Path) -> iroh_identity::Builder {
     iroh_identity::PersistentEndpoint::builder()
         .key_path(path)
         .preset(endpoint::presets::Minimal)
-        .stable_addressing(true)
 }
 
 /// Relay only, through `relay` (a test relay with a self-signed certificate): no IP
 /// sockets at all, so there is no direct path to take.
-pub fn relay_only(
+pub(crate) fn relay_only(
     relay: iroh::RelayMap,
 ) -> impl Fn(endpoint::Builder) -> endpoint::Builder + Clone + Send + 'static {
     move |builder| {
@@ -323,32 +385,9 @@ pub fn relay_only(
     }
 }
 
-/// The ALPN of the tests' echo protocol.
-pub const ECHO_ALPN: &[u8] = b"iroh-identity/test-echo";
-
-/// Sends back what a peer sends on one stream.
-#[derive(Debug, Clone)]
-pub struct Echo;
-
-impl ProtocolHandler for Echo {
-    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        let (mut send, mut recv) = connection.accept_bi().await?;
-        let message = recv
-            .read_to_end(1024)
-            .await
-            .map_err(AcceptError::from_err)?;
-        send.write_all(&message)
-            .await
-            .map_err(AcceptError::from_err)?;
-        send.finish()?;
-        connection.closed().await;
-        Ok(())
-    }
-}
-
 /// A ticket for a server on this machine: its id and a loopback address on the port of
 /// each of its sockets (a ticket for a LAN peer names the LAN address instead).
-pub fn loopback_ticket(endpoint: &iroh::Endpoint) -> EndpointTicket {
+pub(crate) fn loopback_ticket(endpoint: &iroh::Endpoint) -> EndpointTicket {
     let mut addr = iroh::EndpointAddr::new(endpoint.id());
     for socket in endpoint.bound_sockets() {
         let loopback: IpAddr = match socket {
@@ -362,7 +401,7 @@ pub fn loopback_ticket(endpoint: &iroh::Endpoint) -> EndpointTicket {
 
 /// A new client (loopback only, no relay) dials `ticket` and sends `message`; see
 /// [`echo`].
-pub async fn echo_within(
+pub(crate) async fn echo_within(
     ticket: &str,
     message: &[u8],
     limit: Duration,
@@ -371,31 +410,7 @@ pub async fn echo_within(
     let client = loopback(iroh::Endpoint::builder(endpoint::presets::Minimal))
         .bind()
         .await?;
-    let result = echo(&client, ticket.endpoint_addr(), message, limit).await;
+    let result = echo::echo(&client, ticket.endpoint_addr(), message, limit).await;
     client.close().await;
     result
-}
-
-/// `client` dials `addr`, sends `message` and waits for it to come back, within `limit`.
-/// Returns the time from dialling to the echo.
-pub async fn echo(
-    client: &iroh::Endpoint,
-    addr: &iroh::EndpointAddr,
-    message: &[u8],
-    limit: Duration,
-) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let reply = tokio::time::timeout(limit, async {
-        let connection = client.connect(addr.clone(), ECHO_ALPN).await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(message).await?;
-        send.finish()?;
-        let reply = recv.read_to_end(1024).await?;
-        connection.close(0u32.into(), b"done");
-        anyhow::Ok(reply)
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("no echo within {limit:?}"))??;
-    anyhow::ensure!(reply == message, "the echo differs from the message");
-    Ok(start.elapsed())
 }

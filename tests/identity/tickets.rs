@@ -3,15 +3,25 @@
 //! again: no relay, no address lookup needed. Through a relay, the ticket's home relay
 //! reaches it whatever its ports.
 
-use std::{fs, net::UdpSocket, time::Duration, time::Instant};
+use std::{
+    fs,
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
 
-use iroh::{Endpoint, endpoint::presets, protocol::Router};
+use iroh::{
+    Endpoint,
+    endpoint::{self, presets},
+    protocol::Router,
+};
 use iroh_identity::PersistentEndpoint;
 use iroh_tickets::endpoint::EndpointTicket;
 
 use crate::support::{
-    ECHO_ALPN, Echo, LogCapture, child, child::Holder, echo, echo_within, list, loopback,
-    loopback_ticket, relay_only, stable_builder, temp_dir, write_private,
+    LogCapture,
+    child::{Action, Holder, Task},
+    echo, echo_within, list, loopback, loopback_ticket, relay_only, stable_builder, temp_dir,
+    write_private,
 };
 
 /// How soon the old ticket must reach a restarted server.
@@ -41,13 +51,13 @@ async fn an_old_ticket_reaches_the_server_after_a_crash_and_after_a_graceful_res
 -> anyhow::Result<()> {
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let first = Holder::start(child::command("serve", &key));
+    let first = Holder::start(Task::new(Action::Serve, &key).command());
     let ticket = first.ticket().to_owned();
     let id = first.id.clone();
     echo_within(&ticket, b"before", WITHIN).await?;
 
     first.kill();
-    let second = Holder::start(child::command("serve", &key));
+    let second = Holder::start(Task::new(Action::Serve, &key).command());
     assert_eq!(second.id, id);
     assert_eq!(second.ticket(), ticket, "the ticket changed after a crash");
     let after_crash = echo_within(&ticket, b"after a crash", WITHIN).await?;
@@ -55,7 +65,7 @@ async fn an_old_ticket_reaches_the_server_after_a_crash_and_after_a_graceful_res
     // The next server starts while this one is still closing: it waits for the identity,
     // then for the ports, which the old process holds a little longer.
     second.terminate();
-    let third = Holder::start(child::command("serve", &key));
+    let third = Holder::start(Task::new(Action::Serve, &key).command());
     assert!(second.exits_within(Duration::from_secs(10)).success());
     assert_eq!(
         third.ticket(),
@@ -77,15 +87,15 @@ async fn a_graceful_restart_keeps_the_port_while_a_vanished_peer_holds_up_the_cl
     // connections drain; a peer that vanished never answers, so that takes longest.
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let server = Holder::start(child::command("serve", &key));
+    let server = Holder::start(Task::new(Action::Serve, &key).command());
     let ticket = server.ticket().to_owned();
-    let mut dial = child::command("dial", &key);
-    dial.env(child::TICKET, &ticket);
-    Holder::start(dial).kill();
+    let mut dial = Task::new(Action::Dial, &key);
+    dial.ticket = Some(ticket.clone());
+    Holder::start(dial.command()).kill();
 
     let start = Instant::now();
     server.terminate();
-    let next = Holder::start(child::command("serve", &key));
+    let next = Holder::start(Task::new(Action::Serve, &key).command());
     let restart = start.elapsed();
     assert_eq!(next.ticket(), ticket, "the port was not kept");
     assert!(server.exits_within(Duration::from_secs(10)).success());
@@ -101,7 +111,11 @@ async fn without_stable_addressing_the_old_ticket_is_dead() -> anyhow::Result<()
     let key = dir.path().join("server.key");
     let serve = || async {
         let endpoint = stable_builder(&key).stable_addressing(false).bind().await?;
-        anyhow::Ok(Router::builder(endpoint).accept(ECHO_ALPN, Echo).spawn())
+        anyhow::Ok(
+            Router::builder(endpoint)
+                .accept(echo::ALPN, echo::Echo)
+                .spawn(),
+        )
     };
     let first = serve().await?;
     let ticket = loopback_ticket(first.endpoint()).to_string();
@@ -125,11 +139,9 @@ async fn through_a_relay_the_old_ticket_reaches_a_server_restarted_after_a_crash
     let (relay_map, relay_url, _relay) = iroh::test_utils::run_relay_server().await?;
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let serve = || {
-        let mut command = child::command("serve", &key);
-        command.env(child::RELAY, relay_url.to_string());
-        command
-    };
+    let mut serve = Task::new(Action::Serve, &key);
+    serve.relay = Some(relay_url.to_string());
+    let serve = || serve.command();
     let first = Holder::start(serve());
     let ticket: EndpointTicket = first.ticket().parse()?;
     let addr = ticket.endpoint_addr();
@@ -142,11 +154,11 @@ async fn through_a_relay_the_old_ticket_reaches_a_server_restarted_after_a_crash
     let limit = Duration::from_secs(10);
     first.kill();
     let second = Holder::start(serve());
-    let after_crash = echo(&client, addr, b"after a crash", limit).await?;
+    let after_crash = echo::echo(&client, addr, b"after a crash", limit).await?;
     second.terminate();
     let third = Holder::start(serve());
     assert!(second.exits_within(Duration::from_secs(10)).success());
-    let after_close = echo(&client, addr, b"after a graceful restart", limit).await?;
+    let after_close = echo::echo(&client, addr, b"after a graceful restart", limit).await?;
     eprintln!(
         "old ticket to first echo through the relay: {after_crash:?} after a crash, \
          {after_close:?} after a graceful restart"
@@ -171,9 +183,10 @@ async fn a_port_taken_by_another_program_is_waited_for_then_replaced_and_remembe
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
     // The last run was another process.
-    let mut last_run = child::command("open", &key);
-    last_run.env(child::STABLE, "1");
-    child::run_to_end(last_run).expect_id();
+    Task::new(Action::Open, &key)
+        .all_interfaces()
+        .run()
+        .expect_id();
     let old_port = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
 
     // Taken: by this socket or, if another program just took it, by that one.
@@ -353,6 +366,21 @@ async fn the_ports_file_is_ours_or_it_is_left_alone() -> anyhow::Result<()> {
     assert_eq!((state(&ports), state(&elsewhere)), before);
     fs::remove_file(&ports)?;
 
+    // A ports file of ours that others may write: anyone could have put ports in it.
+    let writable_port = free_port(43000..44000);
+    write_private(&ports, ports_file(writable_port).as_bytes());
+    fs::set_permissions(&ports, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let before = state(&ports);
+    let endpoint = stable_builder(&key).bind().await?;
+    assert_ne!(
+        ipv4_port(&endpoint),
+        writable_port,
+        "a writable file's ports were bound"
+    );
+    endpoint.close().await;
+    assert_eq!(state(&ports), before);
+    fs::remove_file(&ports)?;
+
     if crate::support::is_root() {
         // A ports file of another user's: ignored and left alone.
         let foreign_port = free_port(42000..43000);
@@ -392,9 +420,10 @@ async fn an_unbounded_lock_wait_does_not_wait_for_ever_for_a_squatted_port() -> 
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
     // The last run was another process.
-    let mut last_run = child::command("open", &key);
-    last_run.env(child::STABLE, "1");
-    child::run_to_end(last_run).expect_id();
+    Task::new(Action::Open, &key)
+        .all_interfaces()
+        .run()
+        .expect_id();
     let old_port = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
     // Taken by another program (this socket, or whoever took it first), for ever.
     let squatter = UdpSocket::bind(("0.0.0.0", old_port));
@@ -436,5 +465,96 @@ async fn sockets_bound_in_configure_are_left_alone() -> anyhow::Result<()> {
             .contains(&format!("ipv4 {remembered}\n")),
         "the ports file was changed"
     );
+    Ok(())
+}
+
+/// A `configure` step, shareable between the runs of a test.
+type Step = std::sync::Arc<dyn Fn(endpoint::Builder) -> endpoint::Builder + Send + Sync>;
+
+/// A step that binds `addr`, after clearing iroh's IP sockets if `clear`.
+fn binds(addr: SocketAddr, clear: bool) -> Step {
+    std::sync::Arc::new(move |builder: endpoint::Builder| {
+        let builder = if clear {
+            builder.clear_ip_transports()
+        } else {
+            builder
+        };
+        builder.bind_addr(addr).expect("a valid address")
+    })
+}
+
+#[tokio::test]
+async fn a_server_that_binds_its_own_address_works_on_every_run() -> anyhow::Result<()> {
+    let fixed = free_port(44000..45000);
+    let loopback_fixed = free_port(45000..46000);
+    let all = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let cases = [
+        ("a fixed port on all interfaces", all(fixed), false),
+        ("port 0 on all interfaces", all(0), false),
+        ("a fixed port on loopback", local(loopback_fixed), false),
+        ("port 0 on loopback", local(0), false),
+        (
+            "a fixed port on all interfaces, IP sockets cleared",
+            all(fixed),
+            true,
+        ),
+        ("port 0 on loopback, IP sockets cleared", local(0), true),
+    ];
+    for (case, addr, clear) in cases {
+        let dir = temp_dir();
+        let key = dir.path().join("endpoint.key");
+        let mut ipv6_ports = Vec::new();
+        for run in 1..=3 {
+            let step = binds(addr, clear);
+            let endpoint = stable_builder(&key)
+                .configure(move |builder| step(builder))
+                .bind()
+                .await
+                .map_err(|err| anyhow::anyhow!("{case}, run {run}: {err:#}"))?;
+            let sockets = endpoint.bound_sockets();
+            // The server's own address wins.
+            let own: Vec<_> = sockets.iter().filter(|s| s.is_ipv4()).collect();
+            assert_eq!(own.len(), 1, "{case}, run {run}: {sockets:?}");
+            assert_eq!(own[0].ip(), addr.ip(), "{case}, run {run}: {sockets:?}");
+            if addr.port() != 0 {
+                assert_eq!(own[0].port(), addr.port(), "{case}, run {run}");
+            }
+            // The family it binds none for keeps iroh's socket, on the remembered port;
+            // with the IP sockets cleared, there is none.
+            let ipv6: Vec<_> = sockets.iter().filter(|s| s.is_ipv6()).collect();
+            if clear {
+                assert!(ipv6.is_empty(), "{case}, run {run}: {sockets:?}");
+            } else if let [socket] = ipv6.as_slice() {
+                assert!(socket.ip().is_unspecified(), "{case}: {sockets:?}");
+                ipv6_ports.push(socket.port());
+            }
+            endpoint.close().await;
+        }
+        assert!(
+            ipv6_ports.windows(2).all(|pair| pair[0] == pair[1]),
+            "{case}: the IPv6 port changed: {ipv6_ports:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_identity_binds_any_builder_of_its_user_on_every_run() -> anyhow::Result<()> {
+    let fixed = free_port(46000..47000);
+    let dir = temp_dir();
+    let key = dir.path().join("endpoint.key");
+    for run in 1..=3 {
+        let identity = iroh_identity::Identity::open(&key).await?;
+        let id = identity.id();
+        let builder = Endpoint::builder(presets::Minimal).bind_addr(("0.0.0.0", fixed))?;
+        let endpoint = identity
+            .bind(builder)
+            .await
+            .map_err(|err| anyhow::anyhow!("run {run}: {err:#}"))?;
+        assert_eq!(endpoint.id(), id);
+        assert_eq!(ipv4_port(&endpoint), fixed, "run {run}");
+        endpoint.close().await;
+    }
     Ok(())
 }

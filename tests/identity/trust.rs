@@ -16,13 +16,14 @@ use std::{
 };
 
 use iroh::SecretKey;
-use iroh_identity::{Error, KeyFormat, PathKind, TrustProblem, encode_key, load_or_generate};
+use iroh_identity::{Error, KeyFormat, PathKind, TrustProblem, encode_key, load_key};
 
 use crate::campaigns::figure;
 use crate::support::{
     NOBODY, SERVICE_USER, SHARED_GROUP, as_user, builder,
-    child::{self, Outcome, run_to_end},
-    is_root, known_key, list, make_dir, runnable_by_others, shell_as, temp_dir, write_private,
+    child::{self, Action, Outcome, Task, run_to_end},
+    identity_of, is_root, known_key, list, make_dir, runnable_by_others, shell_as, temp_dir,
+    write_private,
 };
 
 /// A place for one test: a root-owned directory every user may enter, and this test
@@ -44,9 +45,9 @@ impl Site {
         self.root.path().join(name)
     }
 
-    /// A child doing `action` on the key at `path` as `uid` with `groups`.
-    fn child(&self, action: &str, path: &Path, uid: u32, groups: &[u32]) -> Command {
-        let mut command = child::command_at(&self.exe, action, path);
+    /// A child doing `task` as `uid` with `groups`.
+    fn child(&self, task: &Task, uid: u32, groups: &[u32]) -> Command {
+        let mut command = task.command_at(&self.exe);
         as_user(&mut command, uid, groups);
         command
     }
@@ -100,6 +101,7 @@ fn assert_untrusted(err: &Error, key: &Path, path: &Path, problem: TrustProblem,
     );
     assert_eq!(*found, problem, "{err}");
     let message = err.to_string();
+    assert!(!message.contains("chown"), "{message}");
     for part in [
         path.display().to_string(),
         format!("owner uid {owner}"),
@@ -137,10 +139,10 @@ fn a_directory_planted_by_another_user_with_their_key_is_refused() -> anyhow::Re
     plant_key(&key, &[]);
     let planted = fs::read(&key)?;
 
-    let err = load_or_generate(&key).expect_err("root must not take the planted key");
-    let fix = format!("chown 0 {}", dir.display());
+    let err = identity_of(&key).expect_err("root must not take the planted key");
+    let fix = format!("if you did not put {} there, remove it", dir.display());
     assert_untrusted(&err, &key, &dir, TrustProblem::OtherOwner { user: 0 }, &fix);
-    let outcome = run_to_end(site.child("open", &key, SERVICE_USER, &[]));
+    let outcome = run_to_end(site.child(&Task::new(Action::Open, &key), SERVICE_USER, &[]));
     assert_child_refused(
         &outcome,
         &[&dir.display().to_string(), "belongs to uid 65534"],
@@ -170,13 +172,13 @@ fn a_key_or_link_planted_in_a_sticky_directory_is_refused() -> anyhow::Result<()
     make_dir(&shared, 0, 0, 0o1777);
     let key = shared.join("endpoint.key");
     plant_key(&key, &[]);
-    let err = load_or_generate(&key).expect_err("a key of nobody's");
+    let err = identity_of(&key).expect_err("a key of nobody's");
     assert_untrusted(
         &err,
         &key,
         &key,
         TrustProblem::OtherOwner { user: 0 },
-        "chown 0",
+        "remove it",
     );
 
     let theirs = shared.join("theirs.key");
@@ -191,7 +193,7 @@ fn a_key_or_link_planted_in_a_sticky_directory_is_refused() -> anyhow::Result<()
         &format!("ln -s '{}' '{}'", theirs.display(), key.display()),
     );
     attack("a key planted by nobody in a sticky directory", &err, &site);
-    let err = load_or_generate(&key).expect_err("a link of nobody's");
+    let err = identity_of(&key).expect_err("a link of nobody's");
     assert!(
         matches!(
             err,
@@ -207,7 +209,7 @@ fn a_key_or_link_planted_in_a_sticky_directory_is_refused() -> anyhow::Result<()
         &key,
         &key,
         TrustProblem::OtherOwner { user: 0 },
-        "chown 0",
+        "remove it",
     );
     attack(
         "a link planted by nobody in a sticky directory",
@@ -247,7 +249,7 @@ fn a_key_another_user_can_replace_is_refused_before_it_is_read() -> anyhow::Resu
         let dir = site.path(name);
         make_dir(&dir, 0, 0, 0o700);
         let key = dir.join("endpoint.key");
-        load_or_generate(&key)?;
+        identity_of(&key)?;
         std::os::unix::fs::chown(&dir, Some(0), Some(gid))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
         let theirs = dir.join(".theirs");
@@ -257,7 +259,7 @@ fn a_key_another_user_can_replace_is_refused_before_it_is_read() -> anyhow::Resu
             &attacker_groups,
             &format!("mv -f '{}' '{}'", theirs.display(), key.display()),
         );
-        let err = load_or_generate(&key).expect_err("the swapped key must not be read");
+        let err = identity_of(&key).expect_err("the swapped key must not be read");
         assert_untrusted(
             &err,
             &key,
@@ -285,9 +287,17 @@ fn a_group_writable_directory_is_trusted_only_by_members_of_its_group() {
     let volume = site.path("volume");
     make_dir(&volume, 0, SHARED_GROUP, 0o2775);
     let key = volume.join("identity").join("endpoint.key");
-    let first = run_to_end(site.child("open", &key, SERVICE_USER, &[SHARED_GROUP]));
+    let first = run_to_end(site.child(
+        &Task::new(Action::Open, &key),
+        SERVICE_USER,
+        &[SHARED_GROUP],
+    ));
     let id = first.expect_id().to_owned();
-    let again = run_to_end(site.child("open", &key, SERVICE_USER, &[SHARED_GROUP]));
+    let again = run_to_end(site.child(
+        &Task::new(Action::Open, &key),
+        SERVICE_USER,
+        &[SHARED_GROUP],
+    ));
     assert_eq!(again.expect_id(), id);
     let metadata = fs::metadata(&key).expect("the key");
     assert_eq!(
@@ -296,7 +306,7 @@ fn a_group_writable_directory_is_trusted_only_by_members_of_its_group() {
     );
 
     // Not a member: the same directory is someone else's to write.
-    let outsider = run_to_end(site.child("open", &key, NOBODY, &[]));
+    let outsider = run_to_end(site.child(&Task::new(Action::Open, &key), NOBODY, &[]));
     assert_child_refused(
         &outsider,
         &[
@@ -340,11 +350,12 @@ fn a_kubernetes_secret_works_and_its_default_mode_is_refused_to_root() -> anyhow
     // The default mode, 0644, read by the pod's non-root user.
     let default = secret_volume(&site, "default", 0o644, 0);
     assert_eq!(
-        run_to_end(site.child("key", &default, SERVICE_USER, &[])).expect_id(),
+        run_to_end(site.child(&Task::new(Action::Identity, &default), SERVICE_USER, &[]))
+            .expect_id(),
         id
     );
     // The same, read by root: exposed to every user, and chmod would not last.
-    let err = load_or_generate(&default).expect_err("0644 to root");
+    let err = identity_of(&default).expect_err("0644 to root");
     assert!(
         matches!(
             err,
@@ -359,11 +370,16 @@ fn a_kubernetes_secret_works_and_its_default_mode_is_refused_to_root() -> anyhow
     assert!(err.to_string().contains("defaultMode: 0400"), "{err}");
     // `defaultMode: 0400`, read by root.
     let private = secret_volume(&site, "private", 0o400, 0);
-    assert_eq!(load_or_generate(&private)?.public().to_string(), id);
+    assert_eq!(identity_of(&private)?.to_string(), id);
     // `fsGroup` with `defaultMode: 0440`, read by a member of the group.
     let group = secret_volume(&site, "group", 0o440, SHARED_GROUP);
     assert_eq!(
-        run_to_end(site.child("key", &group, SERVICE_USER, &[SHARED_GROUP])).expect_id(),
+        run_to_end(site.child(
+            &Task::new(Action::Identity, &group),
+            SERVICE_USER,
+            &[SHARED_GROUP]
+        ))
+        .expect_id(),
         id
     );
     Ok(())
@@ -377,8 +393,8 @@ fn a_key_under_tmp_in_a_directory_of_ones_own_works() {
     // As the user running the tests (root, in CI) ...
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
-    let id = load_or_generate(&key).expect("a key under /tmp").public();
-    assert_eq!(load_or_generate(&key).expect("again").public(), id);
+    let id = identity_of(&key).expect("a key under /tmp");
+    assert_eq!(identity_of(&key).expect("again"), id);
     if skip_unless_root() {
         return;
     }
@@ -387,8 +403,8 @@ fn a_key_under_tmp_in_a_directory_of_ones_own_works() {
     let own = tmp.join(format!("iroh-identity-{}", crate::support::random_u64()));
     make_dir(&own, SERVICE_USER, SERVICE_USER, 0o700);
     let key = own.join("endpoint.key");
-    let first = run_to_end(site.child("open", &key, SERVICE_USER, &[]));
-    let again = run_to_end(site.child("open", &key, SERVICE_USER, &[]));
+    let first = run_to_end(site.child(&Task::new(Action::Open, &key), SERVICE_USER, &[]));
+    let again = run_to_end(site.child(&Task::new(Action::Open, &key), SERVICE_USER, &[]));
     let _ = fs::remove_dir_all(&own);
     assert_eq!(again.expect_id(), first.expect_id());
 }
@@ -404,20 +420,20 @@ fn a_key_of_another_user_is_refused_whatever_its_mode() -> anyhow::Result<()> {
         write_private(&key, &known_key().to_bytes());
         fs::set_permissions(&key, fs::Permissions::from_mode(mode))?;
         std::os::unix::fs::chown(&key, Some(NOBODY), Some(NOBODY))?;
-        let err = load_or_generate(&key).expect_err("nobody's key");
+        let err = identity_of(&key).expect_err("nobody's key");
         assert_untrusted(
             &err,
             &key,
             &key,
             TrustProblem::OtherOwner { user: 0 },
-            "chown 0",
+            "remove it",
         );
     }
     // Root's own private key, read by root.
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
     write_private(&key, &known_key().to_bytes());
-    assert_eq!(load_or_generate(&key)?.public(), known_key().public());
+    assert_eq!(load_key(&key)?.public(), known_key().public());
     Ok(())
 }
 
@@ -457,11 +473,8 @@ fn temporary_names_cannot_be_taken_in_advance() {
     let shared = site.path("shared");
     make_dir(&shared, 0, 0, 0o1777);
     let key = shared.join("endpoint.key");
-    let mut victim = site.child("key", &key, SERVICE_USER, &[]);
-    victim.env(
-        child::START_AT_MS,
-        child::start_at(std::time::Duration::from_millis(500)),
-    );
+    let task = Task::new(Action::Identity, &key).start_in(std::time::Duration::from_millis(500));
+    let mut victim = site.child(&task, SERVICE_USER, &[]);
     let victim = victim.spawn().expect("start the victim");
     let pid = victim.id();
     shell_as(
@@ -492,9 +505,7 @@ fn a_key_stored_in_a_directory_that_cannot_be_read_is_reported_as_stored() {
     let dir = site.path("drop-box");
     make_dir(&dir, SERVICE_USER, SERVICE_USER, 0o300);
     let key = dir.join("endpoint.key");
-    let mut first = site.child("open", &key, SERVICE_USER, &[]);
-    first.env(child::TRACE, "1");
-    let first = run_to_end(first);
+    let first = run_to_end(site.child(&Task::new(Action::Open, &key).trace(), SERVICE_USER, &[]));
     let id = first.expect_id().to_owned();
     assert!(
         first
@@ -503,7 +514,7 @@ fn a_key_stored_in_a_directory_that_cannot_be_read_is_reported_as_stored() {
         "{first}"
     );
     assert_eq!(
-        run_to_end(site.child("open", &key, SERVICE_USER, &[])).expect_id(),
+        run_to_end(site.child(&Task::new(Action::Open, &key), SERVICE_USER, &[])).expect_id(),
         id
     );
 }
@@ -512,10 +523,10 @@ fn a_key_stored_in_a_directory_that_cannot_be_read_is_reported_as_stored() {
 fn a_relative_home_or_data_directory_is_an_error_not_a_key_in_the_current_directory() {
     for (variable, relative_home) in [("HOME", true), ("XDG_DATA_HOME", false)] {
         let (cwd, home) = (temp_dir(), temp_dir());
-        let mut command = child::command("open", Path::new("unused"));
-        command
-            .current_dir(cwd.path())
-            .env(child::DEFAULT_LOCATION, "1");
+        let mut task = Task::new(Action::Open, "unused");
+        task.default_location = true;
+        let mut command = task.command();
+        command.current_dir(cwd.path());
         if relative_home {
             command
                 .env("HOME", "relative-home")
@@ -542,13 +553,29 @@ fn a_relative_home_or_data_directory_is_an_error_not_a_key_in_the_current_direct
 }
 
 #[test]
+fn a_key_path_that_names_a_directory_is_an_error_and_nothing_is_created() {
+    let dir = temp_dir();
+    for path in [
+        dir.path().join("new").join("endpoint.key/"),
+        dir.path().join("new").join("endpoint.key/."),
+    ] {
+        let err = identity_of(&path).expect_err("a directory's path");
+        assert!(
+            crate::support::child::chain(&err).contains("a key path must name a file"),
+            "{err:?}"
+        );
+    }
+    assert!(list(dir.path()).is_empty(), "something was created");
+}
+
+#[test]
 fn a_key_name_too_long_for_its_temporary_file_is_a_clear_error() -> anyhow::Result<()> {
     let dir = temp_dir();
     let longest = dir.path().join("k".repeat(233));
-    load_or_generate(&longest)?;
+    identity_of(&longest)?;
     for len in [234, 250] {
         let key = dir.path().join("missing").join("k".repeat(len));
-        let err = load_or_generate(&key).expect_err("too long");
+        let err = identity_of(&key).expect_err("too long");
         assert!(
             matches!(err, Error::NameTooLong { len: found, max: 233, .. } if found == len),
             "{err:?}"
@@ -585,8 +612,10 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
     }
 
     let key = shared.join("endpoint.key");
-    let mut open = child::command("open", &key);
-    open.env(child::LOCK_WAIT_MS, "300").env(child::TRACE, "1");
+    let open = Task::new(Action::Open, &key)
+        .lock_wait_ms(300)
+        .trace()
+        .command();
     let start = std::time::Instant::now();
     let opened = child::run_within(open, std::time::Duration::from_secs(20));
     let took_open = start.elapsed();
@@ -596,6 +625,13 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         "{opened}"
     );
 
+    // An open that waits for ever for its identity, and the key tool (the default
+    // wait), side by side: both wait for the directory lock 5 s at most.
+    let unbounded = Task::new(Action::Open, shared.join("unbounded.key"))
+        .lock_wait_ms(u64::MAX)
+        .command()
+        .spawn()
+        .expect("start the open");
     let generated = shared.join("generated.key");
     let start = std::time::Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_iroh-identity"))
@@ -603,10 +639,17 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         .output()
         .expect("run iroh-identity");
     let took_generate = start.elapsed();
+    let unbounded = child::outcome(unbounded);
+    let took_unbounded = start.elapsed();
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(output.status.success(), "{output:?}");
     assert!(generated.exists());
+    unbounded.expect_id();
+    assert!(
+        took_unbounded < std::time::Duration::from_secs(9),
+        "an open with an unbounded lock wait took {took_unbounded:?}"
+    );
     assert!(
         took_open < std::time::Duration::from_secs(3),
         "open took {took_open:?}"
@@ -620,7 +663,8 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         "local attacker",
         format_args!(
             "a lock held by nobody on the key's directory: open (lock wait 300 ms) created \
-             the key in {took_open:?}, `iroh-identity generate` in {took_generate:?}"
+             the key in {took_open:?}, `iroh-identity generate` in {took_generate:?}, an open \
+             waiting for ever for its identity in {took_unbounded:?}"
         ),
     );
 }

@@ -8,28 +8,16 @@
 
 use std::{
     fs,
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::Path,
+    os::unix::fs::PermissionsExt,
     time::{Duration, Instant},
 };
 
 use super::{figure, size};
 use crate::support::{
-    NOBODY, SERVICE_USER, SHARED_GROUP, as_user,
-    child::{self, run_within},
-    is_root, list, make_dir, runnable_by_others, temp_dir,
+    NOBODY, SERVICE_USER, SHARED_GROUP, Snapshot, as_user,
+    child::{Action, Report, Task, outcome, run_within},
+    is_root, make_dir, runnable_by_others, temp_dir,
 };
-
-/// What the attack could change about a target.
-fn state(path: &Path) -> (u32, u32, Option<Vec<u8>>, Option<Vec<String>>) {
-    let metadata = fs::symlink_metadata(path).expect("the target is there");
-    (
-        metadata.mode(),
-        metadata.uid(),
-        metadata.is_file().then(|| fs::read(path).expect("read")),
-        metadata.is_dir().then(|| list(path)),
-    )
-}
 
 #[test]
 fn a_directory_swapped_for_a_link_while_it_is_created_never_leads_anywhere() {
@@ -53,42 +41,33 @@ fn a_directory_swapped_for_a_link_while_it_is_created_never_leads_anywhere() {
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
     let dir = home.join("precious-dir");
     make_dir(&dir, SERVICE_USER, SERVICE_USER, 0o755);
-    let before = (state(&file), state(&dir));
+    let before = (Snapshot::of(&file), Snapshot::of(&dir));
 
     let runs = size(300, 3000);
-    let mut attacker = child::command_at(&exe, "swap", &shared);
-    attacker.env(child::RUNS, runs.to_string()).env(
-        child::TARGETS,
-        format!("{}:{}", file.display(), dir.display()),
-    );
+    let mut attacker = Task::new(Action::Swap, &shared);
+    attacker.runs = runs;
+    attacker.targets = vec![file.clone(), dir.clone()];
+    let mut attacker = attacker.command_at(&exe);
     as_user(&mut attacker, NOBODY, &[SHARED_GROUP]);
     let attacker = attacker.spawn().expect("start the attacker");
-    let mut victim = child::command_at(&exe, "create-many", &shared);
-    victim.env(child::RUNS, runs.to_string());
+    let mut victim = Task::new(Action::CreateMany, &shared);
+    victim.runs = runs;
+    let mut victim = victim.command_at(&exe);
     as_user(&mut victim, SERVICE_USER, &[SHARED_GROUP]);
     let start = Instant::now();
     let victim = run_within(victim, Duration::from_secs(120));
-    let attacker = child::outcome(attacker);
+    let attacker = outcome(attacker);
 
-    let said = |outcome: &child::Outcome, word: &str| -> usize {
-        outcome
-            .said
-            .iter()
-            .find_map(|line| {
-                let mut words = line.split_whitespace();
-                while let Some(w) = words.next() {
-                    if w == word {
-                        return words.next()?.parse().ok();
-                    }
-                }
-                None
-            })
-            .unwrap_or_else(|| panic!("no `{word}` in {outcome}"))
-    };
-    let (created, refused) = (said(&victim, "created"), said(&victim, "refused"));
-    let swapped = said(&attacker, "swapped");
+    let (created, refused) = victim.expect(|report| match report {
+        Report::Created { created, refused } => Some((*created, *refused)),
+        _ => None,
+    });
+    let swapped = attacker.expect(|report| match report {
+        Report::Swapped(swapped) => Some(*swapped),
+        _ => None,
+    });
     assert_eq!(
-        (state(&file), state(&dir)),
+        (Snapshot::of(&file), Snapshot::of(&dir)),
         before,
         "the attack reached the victim's file or directory ({swapped} swaps)"
     );
@@ -99,6 +78,84 @@ fn a_directory_swapped_for_a_link_while_it_is_created_never_leads_anywhere() {
             "{runs} directory creations raced by an attacker swapping the new directory for \
              a link ({swapped} swapped): 0 targets changed; {created} keys created, \
              {refused} creations refused; {:.1} s",
+            start.elapsed().as_secs_f64()
+        ),
+    );
+}
+
+#[test]
+fn what_is_planted_on_the_path_after_it_was_checked_is_never_followed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the victim and the attacker as two users");
+        return;
+    }
+    // In a sticky directory, another user keeps putting something at the name of the
+    // key's missing directory and taking it away: a directory of its own that everyone
+    // may write, or a link to a directory of the victim's that holds another identity.
+    // A crate that checks the path, then looks it up by name again, follows what was
+    // put there in between: it writes its key where the attacker can take it away, or
+    // runs another service's identity.
+    let root = temp_dir();
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let exe = runnable_by_others(root.path());
+    let shared = root.path().join("shared");
+    make_dir(&shared, 0, 0, 0o1777);
+    let other = root.path().join("other-service");
+    make_dir(&other, SERVICE_USER, SERVICE_USER, 0o700);
+    let mut other_key = Task::new(Action::Identity, other.join("endpoint.key")).command_at(&exe);
+    as_user(&mut other_key, SERVICE_USER, &[]);
+    let other_id = crate::support::child::run_to_end(other_key)
+        .expect_id()
+        .to_owned();
+
+    let runs = size(100, 1000);
+    let mut attacker = Task::new(Action::Toggle, &shared);
+    attacker.runs = runs;
+    attacker.targets = vec![other.clone()];
+    let mut attacker = attacker.command_at(&exe);
+    as_user(&mut attacker, NOBODY, &[]);
+    let attacker = attacker.spawn().expect("start the attacker");
+    let mut victim = Task::new(Action::OpenMany, &shared);
+    victim.runs = runs;
+    let mut victim = victim.command_at(&exe);
+    as_user(&mut victim, SERVICE_USER, &[]);
+    let start = Instant::now();
+    let victim = run_within(victim, Duration::from_secs(300));
+    let attacker = outcome(attacker);
+    let (ids, refused) = victim.expect(|report| match report {
+        Report::Opened { ids, refused } => Some((ids.clone(), *refused)),
+        _ => None,
+    });
+    let swapped = attacker.expect(|report| match report {
+        Report::Swapped(swapped) => Some(*swapped),
+        _ => None,
+    });
+    let ran_the_other = ids.iter().filter(|id| **id == other_id).count();
+    // Keys the victim wrote where the attacker owns the directory.
+    let mut in_attackers_dirs = 0;
+    for entry in fs::read_dir(&shared).expect("list").flatten() {
+        let found = fs::symlink_metadata(entry.path()).expect("stat");
+        let attackers = found.is_dir() && std::os::unix::fs::MetadataExt::uid(&found) == NOBODY;
+        if attackers && entry.path().join("endpoint.key").exists() {
+            in_attackers_dirs += 1;
+        }
+    }
+    assert_eq!(
+        ran_the_other, 0,
+        "the victim ran another service's identity"
+    );
+    assert_eq!(
+        in_attackers_dirs, 0,
+        "the victim wrote keys into the attacker's directories"
+    );
+    assert_eq!(ids.len() + refused, runs);
+    figure(
+        "local attacker",
+        format_args!(
+            "{runs} opens while another user plants a directory or a link on the path \
+             ({swapped} plantings): 0 keys in the attacker's directories, 0 runs of another \
+             identity; {} keys created, {refused} opens refused; {:.1} s",
+            ids.len(),
             start.elapsed().as_secs_f64()
         ),
     );

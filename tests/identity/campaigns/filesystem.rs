@@ -12,7 +12,7 @@ use super::figure;
 use crate::{
     read_only::ReadOnlyKey,
     support::{
-        child::{self, run_to_end},
+        child::{Action, Task, run_to_end},
         is_root, list, temp_dir,
     },
 };
@@ -20,16 +20,9 @@ use crate::{
 /// Runs `command` (a child opening `path`) and checks that it fails with an error that
 /// contains `phrase` and names `named`, and that the directory of `path`, if there is
 /// one, is as it was: no key, no temporary file.
-fn assert_fails_cleanly(
-    fault: &str,
-    mut command: Command,
-    path: &Path,
-    named: &Path,
-    phrase: &str,
-) {
+fn assert_fails_cleanly(fault: &str, command: Command, path: &Path, named: &Path, phrase: &str) {
     let dir = path.parent().expect("parent");
     let before = dir.is_dir().then(|| list(dir));
-    command.env(child::TRACE, "1");
     let outcome = run_to_end(command);
     assert!(outcome.status.success(), "the child panicked: {outcome}");
     let error = outcome.expect_error();
@@ -52,7 +45,7 @@ fn assert_fails_cleanly(
 fn a_key_directory_that_is_not_writable_is_a_clear_error() {
     let key = ReadOnlyKey::new(0o400, None);
     let missing = key.dir.join("other.key");
-    let command = key.unprivileged("open", &missing);
+    let command = key.unprivileged(&Task::new(Action::Open, &missing).trace());
     assert_fails_cleanly(
         "key directory not writable",
         command,
@@ -61,7 +54,7 @@ fn a_key_directory_that_is_not_writable_is_a_clear_error() {
         "cannot create temporary file",
     );
     let missing = key.dir.join("sub").join("endpoint.key");
-    let command = key.unprivileged("open", &missing);
+    let command = key.unprivileged(&Task::new(Action::Open, &missing).trace());
     assert_fails_cleanly(
         "missing directory in a directory that is not writable",
         command,
@@ -71,10 +64,7 @@ fn a_key_directory_that_is_not_writable_is_a_clear_error() {
     );
     assert_eq!(list(&key.dir), ["endpoint.key"]);
     // And the existing key beside them still opens, here too.
-    assert_eq!(
-        run_to_end(key.unprivileged("open", &key.path)).expect_id(),
-        key.id
-    );
+    assert_eq!(run_to_end(key.child(Action::Open)).expect_id(), key.id);
 }
 
 #[test]
@@ -85,7 +75,7 @@ fn a_parent_that_is_a_file_is_a_clear_error() -> anyhow::Result<()> {
     let path = file.join("endpoint.key");
     assert_fails_cleanly(
         "parent path is a file",
-        child::command("open", &path),
+        Task::new(Action::Open, &path).trace().command(),
         &path,
         &file,
         "Not a directory",
@@ -97,11 +87,12 @@ fn a_parent_that_is_a_file_is_a_clear_error() -> anyhow::Result<()> {
 #[test]
 fn a_file_size_limit_is_a_clear_error_and_leaves_nothing() {
     // 0: not a byte may be written; 100: the write stops inside the 119-byte key.
-    for limit in ["0", "100"] {
+    for limit in [0, 100] {
         let dir = temp_dir();
         let path = dir.path().join("endpoint.key");
-        let mut command = child::command("open", &path);
-        command.env(child::FILE_SIZE_LIMIT, limit);
+        let mut task = Task::new(Action::Open, &path).trace();
+        task.file_size_limit = Some(limit);
+        let command = task.command();
         assert_fails_cleanly(
             &format!("file size limit of {limit} bytes (RLIMIT_FSIZE)"),
             command,
@@ -161,7 +152,7 @@ fn a_full_file_system_is_a_clear_error_and_leaves_nothing() {
     let path = full.path().join("endpoint.key");
     assert_fails_cleanly(
         "full file system (16 KiB tmpfs)",
-        child::command("open", &path),
+        Task::new(Action::Open, &path).trace().command(),
         &path,
         &full.path(),
         "cannot write temporary file",

@@ -7,10 +7,10 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::ffi::OsStrExt,
     path::Path,
     sync::mpsc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use data_encoding::{BASE32_NOPAD, HEXLOWER};
@@ -19,52 +19,25 @@ use ed25519_dalek::{
     ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes},
 };
 use iroh::SecretKey;
-use iroh_identity::{Error, KeyFormat, KeyProblem, encode_key, load_or_generate};
+use iroh_identity::{Error, FileKind, KeyFormat, KeyProblem, encode_key, load_key};
 
 use super::figure;
 use crate::{
-    read_only::{ReadOnlyKey, same_state},
+    read_only::ReadOnlyKey,
     support::{
-        LogCapture, Rng, assert_no_secret, builder, child::run_to_end, is_root, known_key,
-        temp_dir, write_private,
+        LogCapture, Rng, Snapshot, assert_no_secret, builder,
+        child::{chain, run_to_end},
+        is_root, known_key, temp_dir, write_private,
     },
 };
 
-/// Everything about what is at a path that a rewrite, replacement or deletion would change.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    file_type: fs::FileType,
-    inode: u64,
-    modified: SystemTime,
-    mode: u32,
-    content: Option<Vec<u8>>,
-    link_target: Option<std::path::PathBuf>,
-}
-
-fn snapshot(path: &Path) -> Snapshot {
-    let metadata = fs::symlink_metadata(path).expect("something is at the path");
-    let file_type = metadata.file_type();
-    Snapshot {
-        file_type,
-        inode: metadata.ino(),
-        modified: metadata.modified().expect("mtime"),
-        mode: metadata.mode(),
-        // Read only small regular files: the sparse case must not be read whole here either.
-        content: (file_type.is_file() && metadata.len() < 1 << 20)
-            .then(|| fs::read(path).expect("read")),
-        link_target: file_type
-            .is_symlink()
-            .then(|| fs::read_link(path).expect("readlink")),
-    }
-}
-
-/// Opens `path` both ways (key only, and endpoint), checks that each fails as `expected`
-/// says with the path in the message, and that the path is untouched. Returns the
-/// message, with `PATH` for the path.
+/// Opens `path` both ways (the key alone, and an endpoint), checks that each fails as
+/// `expected` says with the path in the message, and that the path is untouched. Returns
+/// the message with its causes, with `PATH` for the path.
 fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) -> String {
-    let before = snapshot(path);
+    let before = Snapshot::of(path);
     let (logs, guard) = LogCapture::start();
-    let key_only = load_or_generate(path).map(|_| ());
+    let key_only = load_key(path).map(|_| ());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,25 +56,26 @@ fn assert_refused_unchanged(path: &Path, expected: impl Fn(&Error) -> bool) -> S
             "the message does not name the path: {message}"
         );
     }
-    assert_eq!(snapshot(path), before, "{} was changed", path.display());
+    assert_eq!(Snapshot::of(path), before, "{} was changed", path.display());
     let dir = path.parent().expect("parent");
     assert_eq!(
         crate::support::list(dir),
         [path.file_name().expect("name").to_string_lossy()]
     );
-    let err = load_or_generate(path).expect_err("refused");
+    let err = load_key(path).expect_err("refused");
     drop(guard);
+    let message = chain(&err);
     assert_nothing_repeated(
         &before,
-        &[logs.bytes(), format!("{err}{err:?}").into_bytes()],
+        &[logs.bytes(), format!("{message}{err:?}").into_bytes()],
     );
-    err.to_string().replace(&path.display().to_string(), "PATH")
+    message.replace(&path.display().to_string(), "PATH")
 }
 
 /// Fails if logs or errors repeat the known key, or a line of a file's content that could
 /// carry one (a base64 or hex line of 16 characters or more).
 fn assert_nothing_repeated(file: &Snapshot, said: &[Vec<u8>]) {
-    let content = file.content.as_deref().unwrap_or_default();
+    let content = file.content().unwrap_or_default();
     let content = String::from_utf8_lossy(content);
     for haystack in said {
         assert_no_secret(haystack, &known_key().to_bytes(), "logs or an error");
@@ -241,7 +215,7 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
         (
             "random bytes after a DER SEQUENCE tag",
             noisy_der,
-            damaged("PKCS#8 DER"),
+            damaged(KeyFormat::Pkcs8Der),
         ),
         (
             "text",
@@ -256,14 +230,18 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
         (
             "64 non-hex characters",
             vec![b'z'; 64],
-            KeyProblem::InvalidText { encoding: "hex" },
+            KeyProblem::InvalidText {
+                format: KeyFormat::Hex,
+            },
         ),
         (
             "52 non-base32 characters",
             vec![b'1'; 52],
-            KeyProblem::InvalidText { encoding: "base32" },
+            KeyProblem::InvalidText {
+                format: KeyFormat::Base32,
+            },
         ),
-        ("truncated PEM", truncated_pem, damaged("PKCS#8 PEM")),
+        ("truncated PEM", truncated_pem, damaged(KeyFormat::Pkcs8Pem)),
         (
             "bit-flipped PEM",
             flipped_pem,
@@ -274,11 +252,11 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
             mismatched,
             KeyProblem::PublicKeyMismatch,
         ),
-        ("truncated DER", truncated_der, damaged("PKCS#8 DER")),
+        ("truncated DER", truncated_der, damaged(KeyFormat::Pkcs8Der)),
         (
             "truncated OpenSSH key",
             truncated_openssh,
-            damaged("OpenSSH"),
+            damaged(KeyFormat::OpenSsh),
         ),
         (
             "RSA, openssl genpkey",
@@ -338,7 +316,7 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
         (
             "a PEM armour line cut to 32 bytes",
             b"-----BEGIN PRIVATE KEY-----\nMFEC".to_vec(),
-            damaged("PKCS#8 PEM"),
+            damaged(KeyFormat::Pkcs8Pem),
         ),
         (
             "31 hex digits and a newline (32 bytes)",
@@ -437,7 +415,7 @@ fn a_directory_at_the_key_path_is_an_error() -> anyhow::Result<()> {
         matches!(
             err,
             Error::NotAFile {
-                kind: "a directory",
+                kind: FileKind::Directory,
                 ..
             }
         )
@@ -491,11 +469,11 @@ fn an_unreadable_key_is_an_error_naming_the_path_and_stays() {
     }
     let key = ReadOnlyKey::new(0o600, Some(0));
     let before = key.state();
-    let outcome = run_to_end(key.unprivileged("open", &key.path));
+    let outcome = run_to_end(key.child(crate::support::child::Action::Open));
     let error = outcome.expect_error();
     assert!(error.contains(&key.path.display().to_string()), "{error}");
     assert!(error.contains("cannot open key file"), "{error}");
-    assert!(same_state(&before, &key.state()));
+    assert_eq!(key.state(), before);
     let message = error.replace(&key.path.display().to_string(), "PATH");
     figure(
         "hostile case",
@@ -512,6 +490,6 @@ fn a_symlink_to_a_key_is_followed() -> anyhow::Result<()> {
     write_private(&target, &known_key().to_bytes());
     let path = dir.path().join("endpoint.key");
     std::os::unix::fs::symlink(&target, &path)?;
-    assert_eq!(load_or_generate(&path)?.public(), known_key().public());
+    assert_eq!(load_key(&path)?.public(), known_key().public());
     Ok(())
 }

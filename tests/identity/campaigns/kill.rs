@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iroh_identity::{decode_key, load_or_generate};
+use iroh_identity::{decode_key, load_key};
 
 use super::{figure, size};
 use crate::support::{
-    child::{self, outcome, run_to_end},
+    child::{Action, Task, outcome, run_to_end},
     list, random_u64, temp_dir,
 };
 
@@ -35,9 +35,7 @@ struct Seen {
 }
 
 fn first_run(path: &Path) -> Command {
-    let mut command = child::command("open", path);
-    command.env(child::TRACE, "1");
-    command
+    Task::new(Action::Open, path).trace().command()
 }
 
 /// What a directory shows of a first run in it: a temporary file of its own, and the key.
@@ -159,8 +157,8 @@ fn a_kill_at_any_instant_leaves_no_key_or_a_whole_one() -> anyhow::Result<()> {
             continue;
         }
         // A whole key (a torn one fails to load), reported if reported at all.
-        let key = load_or_generate(&path)
-            .map_err(|err| anyhow::anyhow!("a kill left a torn key file: {err}"))?;
+        let key =
+            load_key(&path).map_err(|err| anyhow::anyhow!("a kill left a torn key file: {err}"))?;
         said.assert_no_secret(&key);
         let id = key.public().to_string();
         match said.id() {

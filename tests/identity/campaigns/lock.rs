@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use iroh_identity::{Error, load_or_generate};
+use iroh_identity::{Error, load_key};
 
 use super::{figure, size};
 use crate::support::{
     LogCapture, assert_no_secret, builder,
-    child::{self, Holder},
+    child::{Action, Holder, Task},
     list, temp_dir,
 };
 
@@ -21,7 +21,7 @@ async fn a_killed_holder_leaves_no_stale_lock() -> anyhow::Result<()> {
     let mut slowest = Duration::ZERO;
     let (logs, _guard) = LogCapture::start();
     for _ in 0..rounds {
-        let holder = Holder::start(child::command("hold", &path));
+        let holder = Holder::start(Task::new(Action::Hold, &path).command());
         let id = holder.id.clone();
         let in_use = builder(&path).lock_wait(Duration::ZERO).bind().await;
         assert!(matches!(in_use, Err(Error::InUse { .. })), "{in_use:?}");
@@ -35,7 +35,7 @@ async fn a_killed_holder_leaves_no_stale_lock() -> anyhow::Result<()> {
     }
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     assert_eq!(list(dir.path()), ["endpoint.key"]);
-    let key = load_or_generate(&path)?;
+    let key = load_key(&path)?;
     assert_no_secret(&logs.bytes(), &key.to_bytes(), "the logs");
     figure(
         "lock killed holder",
@@ -77,7 +77,7 @@ async fn the_in_use_error_comes_within_100_ms_of_the_wait() -> anyhow::Result<()
         "an in-use error came {latest:?} after its wait"
     );
     holder.close().await;
-    assert_eq!(load_or_generate(&path)?.public(), holder.id());
+    assert_eq!(load_key(&path)?.public(), holder.id());
     figure(
         "lock in use",
         format_args!(

@@ -6,11 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iroh_identity::load_or_generate;
+use iroh_identity::load_key;
 
 use super::{figure, size};
 use crate::support::{
-    child::{self, Outcome, outcome},
+    child::{Action, Outcome, Task, outcome},
     list, temp_dir,
 };
 
@@ -19,24 +19,19 @@ const RACERS: usize = 16;
 /// One round: `RACERS` children doing `action` on one missing path, started at the same
 /// instant. Checks that they end with one identity and one file, and returns what each
 /// said.
-fn round(action: &str, lock_wait_ms: Option<&str>) -> Vec<Outcome> {
+fn round(action: Action, lock_wait_ms: Option<u64>) -> Vec<Outcome> {
     let dir = temp_dir();
     let path = dir.path().join("new").join("endpoint.key");
-    let start_at = child::start_at(Duration::from_millis(500));
+    let mut task = Task::new(action, &path)
+        .start_in(Duration::from_millis(500))
+        .trace();
+    task.lock_wait_ms = lock_wait_ms;
     let racers: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let mut command = child::command(action, &path);
-            command.env(child::START_AT_MS, &start_at);
-            command.env(child::TRACE, "1");
-            if let Some(ms) = lock_wait_ms {
-                command.env(child::LOCK_WAIT_MS, ms);
-            }
-            command.spawn().expect("spawn racer")
-        })
+        .map(|_| task.command().spawn().expect("spawn racer"))
         .collect();
     let outcomes: Vec<Outcome> = racers.into_iter().map(outcome).collect();
 
-    let key = load_or_generate(&path).expect("the round left a key");
+    let key = load_key(&path).expect("the round left a key");
     let ids: BTreeSet<&str> = outcomes.iter().filter_map(Outcome::id).collect();
     assert_eq!(
         ids,
@@ -52,7 +47,7 @@ fn round(action: &str, lock_wait_ms: Option<&str>) -> Vec<Outcome> {
 
 /// Runs the rounds and prints the figure. With a lock wait of zero, racers that find the
 /// identity in use fail with the in-use error, and only with it.
-fn campaign(name: &str, action: &str, lock_wait_ms: Option<&str>) {
+fn campaign(name: &str, action: Action, lock_wait_ms: Option<u64>) {
     let rounds = size(2, 50);
     let (mut in_use, mut failures) = (0, Vec::new());
     let start = Instant::now();
@@ -62,7 +57,7 @@ fn campaign(name: &str, action: &str, lock_wait_ms: Option<&str>) {
                 None => {
                     outcome.expect_id();
                 }
-                Some(error) if lock_wait_ms == Some("0") && error.contains("is in use") => {
+                Some(error) if lock_wait_ms == Some(0) && error.contains("is in use") => {
                     in_use += 1;
                 }
                 Some(_) => failures.push(outcome),
@@ -82,16 +77,16 @@ fn campaign(name: &str, action: &str, lock_wait_ms: Option<&str>) {
 
 #[test]
 fn racing_first_runs_all_get_the_same_key() {
-    campaign("race key-only", "key", None);
+    campaign("race identity", Action::Identity, None);
 }
 
 #[test]
 fn racing_endpoint_opens_all_get_the_same_identity() {
     // Each one holds the identity for a moment; the others wait their turn.
-    campaign("race endpoint", "open", None);
+    campaign("race endpoint", Action::Open, None);
 }
 
 #[test]
 fn racing_endpoint_opens_without_waiting_fail_only_with_in_use() {
-    campaign("race endpoint, lock wait 0", "open", Some("0"));
+    campaign("race endpoint, lock wait 0", Action::Open, Some(0));
 }

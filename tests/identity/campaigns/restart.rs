@@ -22,7 +22,7 @@ use super::{figure, size};
 use iroh_tickets::endpoint::EndpointTicket;
 
 use crate::support::{
-    child::{self, Holder, outcome},
+    child::{Action, Holder, Task, outcome},
     echo, echo_within, list, loopback, random_u64, temp_dir,
 };
 
@@ -48,13 +48,13 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
     let restarts = size(4, 100);
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let mut server = Holder::start(child::command("serve", &key));
+    let mut server = Holder::start(Task::new(Action::Serve, &key).command());
     let ticket = server.ticket().to_owned();
     let long_lived = loopback(iroh::Endpoint::builder(presets::Minimal))
         .bind()
         .await?;
     let addr = ticket.parse::<EndpointTicket>()?.endpoint_addr().clone();
-    echo(&long_lived, &addr, b"before", WITHIN).await?;
+    echo::echo(&long_lived, &addr, b"before", WITHIN).await?;
 
     let (mut after_crash, mut after_close) = (vec![], vec![]);
     let mut long_lived_times = vec![];
@@ -65,12 +65,12 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
         server = if graceful {
             // The next server starts while this one closes.
             server.terminate();
-            let next = Holder::start(child::command("serve", &key));
+            let next = Holder::start(Task::new(Action::Serve, &key).command());
             assert!(server.exits_within(Duration::from_secs(10)).success());
             next
         } else {
             server.kill();
-            Holder::start(child::command("serve", &key))
+            Holder::start(Task::new(Action::Serve, &key).command())
         };
         let ready = start.elapsed();
         assert_eq!(server.ticket(), ticket, "restart {n} changed the ticket");
@@ -82,7 +82,7 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
             after_crash.push(reconnect);
             ready_after_crash.push(ready);
         }
-        long_lived_times.push(echo(&long_lived, &addr, b"still there?", WITHIN).await?);
+        long_lived_times.push(echo::echo(&long_lived, &addr, b"still there?", WITHIN).await?);
     }
     long_lived.close().await;
     let waited_over_a_second = ready_after_close
@@ -136,11 +136,10 @@ fn a_kill_while_the_ports_file_is_replaced_leaves_the_old_ports_or_the_new() {
     let key = dir.path().join("endpoint.key");
     let ports = dir.path().join("endpoint.key.ports");
     let open = || {
-        let mut command = child::command("open", &key);
-        command
-            .env(child::STABLE, "1")
-            .env(child::LOCK_WAIT_MS, "0");
-        command
+        Task::new(Action::Open, &key)
+            .all_interfaces()
+            .lock_wait_ms(0)
+            .command()
     };
     // A first run makes the key and the ports file.
     outcome(open().spawn().expect("spawn")).expect_id();

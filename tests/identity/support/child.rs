@@ -1,121 +1,257 @@
 //! Child processes: this test binary run again, to act as a second program.
 //!
-//! The parent says what to do through environment variables; the child answers with
-//! lines that start with `@child: ` on stdout (`id <hex>`, `error <message>`, `ready`).
+//! The protocol is two types. The parent describes what the child does in a [`Task`],
+//! which travels as JSON in one environment variable; the child answers with
+//! [`Report`]s, one JSON value a line on stdout behind `@child `.
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, ExitStatus, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use iroh::{RelayConfig, RelayMap, RelayUrl, endpoint::presets, protocol::Router};
 use iroh_tickets::endpoint::EndpointTicket;
+use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// What the child does: `key` (load or generate the key only), `open` (bind and close),
-/// `hold` (bind, say `ready`, keep the endpoint open until killed, 30 s at most) or
-/// `serve` (as `hold`, with stable addressing and an echo server; says `ticket <ticket>`
-/// and closes gracefully on SIGTERM) or `dial` (a peer without a key file: connects to
-/// [`TICKET`], says `ready` and stays connected until killed, 30 s at most).
-const ACTION: &str = "CHILD_ACTION";
-const PATH: &str = "CHILD_PATH";
-/// The lock wait, in milliseconds.
-pub const LOCK_WAIT_MS: &str = "CHILD_LOCK_WAIT_MS";
-/// The umask to create files under, in octal.
-pub const UMASK: &str = "CHILD_UMASK";
-/// The environment variable to take the key from (`Builder::key_from_env`).
-pub const KEY_ENV: &str = "CHILD_KEY_ENV";
-/// Milliseconds since the epoch at which to start, so that many children start at once.
-pub const START_AT_MS: &str = "CHILD_START_AT_MS";
-/// Set: log everything, iroh's TRACE lines included, to stderr (to search it for secrets).
-pub const TRACE: &str = "CHILD_TRACE";
-/// The largest file the child may write, in bytes (`RLIMIT_FSIZE`).
-pub const FILE_SIZE_LIMIT: &str = "CHILD_FILE_SIZE_LIMIT";
-/// Set: `open` and `hold` bind with stable addressing, on all interfaces.
-pub const STABLE: &str = "CHILD_STABLE";
-/// The ticket a `dial` child connects to.
-pub const TICKET: &str = "CHILD_TICKET";
-/// The URL of a relay (with a self-signed certificate): `serve` uses it and no IP
-/// socket at all, and hands out a ticket that holds only the relay.
-pub const RELAY: &str = "CHILD_RELAY";
+use super::echo;
 
-/// How many runs a `create-many` (victim) or `swap` (attacker) child makes.
-pub const RUNS: &str = "CHILD_RUNS";
-/// For a `swap` child: the paths its links point to, `:`-separated, used in turn.
-pub const TARGETS: &str = "CHILD_TARGETS";
-/// Set: `open` takes the key from the default per-user location of an application
-/// (`default_location`), not from `CHILD_PATH`.
-pub const DEFAULT_LOCATION: &str = "CHILD_DEFAULT_LOCATION";
+/// The environment variable that carries the [`Task`].
+const TASK: &str = "IROH_IDENTITY_TEST_TASK";
 
-/// How long a `hold` child keeps its endpoint if nobody kills it.
+/// What a line of the child's stdout starts with when it is a [`Report`].
+const MARK: &str = "@child ";
+
+/// How long a `Hold` or `Serve` child keeps its endpoint if nobody stops it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
 
-/// A command that runs this test binary as a child doing `action` on the key at `path`.
-pub fn command(action: &str, path: &Path) -> Command {
-    command_at(&std::env::current_exe().expect("current exe"), action, path)
+/// What a child does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Action {
+    /// Takes the identity, reports its id, and lets it go.
+    Identity,
+    /// Binds an endpoint (loopback only, unless `all_interfaces`), reports its id, closes.
+    Open,
+    /// As `Open`, then reports `Ready` and keeps the endpoint until killed.
+    Hold,
+    /// Serves echo on all interfaces (or through `relay`), reports its id and a ticket,
+    /// then `Ready`, and closes gracefully on SIGTERM.
+    Serve,
+    /// A peer without a key file: connects to `ticket`, reports `Ready`, stays connected.
+    Dial,
+    /// The victim of the directory-swap attack: takes the identity at `PATH/N/endpoint.key`
+    /// for each run N, where `PATH/N` is missing; reports `Created`.
+    CreateMany,
+    /// The attacker of the directory-swap attack: for each run N, renames `PATH/N` away
+    /// as soon as it appears and puts a link to one of `targets` in its place; reports
+    /// `Swapped`.
+    Swap,
+    /// The victim of the planted-directory race: for each run N, takes the identity at
+    /// `PATH/appN/endpoint.key` a moment after the attacker started on it, then leaves
+    /// `PATH/doneN`; reports `Opened`.
+    OpenMany,
+    /// The attacker of the planted-directory race: for each run N, until `PATH/doneN`
+    /// appears, puts something at `PATH/appN` and takes it away again, as fast as it
+    /// can: a directory of its own that every user may write on even runs, a link to
+    /// `targets[0]` on odd ones; reports `Swapped`.
+    Toggle,
 }
 
-/// The same, with this test binary at `exe` (a copy that another user can run).
-pub fn command_at(exe: &Path, action: &str, path: &Path) -> Command {
-    let mut command = Command::new(exe);
-    command
-        .args([
-            "child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ACTION, action)
-        .env(PATH, path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
+/// Everything a child needs to know: what to do, to which key, and how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Task {
+    pub action: Action,
+    pub path: PathBuf,
+    /// The lock wait; the crate's default when `None`.
+    pub lock_wait_ms: Option<u64>,
+    /// The umask to create files under.
+    pub umask: Option<u32>,
+    /// The environment variable to take the key from (`Builder::key_from_env`).
+    pub key_env: Option<String>,
+    /// Milliseconds since the epoch at which to start, so that many children start at once.
+    pub start_at_ms: Option<u64>,
+    /// Log everything, iroh's TRACE lines included, to stderr (to search it for secrets).
+    pub trace: bool,
+    /// The largest file the child may write, in bytes (`RLIMIT_FSIZE`).
+    pub file_size_limit: Option<u64>,
+    /// `Open` and `Hold` bind iroh's sockets on all interfaces (where stable addressing
+    /// remembers ports) instead of 127.0.0.1 only.
+    pub all_interfaces: bool,
+    /// Take the key from the default location of an application, not from `path`.
+    pub default_location: bool,
+    /// The ticket a `Dial` child connects to.
+    pub ticket: Option<String>,
+    /// The URL of a relay (with a self-signed certificate): `Serve` uses it and no IP
+    /// socket at all, and hands out a ticket that holds only the relay.
+    pub relay: Option<String>,
+    /// How many runs a `CreateMany` or `Swap` child makes.
+    pub runs: usize,
+    /// The paths a `Swap` child's links point to, in turn.
+    pub targets: Vec<PathBuf>,
+}
+
+impl Task {
+    pub(crate) fn new(action: Action, path: impl Into<PathBuf>) -> Self {
+        Self {
+            action,
+            path: path.into(),
+            lock_wait_ms: None,
+            umask: None,
+            key_env: None,
+            start_at_ms: None,
+            trace: false,
+            file_size_limit: None,
+            all_interfaces: false,
+            default_location: false,
+            ticket: None,
+            relay: None,
+            runs: 0,
+            targets: Vec::new(),
+        }
+    }
+
+    pub(crate) fn lock_wait_ms(mut self, ms: u64) -> Self {
+        self.lock_wait_ms = Some(ms);
+        self
+    }
+
+    pub(crate) fn trace(mut self) -> Self {
+        self.trace = true;
+        self
+    }
+
+    pub(crate) fn all_interfaces(mut self) -> Self {
+        self.all_interfaces = true;
+        self
+    }
+
+    /// Starts `delay` from now: give many children the same instant.
+    pub(crate) fn start_in(mut self, delay: Duration) -> Self {
+        let at = SystemTime::now() + delay;
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_millis();
+        self.start_at_ms = Some(u64::try_from(ms).expect("a time in range"));
+        self
+    }
+
+    /// A command that runs this test binary as a child doing this task.
+    pub(crate) fn command(&self) -> Command {
+        self.command_at(&std::env::current_exe().expect("current exe"))
+    }
+
+    /// The same, with this test binary at `exe` (a copy that another user can run).
+    pub(crate) fn command_at(&self, exe: &Path) -> Command {
+        let mut command = Command::new(exe);
+        command
+            .args([
+                "child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(TASK, serde_json::to_string(self).expect("a task is JSON"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs the task to its end.
+    pub(crate) fn run(&self) -> Outcome {
+        run_to_end(self.command())
+    }
+}
+
+/// What a child says, one line each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Report {
+    Id(String),
+    /// An error and its causes, as `anyhow` prints them with `{:#}`.
+    Error(String),
+    Ticket(String),
+    Ready,
+    Created {
+        created: usize,
+        refused: usize,
+    },
+    Swapped(usize),
+    /// The ids the runs of an `OpenMany` victim took, and how many were refused.
+    Opened {
+        ids: Vec<String>,
+        refused: usize,
+    },
+}
+
+fn say(report: Report) {
+    println!(
+        "{MARK}{}",
+        serde_json::to_string(&report).expect("a report is JSON")
+    );
+}
+
+/// The report on a line of the child's stdout, if any: the test harness may print its
+/// own words before it on the same line.
+fn report_in(line: &str) -> Option<Report> {
+    let (_, json) = line.split_once(MARK)?;
+    Some(serde_json::from_str(json.trim_end()).expect("a child's report"))
 }
 
 /// What a finished child said.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub status: ExitStatus,
-    /// What it said in its `@child: ` lines.
-    pub said: Vec<String>,
+    pub reports: Vec<Report>,
     pub stdout: Vec<u8>,
     pub stderr: String,
 }
 
 impl Outcome {
     /// The endpoint id it reported, if it got one.
-    pub fn id(&self) -> Option<&str> {
-        self.said.iter().find_map(|line| line.strip_prefix("id "))
+    pub(crate) fn id(&self) -> Option<&str> {
+        self.reports.iter().find_map(|report| match report {
+            Report::Id(id) => Some(id.as_str()),
+            _ => None,
+        })
     }
 
     /// The error it reported, if it failed.
-    pub fn error(&self) -> Option<&str> {
-        self.said
-            .iter()
-            .find_map(|line| line.strip_prefix("error "))
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.reports.iter().find_map(|report| match report {
+            Report::Error(error) => Some(error.as_str()),
+            _ => None,
+        })
     }
 
     /// The id, or a panic that shows everything the child said.
-    pub fn expect_id(&self) -> &str {
+    pub(crate) fn expect_id(&self) -> &str {
         self.id()
             .unwrap_or_else(|| panic!("child reported no id: {self}"))
     }
 
     /// The error, or a panic that shows everything the child said.
-    pub fn expect_error(&self) -> &str {
+    pub(crate) fn expect_error(&self) -> &str {
         self.error()
             .unwrap_or_else(|| panic!("child reported no error: {self}"))
     }
 
+    /// The one report of its kind that `pick` finds, or a panic.
+    pub(crate) fn expect<T>(&self, pick: impl Fn(&Report) -> Option<T>) -> T {
+        self.reports
+            .iter()
+            .find_map(pick)
+            .unwrap_or_else(|| panic!("child did not report it: {self}"))
+    }
+
     /// Fails if anything the child printed (logs, errors, panics) holds `secret`.
-    pub fn assert_no_secret(&self, secret: &iroh::SecretKey) {
+    pub(crate) fn assert_no_secret(&self, secret: &iroh::SecretKey) {
         let secret = secret.to_bytes();
-        crate::support::assert_no_secret(&self.stdout, &secret, "a child's stdout");
-        crate::support::assert_no_secret(self.stderr.as_bytes(), &secret, "a child's stderr");
+        super::assert_no_secret(&self.stdout, &secret, "a child's stdout");
+        super::assert_no_secret(self.stderr.as_bytes(), &secret, "a child's stderr");
     }
 }
 
@@ -123,26 +259,20 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} said {:?}; stderr:\n{}",
-            self.status, self.said, self.stderr
+            "{} reported {:?}; stderr:\n{}",
+            self.status, self.reports, self.stderr
         )
     }
 }
 
-/// What a line of the child's stdout says, if anything: the test harness may print its
-/// own words before it on the same line.
-fn said(line: &str) -> Option<&str> {
-    line.split_once("@child: ").map(|(_, said)| said)
-}
-
 /// Waits for a started child and collects what it said.
-pub fn outcome(child: Child) -> Outcome {
+pub(crate) fn outcome(child: Child) -> Outcome {
     let output = child.wait_with_output().expect("wait for child");
     Outcome {
         status: output.status,
-        said: String::from_utf8_lossy(&output.stdout)
+        reports: String::from_utf8_lossy(&output.stdout)
             .lines()
-            .filter_map(|line| said(line).map(str::to_owned))
+            .filter_map(report_in)
             .collect(),
         stdout: output.stdout,
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -150,15 +280,15 @@ pub fn outcome(child: Child) -> Outcome {
 }
 
 /// Runs a child to the end.
-pub fn run_to_end(mut command: Command) -> Outcome {
+pub(crate) fn run_to_end(mut command: Command) -> Outcome {
     outcome(command.spawn().expect("spawn child"))
 }
 
 /// Runs a child to the end, killing it and failing the test if it takes longer than
 /// `limit`: for what must not hang.
-pub fn run_within(mut command: Command, limit: Duration) -> Outcome {
+pub(crate) fn run_within(mut command: Command, limit: Duration) -> Outcome {
     let mut child = command.spawn().expect("spawn child");
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     while child.try_wait().expect("try_wait").is_none() {
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -170,29 +300,20 @@ pub fn run_within(mut command: Command, limit: Duration) -> Outcome {
     outcome(child)
 }
 
-/// The epoch time `delay` from now, for [`START_AT_MS`].
-pub fn start_at(delay: Duration) -> String {
-    let at = SystemTime::now() + delay;
-    at.duration_since(UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_millis()
-        .to_string()
-}
-
-/// A child that holds an open endpoint (`hold` or `serve`); killed (SIGKILL) when
+/// A child that holds an open endpoint (`Hold` or `Serve`); killed (SIGKILL) when
 /// dropped.
-pub struct Holder {
+pub(crate) struct Holder {
     pub child: Child,
     pub id: String,
-    /// What a `serve` child hands out.
+    /// What a `Serve` child hands out.
     pub ticket: Option<String>,
     /// Kept open so that the child can still write when it exits by itself.
     _stdout: BufReader<ChildStdout>,
 }
 
 impl Holder {
-    /// Starts a `hold` or `serve` child and waits until its endpoint is open.
-    pub fn start(mut command: Command) -> Self {
+    /// Starts a `Hold` or `Serve` child and waits until its endpoint is open.
+    pub(crate) fn start(mut command: Command) -> Self {
         let mut child = command.spawn().expect("spawn child");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let (mut id, mut ticket) = (None, None);
@@ -202,13 +323,11 @@ impl Holder {
             if stdout.read_line(&mut line).expect("read child stdout") == 0 {
                 break;
             }
-            match said(line.trim_end()) {
-                Some("ready") => break,
-                Some(said) if said.starts_with("id ") => id = Some(said[3..].to_owned()),
-                Some(said) if said.starts_with("ticket ") => {
-                    ticket = Some(said[7..].to_owned());
-                }
-                Some(said) => panic!("holder failed: {said}"),
+            match report_in(&line) {
+                Some(Report::Ready) => break,
+                Some(Report::Id(reported)) => id = Some(reported),
+                Some(Report::Ticket(reported)) => ticket = Some(reported),
+                Some(other) => panic!("holder failed: {other:?}"),
                 None => {}
             }
         }
@@ -221,36 +340,36 @@ impl Holder {
         }
     }
 
-    /// The ticket of a `serve` child.
-    pub fn ticket(&self) -> &str {
+    /// The ticket of a `Serve` child.
+    pub(crate) fn ticket(&self) -> &str {
         self.ticket
             .as_deref()
             .expect("a serve child says its ticket")
     }
 
     /// Kills the holder with SIGKILL: no close, no clean-up, as in a crash.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().expect("kill holder");
         self.child.wait().expect("reap holder");
     }
 
-    /// Asks a `serve` child to close gracefully (SIGTERM) and returns without waiting;
+    /// Asks a `Serve` child to close gracefully (SIGTERM) and returns without waiting;
     /// dropping the holder then waits for it to exit (and kills it if it is still there).
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: sends a signal to our own child, which has not been reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill -TERM");
     }
 
     /// Waits up to `limit` for the child to exit by itself.
-    pub fn exits_within(mut self, limit: Duration) -> ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
+    pub(crate) fn exits_within(mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the child did not exit within {limit:?}"
             );
             std::thread::sleep(Duration::from_millis(5));
@@ -265,29 +384,28 @@ impl Drop for Holder {
     }
 }
 
-/// The child's side; does nothing unless started by [`command`].
-pub fn run() {
-    let Ok(action) = std::env::var(ACTION) else {
+/// The child's side; does nothing unless started by [`Task::command`].
+pub(crate) fn run() {
+    let Ok(task) = std::env::var(TASK) else {
         return;
     };
-    let path = PathBuf::from(std::env::var_os(PATH).expect("CHILD_PATH is set"));
-    if let Ok(umask) = std::env::var(UMASK) {
-        let umask = libc::mode_t::from_str_radix(&umask, 8).expect("octal umask");
+    let task: Task = serde_json::from_str(&task).expect("a task");
+    if let Some(umask) = task.umask {
         // SAFETY: umask has no preconditions; this child runs one test on one thread.
-        unsafe { libc::umask(umask) };
+        unsafe { libc::umask(umask as libc::mode_t) };
     }
-    if std::env::var_os(TRACE).is_some() {
+    if task.trace {
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
             .with_writer(std::io::stderr)
             .init();
     }
-    if let Ok(limit) = std::env::var(FILE_SIZE_LIMIT) {
-        limit_file_size(limit.parse().expect("a size in bytes"));
+    if let Some(limit) = task.file_size_limit {
+        limit_file_size(limit);
     }
-    if let Ok(at) = std::env::var(START_AT_MS) {
-        let at = UNIX_EPOCH + Duration::from_millis(at.parse().expect("start time"));
+    if let Some(at) = task.start_at_ms {
+        let at = UNIX_EPOCH + Duration::from_millis(at);
         if let Ok(delay) = at.duration_since(SystemTime::now()) {
             std::thread::sleep(delay);
         }
@@ -297,55 +415,63 @@ pub fn run() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        match action.as_str() {
-            "key" => match iroh_identity::load_or_generate(&path) {
-                Ok(key) => println!("@child: id {}", key.public()),
-                Err(err) => println!("@child: error {}", chain(&err)),
+        match task.action {
+            Action::Identity => match builder(&task).identity().await {
+                Ok(identity) => say(Report::Id(identity.id().to_string())),
+                Err(err) => say(Report::Error(chain(&err))),
             },
-            "serve" => serve(&path).await,
-            "create-many" => create_many(&path),
-            "swap" => swap(&path),
-            "dial" => dial().await,
-            "open" | "hold" => {
-                let mut builder = if std::env::var_os(STABLE).is_some() {
-                    super::stable_builder(&path)
-                } else {
-                    super::builder(&path)
-                };
-                if std::env::var_os(DEFAULT_LOCATION).is_some() {
-                    builder = builder.default_location("com", "example", "iroh-identity-test");
-                }
-                if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
-                    let ms = ms.parse().expect("lock wait in ms");
-                    builder = builder.lock_wait(Duration::from_millis(ms));
-                }
-                if let Ok(name) = std::env::var(KEY_ENV) {
-                    builder = builder.key_from_env(name);
-                }
-                match builder.bind().await {
-                    Ok(endpoint) => {
-                        println!("@child: id {}", endpoint.id());
-                        if action == "hold" {
-                            println!("@child: ready");
-                            tokio::time::sleep(HOLD_AT_MOST).await;
-                        }
-                        endpoint.close().await;
-                    }
-                    Err(err) => println!("@child: error {}", chain(&err)),
-                }
-            }
-            other => panic!("unknown child action {other}"),
+            Action::Open | Action::Hold => open(&task).await,
+            Action::Serve => serve(&task).await,
+            Action::Dial => dial(&task).await,
+            Action::CreateMany => create_many(&task).await,
+            Action::Swap => swap(&task),
+            Action::OpenMany => open_many(&task).await,
+            Action::Toggle => toggle(&task),
         }
     });
 }
 
-/// Serves echo with stable addressing until SIGTERM, then closes gracefully.
-async fn serve(path: &Path) {
-    let mut builder = super::stable_builder(path);
-    if let Ok(ms) = std::env::var(LOCK_WAIT_MS) {
-        builder = builder.lock_wait(Duration::from_millis(ms.parse().expect("lock wait in ms")));
+/// The identity's builder as the task describes it: no n0 services, and loopback only
+/// unless the task binds on all interfaces.
+fn builder(task: &Task) -> iroh_identity::Builder {
+    let mut builder = if task.all_interfaces {
+        super::stable_builder(&task.path)
+    } else {
+        super::builder(&task.path)
+    };
+    if task.default_location {
+        builder = builder.default_location("com", "example", "iroh-identity-test");
     }
-    let relay = std::env::var(RELAY).ok().map(|url| {
+    if let Some(ms) = task.lock_wait_ms {
+        builder = builder.lock_wait(Duration::from_millis(ms));
+    }
+    if let Some(name) = &task.key_env {
+        builder = builder.key_from_env(name);
+    }
+    builder
+}
+
+async fn open(task: &Task) {
+    match builder(task).bind().await {
+        Ok(endpoint) => {
+            say(Report::Id(endpoint.id().to_string()));
+            if task.action == Action::Hold {
+                say(Report::Ready);
+                tokio::time::sleep(HOLD_AT_MOST).await;
+            }
+            endpoint.close().await;
+        }
+        Err(err) => say(Report::Error(chain(&err))),
+    }
+}
+
+/// Serves echo until SIGTERM, then closes gracefully.
+async fn serve(task: &Task) {
+    let mut builder = super::stable_builder(&task.path);
+    if let Some(ms) = task.lock_wait_ms {
+        builder = builder.lock_wait(Duration::from_millis(ms));
+    }
+    let relay = task.relay.as_ref().map(|url| {
         let url: RelayUrl = url.parse().expect("a relay URL");
         RelayMap::from(RelayConfig::new(url, None))
     });
@@ -354,7 +480,7 @@ async fn serve(path: &Path) {
     }
     let endpoint = match builder.bind().await {
         Ok(endpoint) => endpoint,
-        Err(err) => return println!("@child: error {}", chain(&err)),
+        Err(err) => return say(Report::Error(chain(&err))),
     };
     let ticket = if relay.is_some() {
         let online = tokio::time::timeout(Duration::from_secs(10), endpoint.online());
@@ -364,11 +490,11 @@ async fn serve(path: &Path) {
         super::loopback_ticket(&endpoint)
     };
     let router = Router::builder(endpoint)
-        .accept(super::ECHO_ALPN, super::Echo)
+        .accept(echo::ALPN, echo::Echo)
         .spawn();
-    println!("@child: id {}", router.endpoint().id());
-    println!("@child: ticket {ticket}");
-    println!("@child: ready");
+    say(Report::Id(router.endpoint().id().to_string()));
+    say(Report::Ticket(ticket.to_string()));
+    say(Report::Ready);
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = terminate.recv() => {}
@@ -377,47 +503,59 @@ async fn serve(path: &Path) {
     router.shutdown().await.expect("graceful shutdown");
 }
 
-/// The victim of the directory-swap attack: creates a key in `DIR/N/endpoint.key` for
-/// each run N, where `DIR/N` is missing, and says how many were created.
-fn create_many(dir: &Path) {
-    let runs: usize = std::env::var(RUNS)
-        .expect("CHILD_RUNS")
+/// Connects to the ticket's endpoint and stays connected.
+async fn dial(task: &Task) {
+    let ticket: EndpointTicket = task
+        .ticket
+        .as_deref()
+        .expect("a dial task has a ticket")
         .parse()
-        .expect("a count");
+        .expect("a ticket");
+    let client = super::loopback(iroh::Endpoint::builder(presets::Minimal))
+        .bind()
+        .await
+        .expect("bind");
+    let connect = client.connect(ticket.endpoint_addr().clone(), echo::ALPN);
+    let connection = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .expect("connected within 5 s")
+        .expect("connected");
+    say(Report::Id(client.id().to_string()));
+    say(Report::Ready);
+    tokio::time::sleep(HOLD_AT_MOST).await;
+    drop(connection);
+    client.close().await;
+}
+
+/// The victim of the directory-swap attack.
+async fn create_many(task: &Task) {
     let (mut created, mut refused) = (0, 0);
-    for run in 0..runs {
+    for run in 0..task.runs {
         // In step with the attacker: wait until it has dealt with the previous run.
         if run > 0 {
-            let previous = dir.join((run - 1).to_string());
-            let start = std::time::Instant::now();
+            let previous = task.path.join((run - 1).to_string());
+            let start = Instant::now();
             while !previous.is_symlink() && start.elapsed() < Duration::from_millis(200) {
                 std::thread::yield_now();
             }
         }
-        match iroh_identity::load_or_generate(dir.join(run.to_string()).join("endpoint.key")) {
+        let path = task.path.join(run.to_string()).join("endpoint.key");
+        match iroh_identity::Identity::open(path).await {
             Ok(_) => created += 1,
             Err(_) => refused += 1,
         }
     }
-    println!("@child: created {created} refused {refused}");
+    say(Report::Created { created, refused });
 }
 
-/// The attacker of the directory-swap attack: for each run N, waits for `DIR/N` to
-/// appear, renames it away and puts a link to one of `TARGETS` in its place, as fast as
-/// it can. Says how many it swapped.
-fn swap(dir: &Path) {
-    use std::{fs, os::unix::fs::symlink, time::Instant};
+/// The attacker of the directory-swap attack.
+fn swap(task: &Task) {
+    use std::{fs, os::unix::fs::symlink};
 
-    let runs: usize = std::env::var(RUNS)
-        .expect("CHILD_RUNS")
-        .parse()
-        .expect("a count");
-    let targets = std::env::var(TARGETS).expect("CHILD_TARGETS");
-    let targets: Vec<&str> = targets.split(':').collect();
     let mut swapped = 0;
-    for run in 0..runs {
-        let name = dir.join(run.to_string());
-        let away = dir.join(format!(".moved-{run}"));
+    for run in 0..task.runs {
+        let name = task.path.join(run.to_string());
+        let away = task.path.join(format!(".moved-{run}"));
         let start = Instant::now();
         let moved = loop {
             if fs::rename(&name, &away).is_ok() {
@@ -429,35 +567,57 @@ fn swap(dir: &Path) {
         };
         swapped += usize::from(moved);
         // Fails only if the victim made the directory again meanwhile: the next run.
-        let _ = symlink(targets[run % targets.len()], &name);
+        let _ = symlink(&task.targets[run % task.targets.len()], &name);
     }
-    println!("@child: swapped {swapped}");
+    say(Report::Swapped(swapped));
 }
 
-/// Connects to the ticket's endpoint and stays connected.
-async fn dial() {
-    let ticket: EndpointTicket = std::env::var(TICKET)
-        .expect("CHILD_TICKET is set")
-        .parse()
-        .expect("a ticket");
-    let client = super::loopback(iroh::Endpoint::builder(presets::Minimal))
-        .bind()
-        .await
-        .expect("bind");
-    let connect = client.connect(ticket.endpoint_addr().clone(), super::ECHO_ALPN);
-    let connection = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .expect("connected within 5 s")
-        .expect("connected");
-    println!("@child: id {}", client.id());
-    println!("@child: ready");
-    tokio::time::sleep(HOLD_AT_MOST).await;
-    drop(connection);
-    client.close().await;
+/// The victim of the planted-directory race.
+async fn open_many(task: &Task) {
+    let (mut ids, mut refused) = (Vec::new(), 0);
+    for run in 0..task.runs {
+        // Land anywhere in the attacker's cycle.
+        std::thread::sleep(Duration::from_micros(super::random_u64() % 2000));
+        let path = task.path.join(format!("app{run}")).join("endpoint.key");
+        match iroh_identity::Identity::open(path).await {
+            Ok(identity) => ids.push(identity.id().to_string()),
+            Err(_) => refused += 1,
+        }
+        std::fs::write(task.path.join(format!("done{run}")), b"").expect("mark the run done");
+    }
+    say(Report::Opened { ids, refused });
+}
+
+/// The attacker of the planted-directory race.
+fn toggle(task: &Task) {
+    use std::{fs, os::unix::fs::PermissionsExt};
+
+    let mut swapped = 0;
+    for run in 0..task.runs {
+        let name = task.path.join(format!("app{run}"));
+        let stage = task.path.join(format!(".stage{run}"));
+        if run % 2 == 0 {
+            fs::create_dir(&stage).expect("mkdir");
+            fs::set_permissions(&stage, fs::Permissions::from_mode(0o777)).expect("chmod");
+        } else {
+            std::os::unix::fs::symlink(&task.targets[0], &stage).expect("symlink");
+        }
+        let done = task.path.join(format!("done{run}"));
+        let start = Instant::now();
+        while !done.exists() && start.elapsed() < Duration::from_secs(5) {
+            if fs::rename(&stage, &name).is_ok() {
+                swapped += 1;
+                std::hint::spin_loop();
+                // Taken away again unless the victim made it its own meanwhile.
+                let _ = fs::rename(&name, &stage);
+            }
+        }
+    }
+    say(Report::Swapped(swapped));
 }
 
 /// An error and its causes, `: `-separated, as `anyhow` prints them with `{:#}`.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -468,7 +628,7 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Makes writes beyond `bytes` fail with `EFBIG` instead of killing the process.
-fn limit_file_size(bytes: libc::rlim_t) {
+fn limit_file_size(bytes: u64) {
     let limit = libc::rlimit {
         rlim_cur: bytes,
         rlim_max: bytes,

@@ -5,24 +5,24 @@
 //! cargo run --example echo -- connect TICKET MESSAGE
 //! ```
 //!
-//! `serve` prints its endpoint id and a ticket, and echoes until Ctrl-C. Restart it with
-//! the same KEY_PATH and it prints the same id and, when its port was still free, the
-//! same ticket: `PersistentEndpoint::open` binds the ports it had last time, so a ticket
-//! handed out before the restart still reaches it, with no relay needed. `connect`
-//! sends MESSAGE to the ticket's endpoint and prints the reply.
+//! `serve` prints its endpoint id and a ticket, and echoes until Ctrl-C or SIGTERM
+//! (`systemctl stop`, `docker stop`), then closes gracefully. Restart it with the same
+//! KEY_PATH and it prints the same id and, when its port was still free, the same
+//! ticket: `PersistentEndpoint::open` binds the ports it had last time, so a ticket handed
+//! out before the restart still reaches it, with no relay needed. `connect` sends
+//! MESSAGE to the ticket's endpoint and prints the reply.
+
+mod protocol;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use iroh::{
-    Endpoint, EndpointAddr,
-    endpoint::{Connection, presets},
-    protocol::{AcceptError, ProtocolHandler, Router},
-};
+use iroh::{Endpoint, EndpointAddr, endpoint::presets, protocol::Router};
 use iroh_identity::PersistentEndpoint;
 use iroh_tickets::endpoint::EndpointTicket;
 
-const ALPN: &[u8] = b"iroh-identity/echo/0";
+use self::protocol::{ALPN, Echo};
+
 const USAGE: &str = "usage: echo serve KEY_PATH | echo connect TICKET MESSAGE";
 
 #[tokio::main]
@@ -55,9 +55,26 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let ticket = EndpointTicket::new(with_loopback(endpoint.addr(), &endpoint.bound_sockets()));
     println!("endpoint id: {}", endpoint.id());
     println!("ticket: {ticket}");
-    tokio::signal::ctrl_c().await?;
+    stopped().await?;
     // Closes the endpoint gracefully, which releases the identity.
     router.shutdown().await?;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM, which is how `systemctl stop` and `docker stop` ask.
+async fn stopped() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
     Ok(())
 }
 
@@ -78,43 +95,13 @@ async fn connect(ticket: &str, message: &str) -> anyhow::Result<()> {
     let ticket: EndpointTicket = ticket.parse().context("invalid ticket")?;
     // The client needs no persistent identity.
     let endpoint = Endpoint::bind(presets::N0).await?;
-    let reply = tokio::time::timeout(Duration::from_secs(10), async {
-        let connection = endpoint
-            .connect(ticket.endpoint_addr().clone(), ALPN)
-            .await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(message.as_bytes()).await?;
-        send.finish()?;
-        let reply = recv.read_to_end(64 * 1024).await?;
-        connection.close(0u32.into(), b"done");
-        anyhow::Ok(reply)
-    })
-    .await
-    .context("no answer from the server within 10 s")?;
+    let limit = Duration::from_secs(10);
+    let result = protocol::echo(&endpoint, ticket.endpoint_addr(), message.as_bytes(), limit)
+        .await
+        .context("no answer from the server");
     endpoint.close().await;
-    println!(
-        "{}",
-        String::from_utf8(reply?).context("the reply is not UTF-8")?
-    );
+    result?;
+    // The echo is the message, checked.
+    println!("{message}");
     Ok(())
-}
-
-/// Sends back whatever a peer sends on one stream.
-#[derive(Debug, Clone)]
-struct Echo;
-
-impl ProtocolHandler for Echo {
-    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        let (mut send, mut recv) = connection.accept_bi().await?;
-        let message = recv
-            .read_to_end(64 * 1024)
-            .await
-            .map_err(AcceptError::from_err)?;
-        send.write_all(&message)
-            .await
-            .map_err(AcceptError::from_err)?;
-        send.finish()?;
-        connection.closed().await;
-        Ok(())
-    }
 }

@@ -1,0 +1,106 @@
+//! The lock on the key file: an OS lock (`flock` on unix) on the very file that was read,
+//! so it needs no lock file and no writable directory, and the OS drops it when the
+//! process dies: there is never a stale lock to clean up.
+
+use std::{
+    fmt,
+    fs::{File, TryLockError},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use iroh::{Endpoint, EndpointId};
+use tracing::{debug, info};
+
+use crate::{
+    Error, Operation, sys,
+    wait::{self, Deadline, Waited},
+};
+
+/// How often a held lock is tried again while waiting for it.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// An exclusive lock on a key file: while it is held, no other endpoint opens with this
+/// identity, in this process or another. Dropping it releases it.
+pub(crate) struct FileLock {
+    /// Never read: the lock lasts exactly as long as this handle is open.
+    _file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Locks the open key `file` at `path`, waiting until `deadline` for another holder
+    /// to release it; `id` is the identity, for the log.
+    pub(crate) async fn acquire(
+        file: File,
+        path: &Path,
+        deadline: Deadline,
+        id: EndpointId,
+    ) -> Result<Self, Error> {
+        let attempt = || match file.try_lock() {
+            Ok(()) => Ok(Some(())),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(err)) => Err(Error::io(Operation::LockKeyFile, path, err)),
+        };
+        let announce = || {
+            info!(
+                path = %path.display(),
+                %id,
+                "identity in use by another endpoint; waiting for it to close"
+            );
+        };
+        match wait::until(deadline, RETRY_INTERVAL, attempt, announce).await? {
+            Waited::Done(()) => Ok(Self {
+                _file: file,
+                path: path.into(),
+            }),
+            Waited::TimedOut(waited) => Err(Error::InUse {
+                path: path.into(),
+                waited,
+            }),
+        }
+    }
+
+    /// Keeps the lock until `endpoint` closes (see [`super::Guard::hold_until_closed`]).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like everything in iroh.
+    pub(crate) fn hold_until_closed(self, endpoint: &Endpoint) {
+        // `closed()` holds no clone of the endpoint, so this task does not keep it alive.
+        let closed = endpoint.closed();
+        tokio::spawn(async move {
+            closed.await;
+            debug!(path = %self.path.display(), "endpoint closed; identity released");
+            drop(self);
+        });
+    }
+}
+
+impl fmt::Debug for FileLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLock")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an endpoint holds the identity of the open key `file`, found without taking
+/// the lock, so that looking never makes an open fail; `None` when it cannot be told.
+///
+/// On Linux this reads the kernel's table of locks, `/proc/locks`. Elsewhere the lock is
+/// taken and released at once: an open that tries the lock in that instant, with no
+/// wait, finds the identity in use.
+pub(crate) fn is_held(file: &File) -> Option<bool> {
+    if let Some(held) = sys::flock_held(file) {
+        return Some(held);
+    }
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            Some(false)
+        }
+        Err(TryLockError::WouldBlock) => Some(true),
+        Err(TryLockError::Error(_)) => None,
+    }
+}

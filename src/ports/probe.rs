@@ -1,0 +1,84 @@
+//! Whether a remembered port is free: a socket bound as iroh binds it and closed again,
+//! tried until the port is free or the wait ends.
+//!
+//! What holds a busy port is nearly always the previous endpoint of this identity. It
+//! releases the identity when it starts closing, but keeps its sockets while its
+//! connections drain (iroh allows up to about 3 s) and until its last clone is dropped or
+//! its process exits. So a busy port is waited for until the lock wait ends,
+//! [`MAX_PORT_WAIT`](crate::MAX_PORT_WAIT) at most. When the port is held by an endpoint
+//! of this process that is closed but not dropped, the wait is [`WAIT_FOR_THIS_PROCESS`]
+//! at most: a clone still in scope never goes.
+
+use std::{collections::BTreeSet, io, net::SocketAddr, sync::Mutex, time::Duration};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::debug;
+
+use crate::wait::{self, Deadline, Waited};
+
+/// The longest wait for a remembered port held by an endpoint of this process.
+///
+/// Such an endpoint is closed (it released the identity) but not dropped. A clone in a
+/// task that ends once the endpoint closes (an accept loop) goes within milliseconds; a
+/// clone still in scope never will, and a longer wait would only delay the open.
+const WAIT_FOR_THIS_PROCESS: Duration = Duration::from_millis(250);
+
+/// How often a busy port is tried again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The sockets on all interfaces that endpoints of this process have bound with stable
+/// addressing. Never emptied: it says who most likely holds a busy port, no more.
+static BOUND_HERE: Mutex<BTreeSet<SocketAddr>> = Mutex::new(BTreeSet::new());
+
+/// Notes that an endpoint of this process has bound these sockets.
+pub(super) fn bound_here(sockets: impl IntoIterator<Item = SocketAddr>) {
+    if let Ok(mut here) = BOUND_HERE.lock() {
+        here.extend(sockets);
+    }
+}
+
+/// Whether a remembered port can be asked for.
+#[derive(Debug)]
+pub(super) enum Free {
+    Yes,
+    /// It stayed in use until the deadline; `here`: an endpoint of this process had
+    /// bound it.
+    No {
+        here: bool,
+    },
+    /// It cannot be bound at all (no IPv6 on this host, say): iroh will not either.
+    Unusable,
+}
+
+/// Binds `addr` and closes it again, trying again until `deadline` while it is in use.
+pub(super) async fn wait_until_free(addr: SocketAddr, deadline: Deadline) -> Free {
+    let here = BOUND_HERE.lock().is_ok_and(|here| here.contains(&addr));
+    let deadline = if here {
+        deadline.at_most(WAIT_FOR_THIS_PROCESS)
+    } else {
+        deadline
+    };
+    let attempt = || match try_bind(addr) {
+        Ok(()) => Ok(Some(())),
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Ok(None),
+        Err(err) => Err(err),
+    };
+    let announce = || debug!(%addr, "the remembered port is in use; waiting for it");
+    match wait::until(deadline, RETRY_INTERVAL, attempt, announce).await {
+        Ok(Waited::Done(())) => Free::Yes,
+        Ok(Waited::TimedOut(_)) => Free::No { here },
+        Err(err) => {
+            debug!(%addr, %err, "cannot bind the remembered port");
+            Free::Unusable
+        }
+    }
+}
+
+/// Binds a UDP socket as iroh binds it, and closes it again.
+fn try_bind(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())
+}

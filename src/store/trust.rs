@@ -1,0 +1,398 @@
+//! Who may change the key: the key's path is walked from `/` through descriptors, and
+//! every directory and link on the way is checked before the key is read or created, as
+//! OpenSSH's `safe_path` and Tor's `check_private_dir` check theirs.
+//!
+//! Another local user who can write any directory above the key can replace it, swap it
+//! for one whose secret they know, or plant one before it is first created. So every
+//! directory from `/` down to the key, every symbolic link followed on the way, and the
+//! key file itself must belong to this process's effective user or to root, and must not
+//! be writable by anyone else:
+//!
+//! - **Other users.** Writable by others is refused, except for a sticky directory
+//!   (`/tmp`, mode `1777`): there others may add names but not rename or remove ours, so
+//!   what they plant (a key, a link) is theirs and refused in turn.
+//! - **Groups.** Writable by a group is accepted when this process is a member of the
+//!   group, and refused otherwise. The members of one's own group are trusted like the
+//!   user: that is a Kubernetes volume with `fsGroup` (directories `2775`, the group a
+//!   supplementary group of the pod's processes). A group the process is not in is
+//!   someone else's, as good as other users. OpenSSH refuses group-writable directories
+//!   outright; this is where the crate differs from it.
+//! - **The key file.** A key of this user must not be readable or writable by group or
+//!   others (mode `0600` or stricter), as OpenSSH has it for `~/.ssh/id_*`. A key owned
+//!   by root and read by another user (a mounted secret) is readable through its group
+//!   or other bits by necessity: that is root's choice, accepted as OpenSSH accepts it,
+//!   but it must not be writable by a group the process is not in, or by others.
+//!
+//! The walk resolves the path itself, one name at a time, as the kernel would: each
+//! directory is opened without following a link and judged by its own descriptor, each
+//! link is judged and its target walked in turn. Nothing is looked up by path again
+//! afterwards: the key is opened, and missing directories are created, through the
+//! descriptor of the last directory walked. So nothing that appears on the path after it
+//! was checked (a directory or link planted in the instant between) is ever followed.
+
+use std::{
+    collections::VecDeque,
+    ffi::{OsStr, OsString},
+    fs::{File, Metadata},
+    io,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    Error, Operation,
+    error::{FileKind, PathKind, TrustProblem},
+    sys::{self, Dir, Kind, Owner, Process},
+};
+
+/// As many symbolic links as Linux follows in one path.
+const MAX_LINKS: usize = 40;
+
+/// What a walk does with a path it should not trust.
+#[derive(Debug)]
+pub(crate) enum Checks {
+    /// Refuses it: the walk fails.
+    Enforce,
+    /// Notes the first one and goes on (`inspect_key`).
+    Report(Option<Error>),
+    /// Trusts everything (`allow_insecure_permissions`).
+    Off,
+}
+
+/// One step of a path still to be walked.
+enum Step {
+    Root,
+    Parent,
+    Name(OsString),
+    /// The end of a link's target: what follows is the path after the link.
+    EndOfLink(PathBuf),
+}
+
+/// The directories of a path, from `/` down to the deepest one that exists, held open.
+#[derive(Debug, Clone)]
+pub(crate) struct Reached {
+    chain: Vec<Arc<Dir>>,
+    /// The names below the deepest directory that do not exist yet, in order.
+    pub(crate) missing: Vec<OsString>,
+}
+
+impl Reached {
+    /// The deepest directory reached.
+    pub(crate) fn dir(&self) -> &Arc<Dir> {
+        self.chain.last().expect("a walk starts at /")
+    }
+
+    /// Goes down into `dir`, a directory just made (or found) in the deepest one.
+    pub(crate) fn enter(&mut self, dir: Dir) {
+        self.chain.push(Arc::new(dir));
+    }
+}
+
+/// A walk of the path of the key at `key`.
+#[derive(Debug)]
+pub(crate) struct Walk<'a> {
+    key: &'a Path,
+    process: Process,
+    pub(crate) checks: Checks,
+    links: usize,
+    /// The key is reached through a Kubernetes secret volume (a `..data` link).
+    pub(crate) kubernetes_secret: bool,
+}
+
+impl<'a> Walk<'a> {
+    pub(crate) fn new(key: &'a Path, checks: Checks) -> Self {
+        Self {
+            key,
+            process: sys::process(),
+            checks,
+            links: 0,
+            kubernetes_secret: false,
+        }
+    }
+
+    /// Walks to the directory the key is in, checking every directory and link on the
+    /// way. It stops where the path stops existing: what is missing is created later, by
+    /// this process, private, from the deepest directory reached.
+    pub(crate) fn walk_to_key_dir(&mut self) -> Result<Reached, Error> {
+        let absolute = if self.key.is_absolute() {
+            self.key.to_owned()
+        } else {
+            std::env::current_dir()
+                .map_err(|err| Error::io(Operation::FindCurrentDirectory, self.key, err))?
+                .join(self.key)
+        };
+        let root = Dir::root().map_err(|err| Error::io(Operation::OpenDirectory, "/", err))?;
+        let stat = root
+            .stat()
+            .map_err(|err| Error::io(Operation::CheckDirectory, "/", err))?;
+        self.judge(root.path(), PathKind::Directory, stat.owner)?;
+        let mut chain = vec![Arc::new(root)];
+        let mut steps = steps(absolute.parent().unwrap_or(Path::new("/")));
+        let missing = self.walk(&mut chain, &mut steps)?;
+        Ok(Reached { chain, missing })
+    }
+
+    /// Opens the file `name` in the directory reached, following a link as the kernel
+    /// would (a Kubernetes secret's `endpoint.key -> ..data/endpoint.key`), each link
+    /// checked and its target walked. `None` when nothing is there; a link to nothing is
+    /// [`Error::DanglingSymlink`]. The file itself is checked once read
+    /// ([`Walk::check_key_file`]).
+    pub(crate) fn open_key(
+        &mut self,
+        reached: &Reached,
+        name: &OsStr,
+    ) -> Result<Option<File>, Error> {
+        let mut chain = reached.chain.clone();
+        let mut name = name.to_owned();
+        let mut through_link = None;
+        loop {
+            let dir = Arc::clone(chain.last().expect("a walk starts at /"));
+            let path = dir.path().join(&name);
+            match dir.open_file_no_follow(&name) {
+                Ok(Some(file)) => return Ok(Some(file)),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return match through_link {
+                        Some(link) => Err(Error::DanglingSymlink { path: link }),
+                        None => Ok(None),
+                    };
+                }
+                Err(err) => return Err(Error::io(Operation::OpenKeyFile, self.key, err)),
+                Ok(None) => {}
+            }
+            // A link: checked, then its target walked to the file it names.
+            let target = self.follow(&dir, &name, &path)?;
+            let mut steps = steps(&target);
+            let Some(Step::Name(file)) = steps.pop_back() else {
+                return Err(Error::NotAFile {
+                    path: self.key.into(),
+                    kind: FileKind::Directory,
+                });
+            };
+            through_link.get_or_insert_with(|| path.clone());
+            let missing = self.walk(&mut chain, &mut steps)?;
+            if !missing.is_empty() {
+                return Err(Error::DanglingSymlink { path });
+            }
+            name = file;
+        }
+    }
+
+    /// Checks the open key file: owner and mode.
+    pub(crate) fn check_key_file(&mut self, metadata: &Metadata) -> Result<(), Error> {
+        let Some(owner) = sys::owner(metadata) else {
+            return Ok(());
+        };
+        if owner.uid == self.process.uid && owner.mode & 0o077 != 0 {
+            let exposed = Error::InsecurePermissions {
+                path: self.key.to_owned(),
+                mode: owner.mode,
+                kubernetes_secret: self.kubernetes_secret,
+            };
+            return self.refuse(exposed);
+        }
+        if owner.uid == self.process.uid {
+            return Ok(());
+        }
+        if owner.uid == 0 && owner.mode & 0o004 != 0 {
+            // Root's choice, and the default of a Kubernetes secret: accepted, but every
+            // user of the host can copy this identity (and hold its lock).
+            tracing::warn!(
+                path = %self.key.display(),
+                mode = format_args!("{:04o}", owner.mode),
+                "the key file is readable by every user of this host; make it readable \
+                 only by this process's user or group (for a Kubernetes secret: fsGroup with \
+                 defaultMode: 0440)"
+            );
+        }
+        self.judge(self.key, PathKind::KeyFile, owner)
+    }
+
+    /// Checks a directory that this process did not create and did not walk: one that a
+    /// racing process made while this one was creating the same path.
+    pub(crate) fn check_directory(&mut self, dir: &Dir) -> Result<(), Error> {
+        let stat = dir
+            .stat()
+            .map_err(|err| Error::io(Operation::CheckDirectory, dir.path(), err))?;
+        self.judge(dir.path(), PathKind::Directory, stat.owner)
+    }
+
+    /// Walks `steps` down from the last directory of `chain`, pushing every directory it
+    /// enters. Returns the names of the missing end of the path (none when it all
+    /// exists).
+    fn walk(
+        &mut self,
+        chain: &mut Vec<Arc<Dir>>,
+        steps: &mut VecDeque<Step>,
+    ) -> Result<Vec<OsString>, Error> {
+        while let Some(step) = steps.pop_front() {
+            let name = match step {
+                Step::Root => {
+                    chain.truncate(1);
+                    continue;
+                }
+                Step::Parent => {
+                    if chain.len() > 1 {
+                        chain.pop();
+                    }
+                    continue;
+                }
+                Step::EndOfLink(_) => continue,
+                Step::Name(name) => name,
+            };
+            let dir = Arc::clone(chain.last().expect("a walk starts at /"));
+            let path = dir.path().join(&name);
+            match dir.open_dir(&name) {
+                Ok(entered) => {
+                    let stat = entered
+                        .stat()
+                        .map_err(|err| Error::io(Operation::CheckDirectory, &path, err))?;
+                    self.judge(&path, PathKind::Directory, stat.owner)?;
+                    chain.push(Arc::new(entered));
+                    continue;
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return missing_end(name, steps);
+                }
+                // A link (or something that is not a directory): looked at below.
+                Err(_) => {}
+            }
+            match dir
+                .stat_at(&name)
+                .map_err(|err| Error::io(Operation::CheckDirectory, &path, err))?
+            {
+                None => return missing_end(name, steps),
+                Some(stat) if stat.kind == Kind::SymbolicLink => {
+                    let target = self.follow(&dir, &name, &path)?;
+                    steps.push_front(Step::EndOfLink(path));
+                    for step in self::steps(&target).into_iter().rev() {
+                        steps.push_front(step);
+                    }
+                }
+                Some(_) => {
+                    // A file where a directory should be, or a directory that could not
+                    // be opened: say so as the kernel would.
+                    let err = dir.open_dir(&name).err().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotADirectory, "not a directory")
+                    });
+                    return Err(Error::io(Operation::OpenDirectory, &path, err));
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Checks the link `name` in `dir` and returns its target.
+    fn follow(&mut self, dir: &Dir, name: &OsStr, path: &Path) -> Result<PathBuf, Error> {
+        let stat = dir
+            .stat_at(name)
+            .map_err(|err| Error::io(Operation::CheckDirectory, path, err))?
+            .ok_or_else(|| {
+                Error::io(
+                    Operation::CheckDirectory,
+                    path,
+                    io::ErrorKind::NotFound.into(),
+                )
+            })?;
+        self.judge(path, PathKind::SymbolicLink, stat.owner)?;
+        self.links += 1;
+        if self.links > MAX_LINKS {
+            let err = io::Error::new(io::ErrorKind::InvalidInput, "too many levels of links");
+            return Err(Error::io(Operation::OpenKeyFile, self.key, err));
+        }
+        self.kubernetes_secret |= name == "..data";
+        dir.read_link(name)
+            .map_err(|err| Error::io(Operation::CheckDirectory, path, err))
+    }
+
+    /// The rules of the module's documentation for one directory, link or foreign key
+    /// file.
+    fn judge(&mut self, path: &Path, kind: PathKind, owner: Owner) -> Result<(), Error> {
+        let problem = if owner.uid != self.process.uid && owner.uid != 0 {
+            Some(TrustProblem::OtherOwner {
+                user: self.process.uid,
+            })
+        } else {
+            match kind {
+                // A link's own mode means nothing: only who may replace it, its directory.
+                PathKind::SymbolicLink => None,
+                PathKind::Directory => writable_by_others(owner, self.process, true),
+                PathKind::KeyFile => writable_by_others(owner, self.process, false),
+            }
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => self.refuse(Error::UntrustedPath {
+                key: self.key.to_owned(),
+                path: path.to_owned(),
+                kind,
+                owner: owner.uid,
+                group: owner.gid,
+                mode: owner.mode,
+                problem,
+            }),
+        }
+    }
+
+    fn refuse(&mut self, err: Error) -> Result<(), Error> {
+        match &mut self.checks {
+            Checks::Enforce => Err(err),
+            Checks::Report(first) => {
+                first.get_or_insert(err);
+                Ok(())
+            }
+            Checks::Off => Ok(()),
+        }
+    }
+}
+
+/// Whether someone besides the owner, root and the process's own groups may write.
+fn writable_by_others(
+    owner: Owner,
+    process: Process,
+    sticky_protects: bool,
+) -> Option<TrustProblem> {
+    if sticky_protects && owner.mode & 0o1000 != 0 {
+        return None;
+    }
+    if owner.mode & 0o002 != 0 {
+        Some(TrustProblem::WritableByOthers)
+    } else if owner.mode & 0o020 != 0 && !process.in_group(owner.gid) {
+        Some(TrustProblem::WritableByGroup)
+    } else {
+        None
+    }
+}
+
+/// The missing end of a path: `name` and the names after it. A path that goes on
+/// through a link (or up, `..`) from a missing directory leads nowhere that could be
+/// created safely.
+fn missing_end(name: OsString, steps: &mut VecDeque<Step>) -> Result<Vec<OsString>, Error> {
+    let mut missing = vec![name];
+    for step in steps.drain(..) {
+        match step {
+            Step::Name(name) => missing.push(name),
+            Step::EndOfLink(link) => return Err(Error::DanglingSymlink { path: link }),
+            Step::Root | Step::Parent => {
+                let err = io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a missing directory's path must end in names, not `..`",
+                );
+                let path: PathBuf = missing.iter().collect();
+                return Err(Error::io(Operation::CreateDirectory, path, err));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// The steps of `path`, in order.
+fn steps(path: &Path) -> VecDeque<Step> {
+    path.components()
+        .filter_map(|component| match component {
+            Component::RootDir | Component::Prefix(_) => Some(Step::Root),
+            Component::ParentDir => Some(Step::Parent),
+            Component::CurDir => None,
+            Component::Normal(name) => Some(Step::Name(name.to_owned())),
+        })
+        .collect()
+}
