@@ -1,15 +1,18 @@
-//! Binds an endpoint whose id survives restarts, prints the id and the key file, closes.
+//! Binds an endpoint whose id survives restarts, prints the id and where its key is kept,
+//! closes.
 //!
 //! ```text
 //! cargo run --example persistent -- [KEY_PATH]
+//! cargo run --example persistent --features keyring -- --keychain SERVICE
 //! ```
 //!
-//! Without a path the key lives in this example's per-user data directory. Run it twice:
-//! the id is the same.
+//! Without a path the key lives in this example's per-user data directory. With
+//! `--keychain` it lives in the OS secret store, in the entry `SERVICE`/`endpoint`. Run it
+//! twice: the id is the same.
 
 use std::process::ExitCode;
 
-use iroh_identity::PersistentEndpoint;
+use iroh_identity::{KeySource, PersistentEndpoint};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,18 +26,33 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let builder = match std::env::args_os().nth(1) {
-        Some(path) => PersistentEndpoint::builder().key_path(path),
-        None => PersistentEndpoint::builder().default_location(
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let builder = match args.as_slice() {
+        #[cfg(feature = "keyring")]
+        [flag, service] if flag == "--keychain" => {
+            let service = service
+                .to_str()
+                .ok_or_else(|| anyhow::anyhow!("the service name must be UTF-8"))?;
+            PersistentEndpoint::builder().keychain(service, "endpoint")
+        }
+        [path] => PersistentEndpoint::builder().key_path(path),
+        [] => PersistentEndpoint::builder().default_location(
             "com",
             "example",
             "iroh-identity-example",
         ),
+        _ => anyhow::bail!("usage: persistent [KEY_PATH | --keychain SERVICE]"),
     };
-    let key_file = builder.key_file()?;
+    let source = builder.key_source()?;
     let endpoint = builder.bind().await?;
     println!("endpoint id: {}", endpoint.id());
-    println!("key file: {}", key_file.display());
+    match source {
+        KeySource::File { path } => println!("key file: {}", path.display()),
+        KeySource::Keychain { service, account } => {
+            println!("keychain entry: {service}/{account}");
+        }
+        other => println!("key: {other:?}"),
+    }
     // Never wait for `online()` here: offline it would not return. Closing also releases
     // the identity for the next run.
     endpoint.close().await;

@@ -1,11 +1,7 @@
 //! The conveniences on top of [`Identity`]: [`PersistentEndpoint::open`], and the
 //! [`Builder`] that holds every option.
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fmt, path::Path, time::Duration};
 
 use iroh::{
     Endpoint,
@@ -13,8 +9,8 @@ use iroh::{
 };
 
 use crate::{
-    DEFAULT_LOCK_WAIT, Error, Identity,
-    store::file::{self, Location},
+    DEFAULT_LOCK_WAIT, Error, Identity, KeySource,
+    store::{FileLocation, Location, file},
 };
 
 /// Opens iroh endpoints whose identity survives restarts.
@@ -54,9 +50,9 @@ impl PersistentEndpoint {
     /// Starts configuring an identity and its endpoint. It needs a key location,
     /// [`key_path`](Builder::key_path) or [`default_location`](Builder::default_location),
     /// before it can open anything.
-    pub fn builder() -> Builder<NoKeyPath> {
+    pub fn builder() -> Builder<NoKeyLocation> {
         Builder {
-            key_path: NoKeyPath,
+            location: NoKeyLocation,
             key_env: None,
             options: file::Options::default(),
             lock_wait: DEFAULT_LOCK_WAIT,
@@ -71,15 +67,15 @@ impl PersistentEndpoint {
 type Step = Box<dyn Fn(endpoint::Builder) -> endpoint::Builder + Send + Sync>;
 
 /// The state of a [`Builder`] that has not been told where the key is yet: it cannot
-/// open anything until [`key_path`](Builder::key_path) or
-/// [`default_location`](Builder::default_location) is called.
+/// open anything until [`key_path`](Builder::key_path),
+/// [`default_location`](Builder::default_location) or `keychain` is called.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct NoKeyPath;
+pub struct NoKeyLocation;
 
-/// The state of a [`Builder`] that knows where the key is: it can open.
+/// The state of a [`Builder`] that knows where the key is kept: it can open.
 #[derive(Debug)]
-pub struct KeyPath(Location);
+pub struct KeyLocation(Location);
 
 /// Configures an identity and the endpoint it binds; made by
 /// [`PersistentEndpoint::builder`].
@@ -115,8 +111,8 @@ pub struct KeyPath(Location);
 /// # }
 /// ```
 #[must_use = "a Builder does nothing until `bind().await` or `identity().await`"]
-pub struct Builder<K = KeyPath> {
-    key_path: K,
+pub struct Builder<K = KeyLocation> {
+    location: K,
     key_env: Option<String>,
     options: file::Options,
     lock_wait: Duration,
@@ -127,29 +123,47 @@ pub struct Builder<K = KeyPath> {
 
 impl<K> Builder<K> {
     /// Keeps the key in the file at `path`. Missing directories are created (`0700`).
-    pub fn key_path(self, path: impl AsRef<Path>) -> Builder<KeyPath> {
-        self.located(Location::Path(path.as_ref().to_owned()))
+    pub fn key_path(self, path: impl AsRef<Path>) -> Builder<KeyLocation> {
+        self.located(Location::File(FileLocation::Path(path.as_ref().to_owned())))
     }
 
     /// Keeps the key in the application's local data directory, as
     /// [`default_key_path`](crate::default_key_path) names it.
-    /// [`Builder::key_file`] tells which path that is.
+    /// [`Builder::key_source`] tells which path that is.
     pub fn default_location(
         self,
         qualifier: &str,
         organization: &str,
         application: &str,
-    ) -> Builder<KeyPath> {
-        self.located(Location::Default {
+    ) -> Builder<KeyLocation> {
+        self.located(Location::File(FileLocation::Default {
             qualifier: qualifier.to_owned(),
             organization: organization.to_owned(),
             application: application.to_owned(),
+        }))
+    }
+
+    /// Keeps the key in the OS secret store, in the entry named by `service` and
+    /// `account`: the Secret Service (GNOME Keyring, KWallet) on Linux, the Keychain on
+    /// macOS, the Credential Manager on Windows. Feature `keyring`.
+    ///
+    /// A missing entry is created with a new key (unless
+    /// [`create_if_missing(false)`](Self::create_if_missing)); an entry that holds
+    /// anything else is an error and is never replaced, and so is a store that cannot be
+    /// reached or is locked: nothing falls back to a file or to a fresh identity. There is
+    /// no key file, so no ports are remembered; the identity is locked on this host as
+    /// any other (see [`Identity`]). Calls to the store run off the runtime's threads.
+    #[cfg(feature = "keyring")]
+    pub fn keychain(self, service: &str, account: &str) -> Builder<KeyLocation> {
+        self.located(Location::Keychain {
+            service: service.to_owned(),
+            account: account.to_owned(),
         })
     }
 
-    fn located(self, location: Location) -> Builder<KeyPath> {
+    fn located(self, location: Location) -> Builder<KeyLocation> {
         Builder {
-            key_path: KeyPath(location),
+            location: KeyLocation(location),
             key_env: self.key_env,
             options: self.options,
             lock_wait: self.lock_wait,
@@ -243,15 +257,17 @@ impl<K> Builder<K> {
     }
 }
 
-impl Builder<KeyPath> {
-    /// The key file this builder opens: the path given to [`key_path`](Self::key_path),
-    /// or the one [`default_location`](Self::default_location) chose.
+impl Builder<KeyLocation> {
+    /// Where the key this builder opens is kept: the path given to
+    /// [`key_path`](Self::key_path), the one [`default_location`](Self::default_location)
+    /// chose, or a keychain entry. A key from the environment variable of
+    /// [`key_from_env`](Self::key_from_env), when it is set, wins over it.
     ///
     /// # Errors
     ///
     /// As [`default_key_path`](crate::default_key_path).
-    pub fn key_file(&self) -> Result<PathBuf, Error> {
-        self.key_path.0.resolve()
+    pub fn key_source(&self) -> Result<KeySource, Error> {
+        self.location.0.resolve()
     }
 
     /// Loads the key, or generates and stores one, and takes the identity: the
@@ -261,8 +277,9 @@ impl Builder<KeyPath> {
     /// The key file is read if it exists (in any format the crate knows) and never
     /// written again. If there is none, a new key is generated and published as PKCS#8
     /// PEM, crash-safely, in a way that leaves racing processes with the same key (unless
-    /// [`create_if_missing(false)`](Self::create_if_missing)). Then the identity is
-    /// locked: if another endpoint holds it, this waits for up to
+    /// [`create_if_missing(false)`](Self::create_if_missing)). A keychain entry is
+    /// treated the same way. Then the identity is locked (the key file, and the identity
+    /// on this host): if another endpoint holds it, this waits for up to
     /// [`lock_wait`](Self::lock_wait).
     ///
     /// Reading the key is a few system calls on the calling task; creating one adds an
@@ -276,7 +293,11 @@ impl Builder<KeyPath> {
     /// - [`Error::UntrustedPath`], [`Error::InsecurePermissions`] (unix): another user
     ///   could change the key, or the key is yours and others may read it.
     /// - [`Error::NotFound`]: there is no key, and [`create_if_missing`] is off.
-    /// - [`Error::InUse`]: another endpoint still holds the identity.
+    /// - [`Error::InUse`]: another endpoint still holds the identity, whatever its key
+    ///   came from.
+    /// - [`Error::Keychain`], [`Error::InvalidKeychainKey`] (feature `keyring`): the secret
+    ///   store cannot be reached, is locked, or holds something else than a key in the
+    ///   entry, which is left as it is.
     /// - [`Error::InvalidEnvKey`]: the chosen environment variable is set to something
     ///   that is not a key.
     /// - [`Error::NoHomeDirectory`], [`Error::RelativeDataDirectory`]: there is no usable
@@ -309,7 +330,7 @@ impl Builder<KeyPath> {
 
     async fn take_identity(&self) -> Result<Identity, Error> {
         Identity::take(
-            self.key_file()?,
+            &self.location.0,
             self.key_env.as_deref(),
             self.options,
             self.lock_wait,
@@ -322,7 +343,7 @@ impl Builder<KeyPath> {
 impl<K: fmt::Debug> fmt::Debug for Builder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("key_path", &self.key_path)
+            .field("location", &self.location)
             .field("key_env", &self.key_env)
             .field("create_if_missing", &self.options.create_if_missing)
             .field("lock_wait", &self.lock_wait)

@@ -129,12 +129,13 @@ pub enum Error {
     /// Only one live endpoint may use an identity at a time. See
     /// [`Builder::lock_wait`](crate::Builder::lock_wait).
     #[error(
-        "key file {} is in use by another endpoint (waited {waited:?}); close that endpoint \
-         or stop its process first",
+        "{} is in use by another endpoint with this identity (waited {waited:?}); close \
+         that endpoint or stop its process first",
         path.display()
     )]
     InUse {
-        /// The key file.
+        /// What is locked: the key file, or the identity's host lock (`ID.lock`, named by
+        /// its `EndpointId`), which keeps out an endpoint with the same key from anywhere.
         path: PathBuf,
         /// How long this open waited for the other endpoint to close, to the millisecond.
         waited: Duration,
@@ -160,6 +161,43 @@ pub enum Error {
         /// What is wrong with its value.
         #[source]
         problem: KeyProblem,
+    },
+
+    /// The OS secret store cannot give or keep the key of an entry (feature `keyring`).
+    /// Nothing was written, and no other key was used in its place.
+    #[error("keychain entry {service}/{account}: {problem}")]
+    Keychain {
+        /// The entry's service.
+        service: String,
+        /// The entry's account.
+        account: String,
+        /// What went wrong.
+        problem: KeychainProblem,
+    },
+
+    /// A keychain entry exists, but what it holds is not a usable Ed25519 key; the
+    /// [`source`](std::error::Error::source) says why. It was left unchanged.
+    #[error(
+        "keychain entry {service}/{account} is not a usable Ed25519 key; it was left unchanged"
+    )]
+    InvalidKeychainKey {
+        /// The entry's service.
+        service: String,
+        /// The entry's account.
+        account: String,
+        /// What is wrong with what it holds.
+        #[source]
+        problem: KeyProblem,
+    },
+
+    /// A key was to be stored in a keychain entry that exists already. It was left
+    /// unchanged: an entry is never replaced.
+    #[error("keychain entry {service}/{account} already exists; it was left unchanged")]
+    KeychainEntryExists {
+        /// The entry's service.
+        service: String,
+        /// The entry's account.
+        account: String,
     },
 
     /// The default per-user location cannot be determined (no home directory).
@@ -310,6 +348,44 @@ impl Error {
     }
 }
 
+/// What went wrong with an entry of the secret store: [`Error::Keychain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeychainProblem {
+    /// There is no such entry, and creating one was not asked for
+    /// ([`Builder::create_if_missing(false)`](crate::Builder::create_if_missing)).
+    Missing,
+    /// There is no secret store to reach: no session bus or no Secret Service on it, no
+    /// keychain. The store's own words.
+    Unavailable(String),
+    /// The store is locked, or refused access. The store's own words.
+    Locked(String),
+    /// The store failed otherwise. The store's own words.
+    Failed(String),
+}
+
+impl fmt::Display for KeychainProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str(
+                "there is no such entry, and creating one was not asked for; nothing was \
+                 created",
+            ),
+            Self::Unavailable(reason) => write!(
+                f,
+                "there is no secret store to reach ({reason}); nothing was written: start one \
+                 (a desktop session's keyring), or keep the key in a file"
+            ),
+            Self::Locked(reason) => write!(
+                f,
+                "the secret store is locked or refused access ({reason}); nothing was written: \
+                 unlock it and try again"
+            ),
+            Self::Failed(reason) => write!(f, "the secret store failed ({reason})"),
+        }
+    }
+}
+
 /// What was being done when an [`Error::Io`] happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -320,8 +396,10 @@ pub enum Operation {
     ReadKeyMetadata,
     /// Reading the key file.
     ReadKeyFile,
-    /// Locking the key file.
+    /// Locking the key file, or a lock file.
     LockKeyFile,
+    /// Opening (or creating) a lock file of the host lock.
+    OpenLockFile,
     /// Giving a new key file its name.
     PublishKeyFile,
     /// Finding the current directory, to check a relative key path.
@@ -348,7 +426,8 @@ impl fmt::Display for Operation {
             Self::OpenKeyFile => "open key file",
             Self::ReadKeyMetadata => "read the owner, mode and size of key file",
             Self::ReadKeyFile => "read key file",
-            Self::LockKeyFile => "lock key file",
+            Self::LockKeyFile => "lock",
+            Self::OpenLockFile => "open lock file",
             Self::PublishKeyFile => "publish key file",
             Self::FindCurrentDirectory => "find the current directory to check key path",
             Self::CheckDirectory => "read the owner and mode of",

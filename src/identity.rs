@@ -12,12 +12,13 @@ use std::{
 };
 
 use iroh::{Endpoint, EndpointId, SecretKey, endpoint};
+use tracing::warn;
 
 use crate::{
     DEFAULT_LOCK_WAIT, Error,
-    guard::{Guard, lock::FileLock},
+    guard::Guard,
     ports::{self, StableAddressing},
-    store::{env, file},
+    store::{FileLocation, Location, Stored, env, file},
     sys::Dir,
     wait::Deadline,
 };
@@ -50,7 +51,7 @@ pub struct Identity {
     key: SecretKey,
     source: KeySource,
     /// The key file's directory, where its ports are remembered; none for a key from
-    /// the environment.
+    /// anywhere else.
     key_dir: Option<Arc<Dir>>,
     guard: Guard,
     lock_wait: Duration,
@@ -71,6 +72,13 @@ pub enum KeySource {
         /// The variable's name.
         variable: String,
     },
+    /// An entry of the OS secret store (`Builder::keychain`, feature `keyring`).
+    Keychain {
+        /// The entry's service.
+        service: String,
+        /// The entry's account.
+        account: String,
+    },
 }
 
 impl Identity {
@@ -82,40 +90,62 @@ impl Identity {
     ///
     /// See [`Builder::identity`](crate::Builder::identity).
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let location = Location::File(FileLocation::Path(path.as_ref().into()));
         let options = file::Options::default();
-        Self::take(path.as_ref().into(), None, options, DEFAULT_LOCK_WAIT, true).await
+        Self::take(&location, None, options, DEFAULT_LOCK_WAIT, true).await
+    }
+
+    /// Loads the key of the OS secret store's entry `service`/`account`, or generates and
+    /// stores one, and takes the identity, with every option at its default: the same as
+    /// `PersistentEndpoint::builder().keychain(service, account).identity()`. Feature
+    /// `keyring`.
+    ///
+    /// # Errors
+    ///
+    /// See [`Builder::identity`](crate::Builder::identity).
+    #[cfg(feature = "keyring")]
+    pub async fn open_keychain(service: &str, account: &str) -> Result<Self, Error> {
+        crate::PersistentEndpoint::builder()
+            .keychain(service, account)
+            .identity()
+            .await
     }
 
     /// Loads or creates the key and takes the identity: what every way in comes to.
     pub(crate) async fn take(
-        path: PathBuf,
+        location: &Location,
         key_env: Option<&str>,
         options: file::Options,
         lock_wait: Duration,
         stable_addressing: bool,
     ) -> Result<Self, Error> {
-        if let Some(variable) = key_env
-            && let Some(key) = env::load(variable)?
-        {
-            return Ok(Self {
+        let deadline = Deadline::after(lock_wait);
+        let stored = match key_env {
+            Some(variable) => env::load(variable)?.map(|key| Stored {
                 key,
                 source: KeySource::Environment {
                     variable: variable.to_owned(),
                 },
-                key_dir: None,
-                guard: Guard::none(),
-                lock_wait,
-                stable_addressing,
-            });
-        }
-        let deadline = Deadline::after(lock_wait);
-        let loaded = file::open(&path, options, deadline).await?;
-        let lock = FileLock::acquire(loaded.file, &path, deadline, loaded.key.public()).await?;
+                file: None,
+            }),
+            None => None,
+        };
+        let stored = match stored {
+            Some(stored) => stored,
+            None => location.open(options, deadline).await?,
+        };
+        let (key_file, key_dir) = match (stored.file, &stored.source) {
+            (Some((file, dir)), KeySource::File { path }) => {
+                (Some((file, path.as_path())), Some(dir))
+            }
+            _ => (None, None),
+        };
+        let guard = Guard::take(stored.key.public(), key_file, deadline).await?;
         Ok(Self {
-            key: loaded.key,
-            key_dir: Some(loaded.dir),
-            source: KeySource::File { path },
-            guard: Guard::file(lock),
+            key: stored.key,
+            source: stored.source,
+            key_dir,
+            guard,
             lock_wait,
             stable_addressing,
         })
@@ -135,7 +165,7 @@ impl Identity {
     pub fn key_path(&self) -> Option<&Path> {
         match &self.source {
             KeySource::File { path } => Some(path),
-            KeySource::Environment { .. } => None,
+            KeySource::Environment { .. } | KeySource::Keychain { .. } => None,
         }
     }
 
@@ -157,54 +187,80 @@ impl Identity {
     ///
     /// [`Error::Bind`] when iroh cannot bind.
     pub async fn bind(self, builder: endpoint::Builder) -> Result<Endpoint, Error> {
-        let addressing = self.addressing().await;
-        self.finish(builder, addressing).await
+        let addressing = self
+            .ports_file()
+            .map(|(dir, name)| StableAddressing::remember_only(dir, name));
+        let endpoint = self.bind_with_key(builder).await?;
+        Ok(self.finish(endpoint, addressing))
     }
 
     /// Binds with an iroh builder that `configure` makes from an empty one, with the
     /// remembered ports first, as iroh's own sockets, for every family `configure` binds
-    /// no default socket of its own for.
+    /// no default socket of its own for. When that bind fails, another program took a
+    /// remembered port in the instant after it was found free: the builder is bound again
+    /// without them, with a warning.
     pub(crate) async fn bind_configured(
         self,
         configure: impl Fn(endpoint::Builder) -> endpoint::Builder,
     ) -> Result<Endpoint, Error> {
-        let addressing = self.addressing().await;
-        let builder = match &addressing {
+        let mut addressing = match self.ports_file() {
+            Some((dir, name)) => {
+                let deadline = Deadline::after(self.lock_wait);
+                Some(StableAddressing::prepare(dir, name, deadline).await)
+            }
+            None => None,
+        };
+        let endpoint = match &mut addressing {
             Some(addressing) if addressing.has_ports() => {
                 let theirs = ports::defaults_bound_by(&configure);
-                configure(addressing.apply(endpoint::Builder::empty(), theirs))
+                let builder = configure(addressing.apply(endpoint::Builder::empty(), theirs));
+                match self.bind_with_key(builder).await {
+                    Ok(endpoint) => endpoint,
+                    Err(err) => {
+                        warn!(
+                            %err,
+                            "cannot bind the endpoint's ports of the last run; binding fresh ones"
+                        );
+                        addressing.give_up();
+                        self.bind_with_key(configure(endpoint::Builder::empty()))
+                            .await?
+                    }
+                }
             }
-            _ => configure(endpoint::Builder::empty()),
+            _ => {
+                self.bind_with_key(configure(endpoint::Builder::empty()))
+                    .await?
+            }
         };
-        self.finish(builder, addressing).await
+        Ok(self.finish(endpoint, addressing))
     }
 
-    /// The remembered ports, when there is a key file and stable addressing is on.
-    async fn addressing(&self) -> Option<StableAddressing> {
+    /// The key file's directory and name, where its ports are remembered, when there is
+    /// a key file and stable addressing is on.
+    fn ports_file(&self) -> Option<(Arc<Dir>, &std::ffi::OsStr)> {
         let (KeySource::File { path }, Some(dir), true) =
             (&self.source, &self.key_dir, self.stable_addressing)
         else {
             return None;
         };
-        let deadline = Deadline::after(self.lock_wait);
-        Some(StableAddressing::prepare(Arc::clone(dir), path.file_name()?, deadline).await)
+        Some((Arc::clone(dir), path.file_name()?))
     }
 
-    async fn finish(
-        self,
-        builder: endpoint::Builder,
-        addressing: Option<StableAddressing>,
-    ) -> Result<Endpoint, Error> {
-        let endpoint = builder
-            .secret_key(self.key)
+    async fn bind_with_key(&self, builder: endpoint::Builder) -> Result<Endpoint, Error> {
+        builder
+            .secret_key(self.key.clone())
             .bind()
             .await
-            .map_err(Error::Bind)?;
+            .map_err(Error::Bind)
+    }
+
+    /// Remembers the ports, and hands the identity over to the endpoint.
+    fn finish(self, endpoint: Endpoint, addressing: Option<StableAddressing>) -> Endpoint {
         if let Some(addressing) = addressing {
             addressing.remember(&endpoint);
         }
         self.guard.hold_until_closed(&endpoint);
-        Ok(endpoint)
+        endpoint
     }
 }
 

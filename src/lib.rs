@@ -66,7 +66,8 @@
 //! 3. **Keys are created crash-safely.** A new key is written to a temporary file beside
 //!    it (`0600`), synced, published under its name by a rename that never replaces
 //!    anything, and the directory is synced. A crash leaves no key or a whole one, and
-//!    the next creation removes the temporary files of killed runs. When the directory
+//!    the next creation removes the temporary files of killed runs (where the directory
+//!    can be listed). When the directory
 //!    cannot be synced after the key is published (one that may be written but not
 //!    read), the key is used and a warning logged: only its survival of a power loss is
 //!    unconfirmed.
@@ -81,9 +82,13 @@
 //!    Where it can, the crate writes the ports file beside the key; where it cannot, the
 //!    endpoint binds fresh ports.
 //! 7. **One live endpoint per identity.** Two endpoints with the same key do not fail in
-//!    iroh: their connections silently split between them. Here the key file is locked
+//!    iroh: their connections silently split between them. Here the identity is locked
 //!    (`flock`) while an [`Identity`], or an endpoint bound with it, or any clone of
-//!    that endpoint, is alive. A second open waits up to the
+//!    that endpoint, is alive: the key file that was read, and, whatever the key came
+//!    from (a file, a copy of it, an environment variable, the secret store), the
+//!    identity on this host, by its [`EndpointId`] (`ID.lock` in
+//!    `$XDG_RUNTIME_DIR/iroh-identity`, else in a private directory of the user's in
+//!    `/run` for root or in the temporary directory). A second open waits up to the
 //!    [lock wait](Builder::lock_wait) ([`DEFAULT_LOCK_WAIT`]), then fails with
 //!    [`Error::InUse`]. Closing the endpoint, dropping its last clone or the death of the
 //!    process releases it: there are no stale locks.
@@ -111,6 +116,14 @@
 //!    with the mode check of guarantee 5.
 //! 10. **Tickets survive a restart.** The endpoint's UDP ports are remembered beside the
 //!     key and bound again: see [*Stable addressing*](#stable-addressing).
+//! 11. **The secret store is a key file's equal** (feature `keyring`: `Builder::keychain`).
+//!     An entry holds the same PKCS#8 v2 PEM as a key file, so that damage is detected;
+//!     what is stored is read back before it is used. Racing first runs end with one key:
+//!     creators take turns under a lock of the user's, and re-read the entry. An entry
+//!     that holds anything else is an error naming it, and is never replaced; a store
+//!     that cannot be reached, is locked or refuses access is an error too: never a new
+//!     identity, and never a file in its place. To fall back to a file, match
+//!     [`Error::Keychain`] and open a key path: that choice is yours.
 //!
 //! # Stable addressing
 //!
@@ -143,19 +156,33 @@
 //!   process that was closed but not dropped. Then the endpoint binds a fresh port, logs
 //!   a warning that says why, and remembers the new one.
 //! - **It never makes an open fail.** A ports file that is missing, damaged or cannot
-//!   be written (a read-only secret mount) means fresh ports and a line in the log. The
+//!   be written (a read-only secret mount) means fresh ports and a line in the log; so
+//!   does a remembered port that another program takes in the instant between the check
+//!   that it is free and iroh's bind: the bind is tried again without it. The
 //!   file is replaced only when it is one this crate wrote, never when it is anything
 //!   else (another file, a link, another user's), and ports below 1024 are ignored. It
 //!   is written like a key, only by the holder of the identity.
 //! - **What it cannot do.** A ticket does not survive a new IP address (another network,
 //!   a new container, a new DHCP lease) with no relay or address lookup to help, nor a
-//!   port that another program took. A key from an environment variable has no file, so
-//!   nothing is remembered. Only sockets on all interfaces are remembered.
+//!   port that another program took: UDP ports are shared by every user of the host, so
+//!   another local user can take a remembered port, and then costs the endpoint the wait
+//!   above and its old tickets' direct address, never its start. A key from an
+//!   environment variable or the secret store has no file, so nothing is remembered. Only
+//!   sockets on all interfaces are remembered, and of a family for which the `configure`
+//!   steps bind one of their own beside iroh's, none: which one is iroh's cannot be told.
 //!
 //! # Limitations
 //!
-//! - A key from an environment variable ([`Builder::key_from_env`]) has no file, so no
-//!   lock: nothing stops two processes started with the same variable.
+//! - The host lock is per user: two users of one host with the same key are not kept
+//!   apart. A key from an environment variable or the secret store is locked
+//!   only by the host lock: when its directory cannot be made or is not private (another
+//!   user took the name in `/tmp` first), opening fails with the reason; for a key file,
+//!   whose own lock still holds, that is a warning.
+//! - The secret store is tested with GNOME Keyring (the Secret Service) on Linux. The
+//!   Windows Credential Manager is compiled in CI, not run; the macOS Keychain is
+//!   neither, for want of Apple's toolchain: both are the `keyring` crate's own stores.
+//!   A locked store on a desktop asks the user to unlock it, and opening waits for the
+//!   answer.
 //! - OpenSSL reads PKCS#8 v2 only from version 3.5 on; older versions (3.0 is common)
 //!   reject the crate's key files. [`encode_key`] with [`KeyFormat::Pkcs8PemV1`] (or
 //!   `iroh-identity export --format pkcs8-v1`) gives them a copy they read.
@@ -164,11 +191,14 @@
 //!   made with `fork` and no `exec` shares its parent's: the identity stays held until
 //!   both have closed it or exited. Where the file system refuses locks, opening fails
 //!   with the system's reason.
-//! - Stable addressing keeps ports, not IP addresses. Between the check that a
-//!   remembered port is free and iroh's bind (microseconds), another program could take
-//!   it; the open then fails with [`Error::Bind`].
+//! - Stable addressing keeps ports, not IP addresses.
 //! - The checks of who may change the key trust root, the process's user and the
-//!   members of its groups. They see owners and modes, not ACLs.
+//!   members of its groups. They see owners and modes, not ACLs. In a user namespace
+//!   (a rootless container), files of users it does not map, `/` among them, belong to
+//!   the overflow user (65534), and every key is refused: there, turn the checks off
+//!   with [`allow_insecure_permissions`](Builder::allow_insecure_permissions). A key
+//!   planted in a sticky directory as a hard link to a file of the user's is stopped by
+//!   the kernel's `fs.protected_hardlinks` (on by default), not by this crate.
 //! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and no
 //!   owner checks, and keys are published with a hard link. On unixes other than Linux,
 //!   a key directory that may be written but not read (mode `0300`) cannot be used, and
@@ -192,13 +222,15 @@ mod sys;
 mod temp_file;
 mod wait;
 
-pub use endpoint::{Builder, KeyPath, NoKeyPath, PersistentEndpoint};
-pub use error::{Error, FileKind, KeyProblem, Operation, PathKind, TrustProblem};
+pub use endpoint::{Builder, KeyLocation, NoKeyLocation, PersistentEndpoint};
+pub use error::{Error, FileKind, KeyProblem, KeychainProblem, Operation, PathKind, TrustProblem};
 pub use identity::{Identity, KeySource};
 pub use key::{KeyFormat, decode_key, encode_key};
 pub use store::file::{
     DEFAULT_KEY_FILE_NAME, KeyReport, default_key_path, inspect_key, load_key, store_new_key,
 };
+#[cfg(feature = "keyring")]
+pub use store::keychain::{delete_keychain_entry, load_keychain_key, store_new_keychain_key};
 pub use wait::{DEFAULT_LOCK_WAIT, MAX_PORT_WAIT};
 
 #[cfg(doctest)]

@@ -94,14 +94,27 @@ impl Ports {
         *self == Self::default()
     }
 
-    /// The ports of the sockets an endpoint has on all interfaces; sockets bound to one
-    /// address only are not this crate's to remember.
-    fn bound(endpoint: &Endpoint) -> Self {
+    /// The ports to remember of the sockets an endpoint has on all interfaces, given the
+    /// ports that were `asked` for: for each family, the asked port if it was bound, else
+    /// the one socket on all interfaces. A family with several and none asked for (the
+    /// steps bound one of their own beside iroh's) is left out: which one is iroh's cannot
+    /// be told, and remembering a step's own fixed port would bind it twice next time.
+    /// Sockets bound to one address only are not this crate's to remember.
+    fn bound(endpoint: &Endpoint, asked: Self) -> Self {
         let mut ports = Self::default();
-        for socket in endpoint.bound_sockets() {
-            if socket.ip().is_unspecified() {
-                ports.set(Family::of(&socket), socket.port());
-            }
+        let sockets = endpoint.bound_sockets();
+        for family in Family::ALL {
+            let on_all: Vec<u16> = sockets
+                .iter()
+                .filter(|socket| socket.ip().is_unspecified() && Family::of(socket) == family)
+                .map(SocketAddr::port)
+                .collect();
+            let port = match (asked.get(family), on_all.as_slice()) {
+                (Some(asked), bound) if bound.contains(&asked) => asked,
+                (_, [only]) => *only,
+                _ => continue,
+            };
+            ports.set(family, port);
         }
         ports
     }
@@ -173,29 +186,46 @@ impl StableAddressing {
     ///
     /// Call it while holding the identity: the ports file is written by its holder.
     pub(crate) async fn prepare(dir: Arc<Dir>, key_name: &OsStr, deadline: Deadline) -> Self {
-        let name = file::name_beside(key_name);
-        let file = PortsFile::read(&dir, &name);
-        let remembered = file.ports();
+        let mut addressing = Self::remember_only(dir, key_name);
+        let remembered = addressing.file.ports();
         let deadline = deadline.at_most(crate::MAX_PORT_WAIT);
-        let mut asked = Ports::default();
-        let mut taken = Vec::new();
         for family in Family::ALL {
             let Some(port) = remembered.get(family) else {
                 continue;
             };
             match probe::wait_until_free(family.all_interfaces(port), deadline).await {
-                probe::Free::Yes => asked.set(family, port),
-                probe::Free::No { here } => taken.push((family, port, here)),
+                probe::Free::Yes => addressing.asked.set(family, port),
+                probe::Free::No { here } => addressing.taken.push((family, port, here)),
                 probe::Free::Unusable => {}
             }
         }
+        addressing
+    }
+
+    /// Reads the ports file beside the key named `key_name` in `dir`, to remember the
+    /// ports of a builder that was configured elsewhere: nothing is asked for, so nothing
+    /// is waited for.
+    pub(crate) fn remember_only(dir: Arc<Dir>, key_name: &OsStr) -> Self {
+        let name = file::name_beside(key_name);
+        let file = PortsFile::read(&dir, &name);
         Self {
             dir,
             name,
             file,
-            asked,
-            taken,
+            asked: Ports::default(),
+            taken: Vec::new(),
         }
+    }
+
+    /// Gives up the remembered ports, after a bind with them failed: another program took
+    /// one in the instant between the probe and the bind.
+    pub(crate) fn give_up(&mut self) {
+        for family in Family::ALL {
+            if let Some(port) = self.asked.get(family) {
+                self.taken.push((family, port, false));
+            }
+        }
+        self.asked = Ports::default();
     }
 
     /// Whether any remembered port can be asked for.
@@ -235,7 +265,7 @@ impl StableAddressing {
     /// Warns about remembered ports that could not be kept and remembers the ports
     /// `endpoint` is bound to, if they changed and the ports file is ours to write.
     pub(crate) fn remember(self, endpoint: &Endpoint) {
-        let bound = Ports::bound(endpoint);
+        let bound = Ports::bound(endpoint, self.asked);
         let path = self.dir.path().join(&self.name);
         for &(family, old_port, here) in &self.taken {
             let new_port = bound.get(family);

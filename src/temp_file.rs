@@ -115,6 +115,21 @@ fn prefix(name: &OsStr) -> OsString {
     prefix
 }
 
+/// Whether `entry_name` is a temporary name of this crate's for the file `name`: the
+/// prefix and exactly 16 lowercase hex digits. A file of the user's that merely starts
+/// like one (`.endpoint.key.tmp-backup`) is not.
+fn is_temporary_name(entry_name: &OsStr, prefix: &OsStr) -> bool {
+    entry_name
+        .as_encoded_bytes()
+        .strip_prefix(prefix.as_encoded_bytes())
+        .is_some_and(|random| {
+            random.len() == 16
+                && random
+                    .iter()
+                    .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
 /// Removes the temporary files that killed runs of this user left in `dir` for the file
 /// `name`: those that no live writer holds locked. Another user's files are theirs,
 /// whatever their names.
@@ -122,31 +137,50 @@ pub(crate) fn remove_leftovers(dir: &Dir, name: &OsStr) {
     let prefix = prefix(name);
     let uid = sys::process().uid;
     for entry_name in dir.names() {
-        if !entry_name
-            .as_encoded_bytes()
-            .starts_with(prefix.as_encoded_bytes())
-        {
+        if !is_temporary_name(&entry_name, &prefix) {
             continue;
         }
         let ours = matches!(
             dir.stat_at(&entry_name),
             Ok(Some(stat)) if stat.kind == sys::Kind::File && stat.owner.uid == uid
         );
-        // A live writer holds its file locked for as long as it exists; the lock taken
-        // here lasts until the file is removed.
-        let abandoned = || match dir.open_file_no_follow(&entry_name) {
-            Ok(Some(file)) => file.try_lock().is_ok(),
-            _ => false,
-        };
-        if !ours || !abandoned() {
+        if !ours {
             continue;
         }
+        // A live writer holds its file locked for as long as it exists. The lock taken
+        // here is held until the file is removed.
+        let _abandoned = match dir.open_file_no_follow(&entry_name) {
+            Ok(Some(file)) if file.try_lock().is_ok() => file,
+            _ => continue,
+        };
         let path = dir.path().join(&entry_name);
         match dir.remove_file(&entry_name) {
             Ok(()) => {
                 debug!(path = %path.display(), "removed a temporary file of an interrupted run")
             }
             Err(err) => debug!(path = %path.display(), %err, "cannot remove a temporary file"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_of_this_crate_are_temporary() {
+        let prefix = prefix(OsStr::new("endpoint.key"));
+        let temporary = |name: &str| is_temporary_name(OsStr::new(name), &prefix);
+        assert!(temporary(".endpoint.key.tmp-0123456789abcdef"));
+        for name in [
+            ".endpoint.key.tmp-backup-of-old-identity",
+            ".endpoint.key.tmp-0123456789ABCDEF",
+            ".endpoint.key.tmp-0123456789abcdef0",
+            ".endpoint.key.tmp-0123456789abcde",
+            ".endpoint.key.tmp-",
+            "endpoint.key.tmp-0123456789abcdef",
+        ] {
+            assert!(!temporary(name), "{name}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `iroh-identity`: look at, create, convert and export iroh key files without writing
-//! code. Built with the `cli` feature: `cargo install iroh-identity --features cli`.
+//! code. Built with the `cli` feature: `cargo install iroh-identity --features cli`; with
+//! `--features cli,keyring` it moves keys in and out of the OS secret store too.
 
 use std::{
     io::{self, Read, Write},
@@ -31,7 +32,7 @@ Exit codes:
   1  error: the key file is missing, unreadable, not a key, exposed to other users, or
      cannot be written; the message on stderr names the path
   2  the command line is wrong
-  3  the file to create exists already; it was left unchanged
+  3  the file or keychain entry to create exists already; it was left unchanged
 
 Only `export` prints secret material, and only in the format asked for."
 )]
@@ -83,6 +84,43 @@ enum Command {
         path: PathBuf,
         #[arg(long, value_enum)]
         format: TextFormat,
+    },
+    /// Keys in the OS secret store (built with the `keyring` feature).
+    #[cfg(feature = "keyring")]
+    #[command(subcommand)]
+    Keychain(Keychain),
+}
+
+/// The commands on a keychain entry, named by its service and account.
+#[cfg(feature = "keyring")]
+#[derive(Subcommand)]
+enum Keychain {
+    /// Print the EndpointId of the key in an entry.
+    Id { service: String, account: String },
+    /// Store the key of a key file (`-`: stdin, in any format) in a new entry; refuses to
+    /// replace one. Prints its id.
+    Import {
+        service: String,
+        account: String,
+        /// The key file to read, or `-` for stdin.
+        input: PathBuf,
+    },
+    /// Store the key of an entry in a new key file; never replaced. Prints its id.
+    Export {
+        service: String,
+        account: String,
+        /// The key file to create.
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = FileFormat::Pkcs8)]
+        format: FileFormat,
+    },
+    /// Delete an entry, and with it the identity, unless exported first. Prints its id.
+    Delete {
+        service: String,
+        account: String,
+        /// Confirms that the identity may be lost.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -148,7 +186,9 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("iroh-identity: {}", chain(&err));
             match err {
-                Failure::Key(Error::AlreadyExists { .. }) => ExitCode::from(EXIT_EXISTS),
+                Failure::Key(Error::AlreadyExists { .. } | Error::KeychainEntryExists { .. }) => {
+                    ExitCode::from(EXIT_EXISTS)
+                }
                 _ => ExitCode::from(EXIT_ERROR),
             }
         }
@@ -166,6 +206,9 @@ enum Failure {
     ReadStdin(#[source] io::Error),
     #[error("cannot write to stdout")]
     Stdout(#[source] io::Error),
+    #[cfg(feature = "keyring")]
+    #[error("deleting keychain entry {0} loses its identity for good; add --yes to delete it")]
+    Unconfirmed(String),
 }
 
 /// An error and its causes, as one line, as `anyhow` prints them with `{:#}`.
@@ -188,22 +231,74 @@ fn run(command: Command) -> Result<(), Failure> {
             output,
             format,
         } => store(&output, &load_key(&input)?, format),
-        Command::Import { path, format } => {
-            let mut input = Zeroizing::new(Vec::with_capacity(MAX_STDIN as usize + 1));
-            io::stdin()
-                .take(MAX_STDIN + 1)
-                .read_to_end(&mut input)
-                .map_err(Failure::ReadStdin)?;
-            let (key, _) = decode_key(&input).map_err(Failure::Stdin)?;
-            store(&path, &key, format)
-        }
+        Command::Import { path, format } => store(&path, &read_stdin()?, format),
         Command::Inspect { path } => inspect(&path),
         Command::Export { path, format } => {
             let key = load_key(&path)?;
             let text = encode_key(&key, format.into());
             io::stdout().write_all(&text).map_err(Failure::Stdout)
         }
+        #[cfg(feature = "keyring")]
+        Command::Keychain(command) => keychain(command),
     }
+}
+
+#[cfg(feature = "keyring")]
+fn keychain(command: Keychain) -> Result<(), Failure> {
+    use iroh_identity::{delete_keychain_entry, load_keychain_key, store_new_keychain_key};
+    match command {
+        Keychain::Id { service, account } => {
+            say(&load_keychain_key(&service, &account)?.public().to_string())
+        }
+        Keychain::Import {
+            service,
+            account,
+            input,
+        } => {
+            let key = if input.as_os_str() == "-" {
+                read_stdin()?
+            } else {
+                load_key(&input)?
+            };
+            store_new_keychain_key(&service, &account, &key)?;
+            say(&key.public().to_string())
+        }
+        Keychain::Export {
+            service,
+            account,
+            output,
+            format,
+        } => store(&output, &load_keychain_key(&service, &account)?, format),
+        Keychain::Delete {
+            service,
+            account,
+            yes,
+        } => {
+            let id = load_keychain_key(&service, &account)
+                .map(|key| key.public().to_string())
+                // An entry that is not a key can be deleted too; it has no id to print.
+                .or_else(|err| match err {
+                    Error::InvalidKeychainKey { .. } => Ok("(not a key)".to_owned()),
+                    err => Err(err),
+                })?;
+            if !yes {
+                return Err(Failure::Unconfirmed(format!("{service}/{account} ({id})")));
+            }
+            delete_keychain_entry(&service, &account)?;
+            say(&id)
+        }
+    }
+}
+
+/// Reads a key from stdin, in any format.
+fn read_stdin() -> Result<SecretKey, Failure> {
+    let mut input = Zeroizing::new(Vec::with_capacity(MAX_STDIN as usize + 1));
+    io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut input)
+        .map_err(Failure::ReadStdin)?;
+    let (key, _) = decode_key(&input).map_err(Failure::Stdin)?;
+    Ok(key)
 }
 
 fn say(line: &str) -> Result<(), Failure> {

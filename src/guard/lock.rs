@@ -1,6 +1,6 @@
-//! The lock on the key file: an OS lock (`flock` on unix) on the very file that was read,
-//! so it needs no lock file and no writable directory, and the OS drops it when the
-//! process dies: there is never a stale lock to clean up.
+//! An OS lock (`flock` on unix) on a file: the key file that was read, which needs no
+//! lock file and no writable directory, or a lock file of the host lock. The OS drops it
+//! when the process dies: there is never a stale lock to clean up.
 
 use std::{
     fmt,
@@ -9,8 +9,8 @@ use std::{
     time::Duration,
 };
 
-use iroh::{Endpoint, EndpointId};
-use tracing::{debug, info};
+use iroh::EndpointId;
+use tracing::info;
 
 use crate::{
     Error, Operation, sys,
@@ -20,7 +20,7 @@ use crate::{
 /// How often a held lock is tried again while waiting for it.
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
-/// An exclusive lock on a key file: while it is held, no other endpoint opens with this
+/// An exclusive lock on a file: while it is held, no other endpoint opens with this
 /// identity, in this process or another. Dropping it releases it.
 pub(crate) struct FileLock {
     /// Never read: the lock lasts exactly as long as this handle is open.
@@ -29,13 +29,13 @@ pub(crate) struct FileLock {
 }
 
 impl FileLock {
-    /// Locks the open key `file` at `path`, waiting until `deadline` for another holder
-    /// to release it; `id` is the identity, for the log.
+    /// Locks the open `file` at `path`, waiting until `deadline` for another holder to
+    /// release it; `id` is the identity, for the log.
     pub(crate) async fn acquire(
         file: File,
         path: &Path,
         deadline: Deadline,
-        id: EndpointId,
+        id: Option<EndpointId>,
     ) -> Result<Self, Error> {
         let attempt = || match file.try_lock() {
             Ok(()) => Ok(Some(())),
@@ -45,11 +45,20 @@ impl FileLock {
         let announce = || {
             info!(
                 path = %path.display(),
-                %id,
+                id = id.map(tracing::field::display),
                 "identity in use by another endpoint; waiting for it to close"
             );
         };
-        match wait::until(deadline, RETRY_INTERVAL, attempt, announce).await? {
+        // An endpoint of this process that was just closed releases its identity in a
+        // task of the runtime's: let it run before the first verdict.
+        let waited = match attempt()? {
+            Some(()) => Waited::Done(()),
+            None => {
+                tokio::task::yield_now().await;
+                wait::until(deadline, RETRY_INTERVAL, attempt, announce).await?
+            }
+        };
+        match waited {
             Waited::Done(()) => Ok(Self {
                 _file: file,
                 path: path.into(),
@@ -61,19 +70,17 @@ impl FileLock {
         }
     }
 
-    /// Keeps the lock until `endpoint` closes (see [`super::Guard::hold_until_closed`]).
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, like everything in iroh.
-    pub(crate) fn hold_until_closed(self, endpoint: &Endpoint) {
-        // `closed()` holds no clone of the endpoint, so this task does not keep it alive.
-        let closed = endpoint.closed();
-        tokio::spawn(async move {
-            closed.await;
-            debug!(path = %self.path.display(), "endpoint closed; identity released");
-            drop(self);
-        });
+    /// Locks the open `file` at `path` if no one holds it: `None` while another does.
+    #[cfg(feature = "keyring")]
+    pub(crate) fn try_acquire(file: File, path: &Path) -> Result<Option<Self>, Error> {
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self {
+                _file: file,
+                path: path.into(),
+            })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(err)) => Err(Error::io(Operation::LockKeyFile, path, err)),
+        }
     }
 }
 

@@ -113,31 +113,6 @@ pub fn default_key_path(
     Ok(path)
 }
 
-/// Where the key file is.
-#[derive(Debug)]
-pub(crate) enum Location {
-    Path(PathBuf),
-    Default {
-        qualifier: String,
-        organization: String,
-        application: String,
-    },
-}
-
-impl Location {
-    /// The path of the key file.
-    pub(crate) fn resolve(&self) -> Result<PathBuf, Error> {
-        match self {
-            Self::Path(path) => Ok(path.clone()),
-            Self::Default {
-                qualifier,
-                organization,
-                application,
-            } => default_key_path(qualifier, organization, application),
-        }
-    }
-}
-
 /// Loads the Ed25519 secret key stored at `path`; never creates one, and takes no lock.
 ///
 /// For a tool that reports or converts a key (`iroh-identity id`, say). To run an
@@ -393,9 +368,8 @@ impl<'a> KeyFile<'a> {
         })
     }
 
-    /// Creates the missing directories above the key (`0700`), each one made durable,
-    /// through the descriptor of the one above: nothing is ever created or changed
-    /// through a path that someone could redirect meanwhile.
+    /// Creates the missing directories above the key, then stands ready to create the
+    /// key in its directory.
     fn prepare_creation(mut self) -> Result<Creation<'a>, Error> {
         if self.name.len() > temp_file::MAX_NAME_LEN {
             return Err(Error::NameTooLong {
@@ -404,30 +378,47 @@ impl<'a> KeyFile<'a> {
                 max: temp_file::MAX_NAME_LEN,
             });
         }
-        for name in std::mem::take(&mut self.reached.missing) {
-            let dir = Arc::clone(self.reached.dir());
-            let path = dir.path().join(&name);
-            let entered = match dir.create_dir(&name, 0o700) {
-                Ok(created) => {
-                    if let Err(err) = dir.sync() {
-                        debug!(dir = %dir.path().display(), %err, "cannot sync a directory");
-                    }
-                    created
-                }
-                // A racing process made it; it is checked like those that were there.
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                    let found = dir
-                        .open_dir(&name)
-                        .map_err(|err| Error::io(Operation::OpenDirectory, &path, err))?;
-                    self.walk.check_directory(&found)?;
-                    found
-                }
-                Err(err) => return Err(Error::io(Operation::CreateDirectory, path, err)),
-            };
-            self.reached.enter(entered);
-        }
+        create_missing(&mut self.walk, &mut self.reached)?;
         Ok(Creation { key_file: self })
     }
+}
+
+/// Creates the directories the walk found missing (`0700`), each one made durable,
+/// through the descriptor of the one above: nothing is ever created or changed through a
+/// path that someone could redirect meanwhile. One that a racing process made is checked
+/// like those that were there.
+fn create_missing(walk: &mut Walk<'_>, reached: &mut Reached) -> Result<(), Error> {
+    for name in std::mem::take(&mut reached.missing) {
+        let dir = Arc::clone(reached.dir());
+        let path = dir.path().join(&name);
+        let entered = match dir.create_dir(&name, 0o700) {
+            Ok(created) => {
+                if let Err(err) = dir.sync() {
+                    debug!(dir = %dir.path().display(), %err, "cannot sync a directory");
+                }
+                created
+            }
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                let found = dir
+                    .open_dir(&name)
+                    .map_err(|err| Error::io(Operation::OpenDirectory, &path, err))?;
+                walk.check_directory(&found)?;
+                found
+            }
+            Err(err) => return Err(Error::io(Operation::CreateDirectory, path, err)),
+        };
+        reached.enter(entered);
+    }
+    Ok(())
+}
+
+/// The private directory at `path`, checked as the directories above a key are, and
+/// created (`0700`) if it is missing: where the host locks are.
+pub(crate) fn private_dir(path: &Path) -> Result<Arc<Dir>, Error> {
+    let mut walk = Walk::new(path, Checks::Enforce);
+    let mut reached = walk.walk_to(path)?;
+    create_missing(&mut walk, &mut reached)?;
+    Ok(Arc::clone(reached.dir()))
 }
 
 /// The file name of a key path. A path that ends in `/` or `.` names a directory, even

@@ -53,7 +53,8 @@ const MAX_LINKS: usize = 40;
 pub(crate) enum Checks {
     /// Refuses it: the walk fails.
     Enforce,
-    /// Notes the first one and goes on (`inspect_key`).
+    /// Notes a key file's own problem and goes on (`inspect_key`); a directory or link
+    /// that another user could change still ends the walk.
     Report(Option<Error>),
     /// Trusts everything (`allow_insecure_permissions`).
     Off,
@@ -61,7 +62,8 @@ pub(crate) enum Checks {
 
 /// One step of a path still to be walked.
 enum Step {
-    Root,
+    /// The root a path starts at: `/`, or on Windows a drive or share (`C:\`).
+    Root(PathBuf),
     Parent,
     Name(OsString),
     /// The end of a link's target: what follows is the path after the link.
@@ -114,22 +116,38 @@ impl<'a> Walk<'a> {
     /// way. It stops where the path stops existing: what is missing is created later, by
     /// this process, private, from the deepest directory reached.
     pub(crate) fn walk_to_key_dir(&mut self) -> Result<Reached, Error> {
-        let absolute = if self.key.is_absolute() {
-            self.key.to_owned()
+        let key = self.key;
+        self.walk_to(key.parent().unwrap_or(Path::new("/")))
+    }
+
+    /// Walks to the directory `dir` (relative to the current directory when relative),
+    /// as [`walk_to_key_dir`](Self::walk_to_key_dir) walks to the key's.
+    pub(crate) fn walk_to(&mut self, dir: &Path) -> Result<Reached, Error> {
+        let absolute = if dir.is_absolute() {
+            dir.to_owned()
         } else {
             std::env::current_dir()
                 .map_err(|err| Error::io(Operation::FindCurrentDirectory, self.key, err))?
-                .join(self.key)
+                .join(dir)
         };
-        let root = Dir::root().map_err(|err| Error::io(Operation::OpenDirectory, "/", err))?;
-        let stat = root
-            .stat()
-            .map_err(|err| Error::io(Operation::CheckDirectory, "/", err))?;
-        self.judge(root.path(), PathKind::Directory, stat.owner)?;
-        let mut chain = vec![Arc::new(root)];
-        let mut steps = steps(absolute.parent().unwrap_or(Path::new("/")));
+        let mut steps = steps(&absolute);
+        let Some(Step::Root(root)) = steps.pop_front() else {
+            let err = io::Error::new(io::ErrorKind::InvalidInput, "the path has no root");
+            return Err(Error::io(Operation::OpenDirectory, absolute, err));
+        };
+        let mut chain = vec![self.open_root(&root)?];
         let missing = self.walk(&mut chain, &mut steps)?;
         Ok(Reached { chain, missing })
+    }
+
+    /// Opens and checks the root directory `root`.
+    fn open_root(&mut self, root: &Path) -> Result<Arc<Dir>, Error> {
+        let dir = Dir::open(root).map_err(|err| Error::io(Operation::OpenDirectory, root, err))?;
+        let stat = dir
+            .stat()
+            .map_err(|err| Error::io(Operation::CheckDirectory, root, err))?;
+        self.judge(dir.path(), PathKind::Directory, stat.owner)?;
+        Ok(Arc::new(dir))
     }
 
     /// Opens the file `name` in the directory reached, following a link as the kernel
@@ -226,8 +244,13 @@ impl<'a> Walk<'a> {
     ) -> Result<Vec<OsString>, Error> {
         while let Some(step) = steps.pop_front() {
             let name = match step {
-                Step::Root => {
-                    chain.truncate(1);
+                Step::Root(root) => {
+                    if chain[0].path() == root {
+                        chain.truncate(1);
+                    } else {
+                        // Another drive (Windows): its root is walked from as `/` is.
+                        *chain = vec![self.open_root(&root)?];
+                    }
                     continue;
                 }
                 Step::Parent => {
@@ -319,17 +342,23 @@ impl<'a> Walk<'a> {
                 PathKind::KeyFile => writable_by_others(owner, self.process, false),
             }
         };
-        match problem {
-            None => Ok(()),
-            Some(problem) => self.refuse(Error::UntrustedPath {
-                key: self.key.to_owned(),
-                path: path.to_owned(),
-                kind,
-                owner: owner.uid,
-                group: owner.gid,
-                mode: owner.mode,
-                problem,
-            }),
+        let Some(problem) = problem else {
+            return Ok(());
+        };
+        let err = Error::UntrustedPath {
+            key: self.key.to_owned(),
+            path: path.to_owned(),
+            kind,
+            owner: owner.uid,
+            group: owner.gid,
+            mode: owner.mode,
+            problem,
+        };
+        match (&self.checks, kind) {
+            // What lies beyond a directory or link that another user controls is theirs:
+            // not even a report follows it.
+            (Checks::Report(_), PathKind::Directory | PathKind::SymbolicLink) => Err(err),
+            _ => self.refuse(err),
         }
     }
 
@@ -372,7 +401,7 @@ fn missing_end(name: OsString, steps: &mut VecDeque<Step>) -> Result<Vec<OsStrin
         match step {
             Step::Name(name) => missing.push(name),
             Step::EndOfLink(link) => return Err(Error::DanglingSymlink { path: link }),
-            Step::Root | Step::Parent => {
+            Step::Root(_) | Step::Parent => {
                 let err = io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "a missing directory's path must end in names, not `..`",
@@ -385,14 +414,21 @@ fn missing_end(name: OsString, steps: &mut VecDeque<Step>) -> Result<Vec<OsStrin
     Ok(missing)
 }
 
-/// The steps of `path`, in order.
+/// The steps of `path`, in order. A Windows prefix and the root after it (`C:` and `\`)
+/// are one root.
 fn steps(path: &Path) -> VecDeque<Step> {
-    path.components()
-        .filter_map(|component| match component {
-            Component::RootDir | Component::Prefix(_) => Some(Step::Root),
-            Component::ParentDir => Some(Step::Parent),
-            Component::CurDir => None,
-            Component::Normal(name) => Some(Step::Name(name.to_owned())),
-        })
-        .collect()
+    let mut steps = VecDeque::new();
+    for component in path.components() {
+        match component {
+            Component::Prefix(prefix) => steps.push_back(Step::Root(prefix.as_os_str().into())),
+            Component::RootDir => match steps.back_mut() {
+                Some(Step::Root(prefix)) => prefix.push(Component::RootDir),
+                _ => steps.push_back(Step::Root(Component::RootDir.as_os_str().into())),
+            },
+            Component::ParentDir => steps.push_back(Step::Parent),
+            Component::CurDir => {}
+            Component::Normal(name) => steps.push_back(Step::Name(name.to_owned())),
+        }
+    }
+    steps
 }

@@ -60,12 +60,6 @@ pub(crate) struct Dir {
 }
 
 impl Dir {
-    pub(crate) fn root() -> io::Result<Self> {
-        Ok(Self {
-            path: PathBuf::from("/"),
-        })
-    }
-
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
         if fs::metadata(path)?.is_dir() {
             Ok(Self { path: path.into() })
@@ -108,6 +102,15 @@ impl Dir {
 
     pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
         fs::read_link(self.path.join(name))
+    }
+
+    pub(crate) fn open_lock_file(&self, name: &OsStr) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.path.join(name))
     }
 
     pub(crate) fn create_private_file(&self, name: &OsStr) -> io::Result<File> {

@@ -112,11 +112,6 @@ impl Dir {
         Self::open_at(libc::AT_FDCWD, &c_path, 0, path.to_owned())
     }
 
-    /// Opens the root directory, `/`.
-    pub(crate) fn root() -> io::Result<Self> {
-        Self::open(Path::new("/"))
-    }
-
     /// Opens the directory `name` in this one; fails if `name` is a symbolic link.
     pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Self> {
         let c_name = c_path(name)?;
@@ -170,15 +165,31 @@ impl Dir {
                 "it was replaced by another user's directory while it was created",
             ));
         }
-        if metadata.mode() & 0o7777 != mode {
-            // The umask took bits away. Through the new directory's own descriptor:
-            // `fchmod`, which an `O_PATH` descriptor cannot do, needs it readable.
-            created.readable()?;
+        if metadata.mode() & 0o7777 == mode {
+            return Ok(created);
+        }
+        // The umask took bits away. Through the new directory's own descriptor: `fchmod`
+        // when it could be opened for reading.
+        if created.readable {
             created
                 .borrow_file()
                 .set_permissions(Permissions::from_mode(mode))?;
+            return Ok(created);
         }
-        Ok(created)
+        // The umask took away the owner's read bit too, so only an `O_PATH` descriptor
+        // could be had, which `fchmod` refuses. On Linux its `/proc/self/fd` link names
+        // exactly that directory: change it there, then open it again for reading.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let by_fd = created.path_of_fd();
+            std::fs::set_permissions(&by_fd, Permissions::from_mode(mode))?;
+            Self::open_at(libc::AT_FDCWD, &c_path(by_fd.as_os_str())?, 0, created.path)
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            created.readable()?;
+            Ok(created)
+        }
     }
 
     /// Opens the file `name` in this directory for reading, or returns `None` if it is a
@@ -207,6 +218,14 @@ impl Dir {
         // The umask may have taken bits away from 0600 (never added any).
         file.set_permissions(Permissions::from_mode(0o600))?;
         Ok(file)
+    }
+
+    /// Opens the lock file `name`, creating it (`0600`) if it is missing; fails if it is
+    /// a symbolic link. It is never written: only locked.
+    pub(crate) fn open_lock_file(&self, name: &OsStr) -> io::Result<File> {
+        let c_name = c_path(name)?;
+        let flags = libc::O_RDONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        open_fd(self.fd.as_raw_fd(), &c_name, flags | libc::O_CLOEXEC, 0o600).map(File::from)
     }
 
     /// What `name` in this directory is, not following a symbolic link; `None` if

@@ -7,9 +7,9 @@ use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 use iroh_identity::{Error, PersistentEndpoint, encode_key, load_key, store_new_key};
 
 use crate::support::{
-    ALL_FORMATS,
-    child::{Action, Task},
-    identity_of, list, temp_dir,
+    ALL_FORMATS, SERVICE_USER, as_user,
+    child::{Action, Task, run_to_end},
+    identity_of, is_root, list, make_dir, runnable_by_others, temp_dir,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -28,12 +28,31 @@ fn creation_leaves_only_the_key_file() -> anyhow::Result<()> {
 fn temporary_files_of_killed_runs_are_removed_by_the_next_creation() -> anyhow::Result<()> {
     let dir = temp_dir();
     // What a run killed between creating its temporary file and publishing it leaves.
-    for stale in [".endpoint.key.tmp-4242-0", ".endpoint.key.tmp-77-3"] {
+    for stale in [
+        ".endpoint.key.tmp-00000000deadbeef",
+        ".endpoint.key.tmp-77e3a1c0ffee0042",
+    ] {
         fs::write(dir.path().join(stale), b"-----BEGIN PRIVATE KEY-----\nMFEC")?;
     }
     fs::write(dir.path().join("unrelated.tmp-1-0"), b"not ours")?;
+    // Files of the user's that only look alike stay: a backup of an old identity.
+    let backup = dir.path().join(".endpoint.key.tmp-backup-of-old-identity");
+    let old_key = crate::support::new_key_file(&backup);
+    fs::write(
+        dir.path().join(".endpoint.key.tmp-4242-0"),
+        b"an old version's name",
+    )?;
     identity_of(&dir.path().join("endpoint.key"))?;
-    assert_eq!(list(dir.path()), ["endpoint.key", "unrelated.tmp-1-0"]);
+    assert_eq!(
+        list(dir.path()),
+        [
+            ".endpoint.key.tmp-4242-0",
+            ".endpoint.key.tmp-backup-of-old-identity",
+            "endpoint.key",
+            "unrelated.tmp-1-0"
+        ]
+    );
+    assert_eq!(iroh_identity::load_key(&backup)?.public(), old_key.public());
     Ok(())
 }
 
@@ -172,4 +191,28 @@ async fn without_create_if_missing_a_missing_key_is_an_error_and_nothing_is_crea
     .expect("store");
     let identity = open(&key).identity().await.expect("the key exists");
     assert_eq!(identity.key_path(), Some(key.as_path()));
+}
+
+#[test]
+fn a_umask_that_takes_the_owners_read_bit_leaves_no_directory_behind_it() {
+    // Root reads any directory whatever its mode; the service user must do without.
+    let root = temp_dir();
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = root.path().join("home");
+    if is_root() {
+        make_dir(&home, SERVICE_USER, SERVICE_USER, 0o700);
+    } else {
+        fs::create_dir(&home).expect("mkdir");
+    }
+    let path = home.join("new").join("nested").join("endpoint.key");
+    let mut task = Task::new(Action::Identity, &path);
+    task.umask = Some(0o477);
+    let mut command = task.command_at(&runnable_by_others(root.path()));
+    if is_root() {
+        as_user(&mut command, SERVICE_USER, &[]);
+    }
+    run_to_end(command).expect_id();
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&home.join("new")), 0o700);
+    assert_eq!(mode(&home.join("new").join("nested")), 0o700);
 }

@@ -1,27 +1,36 @@
 //! The opt-in environment variable: hex or base32, trimmed, any case; when set it wins
 //! over the key file, which is then neither read nor created; when set wrongly it is an
-//! error, never a fall-back to the file.
+//! error, never a fall-back to the file. Its identity is locked on the host like any
+//! other (guarantee 7).
 
-use std::fs;
+use std::{
+    fs,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use data_encoding::{BASE32_NOPAD, HEXLOWER, HEXUPPER};
 
 use crate::support::{
-    child::{Action, Outcome, Task, run_to_end},
+    child::{Action, Holder, Outcome, Task, run_to_end},
     known_key, temp_dir, write_private,
 };
 
 const VAR: &str = "TEST_IROH_SECRET";
 
 fn open_with_env(path: &std::path::Path, value: Option<&str>) -> Outcome {
-    let mut task = Task::new(Action::Open, path);
+    run_to_end(with_env(Task::new(Action::Open, path), value))
+}
+
+/// The child of `task`, taking its key from [`VAR`], set to `value` or unset.
+fn with_env(mut task: Task, value: Option<&str>) -> Command {
     task.key_env = Some(VAR.to_owned());
     let mut command = task.command();
     command.env_remove(VAR);
     if let Some(value) = value {
         command.env(VAR, value);
     }
-    run_to_end(command)
+    command
 }
 
 #[test]
@@ -82,4 +91,44 @@ fn a_bad_value_is_an_error_naming_the_variable_and_the_file_is_not_used() -> any
     }
     assert_eq!(fs::read(&path)?, known_key().to_bytes());
     Ok(())
+}
+
+#[test]
+fn two_processes_with_the_same_variable_are_kept_apart_and_a_kill_releases_it() {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let key = iroh::SecretKey::generate();
+    let value = HEXLOWER.encode(&key.to_bytes());
+    let holder = Holder::start(with_env(Task::new(Action::Hold, &path), Some(&value)));
+    assert_eq!(holder.id, key.public().to_string());
+
+    let start = Instant::now();
+    let second = run_to_end(with_env(
+        Task::new(Action::Open, &path).lock_wait_ms(500),
+        Some(&value),
+    ));
+    assert!(start.elapsed() >= Duration::from_millis(500), "it waited");
+    let error = second.expect_error();
+    assert!(error.contains("is in use by another endpoint"), "{error}");
+    assert!(
+        error.contains(&holder.id),
+        "the error names the identity: {error}"
+    );
+
+    // The same key from a file is the same identity: kept out too.
+    let file = dir.path().join("copy.key");
+    write_private(&file, &key.to_bytes());
+    let from_file = run_to_end(Task::new(Action::Open, &file).lock_wait_ms(0).command());
+    assert!(
+        from_file.expect_error().contains("is in use"),
+        "{from_file}"
+    );
+
+    holder.kill();
+    let after = run_to_end(with_env(
+        Task::new(Action::Open, &path).lock_wait_ms(0),
+        Some(&value),
+    ));
+    assert_eq!(after.expect_id(), key.public().to_string());
+    assert!(!path.exists(), "no key file was created");
 }

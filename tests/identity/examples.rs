@@ -49,6 +49,33 @@ fn persistent_prints_the_same_id_on_every_run_and_exits_promptly() {
 }
 
 #[test]
+fn persistent_keeps_its_key_in_the_keychain_when_asked() {
+    let service = crate::support::secret_service::SecretService::start();
+    let run = || {
+        let output = service
+            .command(example("persistent"))
+            .args(["--keychain", "persistent-example"])
+            .output()
+            .expect("run the persistent example");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(lines.len(), 2, "{stdout}");
+        assert_eq!(lines[1], "keychain entry: persistent-example/endpoint");
+        let id = lines[0].strip_prefix("endpoint id: ").expect("first line");
+        assert_eq!(id.len(), 64, "{id}");
+        id.to_owned()
+    };
+    let first = run();
+    assert_eq!(first, run());
+    let stored = service
+        .lookup("persistent-example", "endpoint")
+        .expect("the entry exists");
+    let (key, _) = iroh_identity::decode_key(&stored).expect("a key");
+    assert_eq!(key.public().to_string(), first);
+}
+
+#[test]
 fn persistent_without_a_path_uses_the_per_user_data_directory() {
     let home = temp_dir();
     let expected = home

@@ -13,6 +13,7 @@ mod env_var;
 mod examples;
 mod format;
 mod interop;
+mod keychain;
 mod lock;
 mod permissions;
 mod processes;

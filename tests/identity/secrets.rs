@@ -4,9 +4,14 @@ use std::time::Duration;
 
 use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
 use iroh::SecretKey;
-use iroh_identity::{Identity, load_key};
+use iroh_identity::{Identity, decode_key, load_key};
 
-use crate::support::{LogCapture, assert_no_secret, builder, temp_dir, write_private};
+use crate::support::{
+    LogCapture, assert_no_secret, builder,
+    child::{Action, Task, run_to_end},
+    secret_service::SecretService,
+    temp_dir, write_private,
+};
 
 #[tokio::test]
 async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> {
@@ -68,4 +73,51 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
     }
     drop(identity);
     Ok(())
+}
+
+#[test]
+fn no_key_material_from_the_keychain_in_logs_or_errors() {
+    let service = SecretService::start();
+    let child = |entry: &str, action: Action| {
+        let mut command = Task::new(action, "/nonexistent/unused.key")
+            .keychain(entry, "endpoint")
+            .lock_wait_ms(50)
+            .trace()
+            .command();
+        service.env(&mut command);
+        run_to_end(command)
+    };
+    // Created, then loaded, each with TRACE logs of the crate, zbus and iroh.
+    let created = child("chat", Action::Open);
+    let loaded = child("chat", Action::Open);
+    let (key, _) = decode_key(&service.lookup("chat", "endpoint").expect("stored")).expect("a key");
+    assert_eq!(loaded.expect_id(), key.public().to_string());
+    assert!(
+        created
+            .stderr
+            .contains("generated a new endpoint key in the keychain"),
+        "TRACE logging was not captured: {created}"
+    );
+    for outcome in [&created, &loaded] {
+        outcome.assert_no_secret(&key);
+    }
+
+    // An entry that holds a real secret with the wrong public half: the error, in the
+    // child's report and its logs, must not repeat it.
+    let damaged_secret = [0x5a; 32];
+    let damaged = KeypairBytes {
+        secret_key: damaged_secret,
+        public_key: Some(PublicKeyBytes(
+            *SecretKey::from_bytes(&[1; 32]).public().as_bytes(),
+        )),
+    }
+    .to_pkcs8_pem(Default::default())
+    .expect("encode");
+    service.store("damaged", "endpoint", damaged.as_bytes());
+    let refused = child("damaged", Action::Open);
+    assert!(
+        refused.expect_error().contains("not a usable Ed25519 key"),
+        "{refused}"
+    );
+    refused.assert_no_secret(&SecretKey::from_bytes(&damaged_secret));
 }

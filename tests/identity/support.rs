@@ -25,6 +25,7 @@ pub(crate) mod child;
 /// The echo protocol of the `echo` example: one implementation for both.
 #[path = "../../examples/echo/protocol.rs"]
 pub(crate) mod echo;
+pub(crate) mod secret_service;
 
 /// A fresh directory, removed at the end of the test.
 pub(crate) fn temp_dir() -> tempfile::TempDir {

@@ -558,3 +558,103 @@ async fn an_identity_binds_any_builder_of_its_user_on_every_run() -> anyhow::Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_socket_of_its_own_beside_irohs_on_all_interfaces_works_on_every_run()
+-> anyhow::Result<()> {
+    // A step that adds a socket on all interfaces that is no default route, beside
+    // iroh's: its port must never be taken for iroh's, which would bind it twice.
+    let fixed = free_port(47000..48000);
+    let extra = |port| {
+        move |builder: endpoint::Builder| {
+            let options = endpoint::BindOpts::default().set_is_default_route(false);
+            builder
+                .bind_addr_with_opts(SocketAddr::from(([0, 0, 0, 0], port)), options)
+                .expect("a valid address")
+        }
+    };
+    for (case, port) in [("a fixed port", fixed), ("port 0", 0)] {
+        let dir = temp_dir();
+        let key = dir.path().join("endpoint.key");
+        for run in 1..=3 {
+            let endpoint = stable_builder(&key)
+                .configure(extra(port))
+                .bind()
+                .await
+                .map_err(|err| anyhow::anyhow!("{case}, run {run}: {err:#}"))?;
+            let ipv4: Vec<u16> = endpoint
+                .bound_sockets()
+                .iter()
+                .filter(|socket| socket.is_ipv4() && socket.ip().is_unspecified())
+                .map(SocketAddr::port)
+                .collect();
+            assert_eq!(ipv4.len(), 2, "{case}, run {run}: {ipv4:?}");
+            if port != 0 {
+                assert!(ipv4.contains(&fixed), "{case}, run {run}: {ipv4:?}");
+            }
+            endpoint.close().await;
+        }
+        // Which of the two is iroh's cannot be told from outside, so no IPv4 port is
+        // remembered; the step's own port is never taken for iroh's.
+        let ports = fs::read_to_string(dir.path().join("endpoint.key.ports")).unwrap_or_default();
+        assert!(!ports.contains("ipv4"), "{case}: {ports}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_remembered_port_that_cannot_be_bound_is_replaced_not_an_error() -> anyhow::Result<()> {
+    // The bind fails with the remembered port (here: because a step binds that very port
+    // beside it; in the wild: another program took it in the instant after the check).
+    let dir = temp_dir();
+    let key = dir.path().join("endpoint.key");
+    let first = stable_builder(&key).bind().await?;
+    let remembered = ipv4_port(&first);
+    first.close().await;
+    drop(first);
+    assert_eq!(
+        remembered_ipv4(&dir.path().join("endpoint.key.ports")),
+        remembered
+    );
+    let (logs, _guard) = LogCapture::start();
+    let second = stable_builder(&key)
+        .configure(move |builder| {
+            let options = endpoint::BindOpts::default().set_is_default_route(false);
+            builder
+                .bind_addr_with_opts(SocketAddr::from(([0, 0, 0, 0], remembered)), options)
+                .expect("a valid address")
+        })
+        .bind()
+        .await?;
+    let logs = String::from_utf8_lossy(&logs.bytes()).into_owned();
+    assert!(
+        logs.contains("cannot bind the endpoint's ports of the last run; binding fresh ones"),
+        "{logs}"
+    );
+    second.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn identity_bind_never_waits_for_ports_it_does_not_ask_for() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let key = dir.path().join("endpoint.key");
+    // The last run was another process; another program holds its port now.
+    Task::new(Action::Open, &key)
+        .all_interfaces()
+        .run()
+        .expect_id();
+    let remembered = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
+    let squatter = UdpSocket::bind(("0.0.0.0", remembered))?;
+    let start = std::time::Instant::now();
+    let identity = iroh_identity::Identity::open(&key).await?;
+    let endpoint = identity.bind(Endpoint::builder(presets::Minimal)).await?;
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "Identity::bind took {took:?}"
+    );
+    endpoint.close().await;
+    drop(squatter);
+    Ok(())
+}

@@ -598,7 +598,13 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
     make_dir(&shared, 0, 0, 0o1777);
     let mut holder = Command::new("flock");
     holder
-        .args(["--exclusive", &shared.display().to_string(), "sleep", "60"])
+        .args([
+            "--exclusive",
+            "--no-fork",
+            &shared.display().to_string(),
+            "sleep",
+            "60",
+        ])
         .stdout(std::process::Stdio::null());
     as_user(&mut holder, NOBODY, &[]);
     let mut holder = holder.spawn().expect("run flock");
@@ -677,4 +683,63 @@ fn lock_is_held(dir: &Path) -> bool {
         Err(fs::TryLockError::WouldBlock) => true,
         Err(fs::TryLockError::Error(err)) => panic!("{err}"),
     }
+}
+
+#[test]
+fn a_host_lock_directory_planted_by_another_user_is_never_used() {
+    if skip_unless_root() {
+        return;
+    }
+    // No runtime directory (a service without a login session): the host lock goes to
+    // the temporary directory, where nobody takes the name first.
+    let site = Site::new();
+    let tmp = site.path("tmp");
+    make_dir(&tmp, 0, 0, 0o1777);
+    let home = site.path("home");
+    make_dir(&home, SERVICE_USER, SERVICE_USER, 0o700);
+    let planted = tmp.join(format!("iroh-identity-{SERVICE_USER}"));
+    shell_as(
+        NOBODY,
+        &[],
+        &format!("mkdir -m 777 '{}'", planted.display()),
+    );
+    let key = SecretKey::generate();
+    let hex = String::from_utf8(encode_key(&key, KeyFormat::Hex).to_vec()).expect("hex");
+    let child = |mut task: Task, from_env: bool| {
+        if from_env {
+            task.key_env = Some("TEST_IROH_SECRET".to_owned());
+        }
+        let mut command = site.child(&task.trace(), SERVICE_USER, &[]);
+        command
+            .env("TMPDIR", &tmp)
+            .env("TEST_IROH_SECRET", hex.trim())
+            .env_remove("XDG_RUNTIME_DIR");
+        run_to_end(command)
+    };
+
+    // A key from the variable has no other lock: refused, with the planted directory.
+    let refused = child(Task::new(Action::Open, home.join("unused.key")), true);
+    let error = refused.expect_error();
+    assert!(error.contains(&planted.display().to_string()), "{error}");
+    assert!(error.contains("uid 65534"), "{error}");
+    attack("a host lock directory planted by nobody", &error, &site);
+    // A key file keeps its own lock: it opens, and says why the host lock is missing.
+    let file = home.join("endpoint.key");
+    let opened = child(Task::new(Action::Open, &file), false);
+    opened.expect_id();
+    assert!(
+        opened.stderr.contains("cannot take the host lock"),
+        "{opened}"
+    );
+    assert!(
+        list(&planted).is_empty(),
+        "nothing was put in the planted directory"
+    );
+
+    // Once it is gone, the service makes its own, private.
+    fs::remove_dir(&planted).expect("rmdir");
+    child(Task::new(Action::Open, home.join("unused.key")), true).expect_id();
+    let made = fs::metadata(&planted).expect("the host lock directory");
+    assert_eq!((made.uid(), made.mode() & 0o7777), (SERVICE_USER, 0o700));
+    assert_eq!(list(&planted), [format!("{}.lock", key.public())]);
 }

@@ -90,6 +90,8 @@ pub(crate) struct Task {
     pub runs: usize,
     /// The paths a `Swap` child's links point to, in turn.
     pub targets: Vec<PathBuf>,
+    /// Take the key from this keychain entry (service, account), not from `path`.
+    pub keychain: Option<(String, String)>,
 }
 
 impl Task {
@@ -109,7 +111,14 @@ impl Task {
             relay: None,
             runs: 0,
             targets: Vec::new(),
+            keychain: None,
         }
+    }
+
+    /// Takes the key from the keychain entry `service`/`account`.
+    pub(crate) fn keychain(mut self, service: &str, account: &str) -> Self {
+        self.keychain = Some((service.to_owned(), account.to_owned()));
+        self
     }
 
     pub(crate) fn lock_wait_ms(mut self, ms: u64) -> Self {
@@ -441,6 +450,9 @@ fn builder(task: &Task) -> iroh_identity::Builder {
     };
     if task.default_location {
         builder = builder.default_location("com", "example", "iroh-identity-test");
+    }
+    if let Some((service, account)) = &task.keychain {
+        builder = builder.keychain(service, account);
     }
     if let Some(ms) = task.lock_wait_ms {
         builder = builder.lock_wait(Duration::from_millis(ms));
