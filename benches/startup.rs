@@ -1,6 +1,6 @@
 //! What persistence costs at start-up, each figure side by side with its baseline in one
 //! run. `cargo bench --bench startup` runs it all (a few minutes) and ends with a table
-//! of the ratios of medians; the README reports them.
+//! of the ratios of medians; RELIABILITY.md reports them (*What it costs*).
 //!
 //! 1. Opening with an existing key vs iroh's bare bind with the key in memory; the
 //!    ratio comes from a run that alternates the two (see [`paired_open`]).

@@ -181,15 +181,21 @@ impl Identity {
     /// [*Stable addressing*](crate#stable-addressing)). To keep the ports across restarts,
     /// configure the builder through
     /// [`PersistentEndpoint::builder`](crate::PersistentEndpoint::builder) and
-    /// [`configure`](crate::Builder::configure), which owns the order of the steps.
+    /// [`configure`](crate::Builder::configure), which owns the order of the steps. Only
+    /// a remembered port that an endpoint of this process held until a moment ago is
+    /// waited for (250 ms at most), for a builder that binds that very port again.
     ///
     /// # Errors
     ///
     /// [`Error::Bind`] when iroh cannot bind.
     pub async fn bind(self, builder: endpoint::Builder) -> Result<Endpoint, Error> {
-        let addressing = self
-            .ports_file()
-            .map(|(dir, name)| StableAddressing::remember_only(dir, name));
+        let addressing = match self.ports_file() {
+            Some((dir, name)) => {
+                let deadline = Deadline::after(self.lock_wait);
+                Some(StableAddressing::for_their_builder(dir, name, deadline).await)
+            }
+            None => None,
+        };
         let endpoint = self.bind_with_key(builder).await?;
         Ok(self.finish(endpoint, addressing))
     }

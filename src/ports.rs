@@ -204,8 +204,25 @@ impl StableAddressing {
 
     /// Reads the ports file beside the key named `key_name` in `dir`, to remember the
     /// ports of a builder that was configured elsewhere: nothing is asked for, so nothing
-    /// is waited for.
-    pub(crate) fn remember_only(dir: Arc<Dir>, key_name: &OsStr) -> Self {
+    /// is waited for, except a remembered port that an endpoint of this process held
+    /// until a moment ago, which the builder may bind again ([`probe`]).
+    pub(crate) async fn for_their_builder(
+        dir: Arc<Dir>,
+        key_name: &OsStr,
+        deadline: Deadline,
+    ) -> Self {
+        let addressing = Self::remember_only(dir, key_name);
+        let remembered = addressing.file.ports();
+        for family in Family::ALL {
+            if let Some(port) = remembered.get(family) {
+                probe::wait_while_held_here(family.all_interfaces(port), deadline).await;
+            }
+        }
+        addressing
+    }
+
+    /// The ports file, with nothing asked for yet.
+    fn remember_only(dir: Arc<Dir>, key_name: &OsStr) -> Self {
         let name = file::name_beside(key_name);
         let file = PortsFile::read(&dir, &name);
         Self {

@@ -74,6 +74,16 @@ pub(super) async fn wait_until_free(addr: SocketAddr, deadline: Deadline) -> Fre
     }
 }
 
+/// Waits, [`WAIT_FOR_THIS_PROCESS`] at most, while `addr` is held by an endpoint of this
+/// process that was closed (its sockets go a moment later): for a builder configured
+/// elsewhere, which may bind that very port again. A port held by anything else is not
+/// waited for.
+pub(super) async fn wait_while_held_here(addr: SocketAddr, deadline: Deadline) {
+    if BOUND_HERE.lock().is_ok_and(|here| here.contains(&addr)) {
+        wait_until_free(addr, deadline).await;
+    }
+}
+
 /// Binds a UDP socket as iroh binds it, and closes it again.
 fn try_bind(addr: SocketAddr) -> io::Result<()> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
