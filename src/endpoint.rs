@@ -1,7 +1,7 @@
 //! The conveniences on top of [`Identity`]: [`PersistentEndpoint::open`], and the
 //! [`Builder`] that holds every option.
 
-use std::{fmt, path::Path, time::Duration};
+use std::{fmt, path::Path, sync::Arc, time::Duration};
 
 use iroh::{
     Endpoint,
@@ -10,6 +10,7 @@ use iroh::{
 
 use crate::{
     DEFAULT_LOCK_WAIT, Error, Identity, KeySource,
+    guard::lease::Lease,
     store::{FileLocation, Location, file},
 };
 
@@ -54,6 +55,7 @@ impl PersistentEndpoint {
         Builder {
             location: NoKeyLocation,
             key_env: None,
+            lease: None,
             options: file::Options::default(),
             lock_wait: DEFAULT_LOCK_WAIT,
             stable_addressing: true,
@@ -114,6 +116,7 @@ pub struct KeyLocation(Location);
 pub struct Builder<K = KeyLocation> {
     location: K,
     key_env: Option<String>,
+    lease: Option<Arc<dyn Lease>>,
     options: file::Options,
     lock_wait: Duration,
     stable_addressing: bool,
@@ -165,6 +168,7 @@ impl<K> Builder<K> {
         Builder {
             location: KeyLocation(location),
             key_env: self.key_env,
+            lease: self.lease,
             options: self.options,
             lock_wait: self.lock_wait,
             stable_addressing: self.stable_addressing,
@@ -182,6 +186,14 @@ impl<K> Builder<K> {
     /// place. When it is unset, the key file is used as usual.
     pub fn key_from_env(mut self, name: impl Into<String>) -> Self {
         self.key_env = Some(name.into());
+        self
+    }
+
+    /// Guards the identity across machines with `lease`, beside the host's locks: see
+    /// [`EtcdLease`](crate::EtcdLease). Feature `etcd`.
+    #[cfg(feature = "etcd")]
+    pub fn lease(mut self, lease: crate::EtcdLease) -> Self {
+        self.lease = Some(Arc::new(lease));
         self
     }
 
@@ -332,6 +344,7 @@ impl Builder<KeyLocation> {
         Identity::take(
             &self.location.0,
             self.key_env.as_deref(),
+            self.lease.as_deref(),
             self.options,
             self.lock_wait,
             self.stable_addressing,
@@ -345,6 +358,7 @@ impl<K: fmt::Debug> fmt::Debug for Builder<K> {
         f.debug_struct("Builder")
             .field("location", &self.location)
             .field("key_env", &self.key_env)
+            .field("lease", &self.lease)
             .field("create_if_missing", &self.options.create_if_missing)
             .field("lock_wait", &self.lock_wait)
             .field(

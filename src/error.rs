@@ -200,6 +200,49 @@ pub enum Error {
         account: String,
     },
 
+    /// The identity's lease is held by another endpoint, on this machine or another,
+    /// and was not released within the [lock wait](crate::Builder::lock_wait) (feature
+    /// `etcd`).
+    #[error(
+        "the identity's lease {key} is held by {holder} (waited {waited:?}); stop that \
+         endpoint, or wait longer for it (lock_wait)"
+    )]
+    LeaseHeld {
+        /// The lease's key.
+        key: String,
+        /// Who holds it, as the holder wrote it.
+        holder: String,
+        /// How long this open waited, to the millisecond.
+        waited: Duration,
+    },
+
+    /// The lease store could not be reached, or refused, for all of the wait (feature
+    /// `etcd`). Nothing was bound.
+    #[error(
+        "cannot take the identity's lease from etcd at {endpoints} (waited {waited:?}): {reason}"
+    )]
+    LeaseUnavailable {
+        /// The store's endpoints.
+        endpoints: String,
+        /// How long this open tried, to the millisecond.
+        waited: Duration,
+        /// The store's words.
+        reason: String,
+    },
+
+    /// The identity's lease may have been lost, so its endpoint was closed before another
+    /// could take over (feature `etcd`).
+    #[error(
+        "the identity's lease {key} may be lost ({reason}); the endpoint was closed so that \
+         another can take over"
+    )]
+    LeaseLost {
+        /// The lease's key.
+        key: String,
+        /// Why it may be lost.
+        reason: String,
+    },
+
     /// The default per-user location cannot be determined (no home directory).
     #[error("no home directory to hold the default key file; give a key path instead")]
     NoHomeDirectory,

@@ -3,9 +3,11 @@
 //! Two endpoints with the same key do not fail in iroh: their connections silently split
 //! between them. A guard turns that into a clear error at start-up, and holds until the
 //! endpoint closes: the lock on the key file, and the host lock on the identity
-//! ([`host`]), both OS locks on a file ([`lock`]).
+//! ([`host`]), both OS locks on a file ([`lock`]); and across machines, a lease
+//! ([`lease`]) when one is asked for.
 
 pub(crate) mod host;
+pub(crate) mod lease;
 pub(crate) mod lock;
 
 use std::{fs::File, path::Path};
@@ -21,6 +23,8 @@ use crate::{Error, wait::Deadline};
 pub(crate) struct Guard {
     /// The locks held: the key file's, if there is a file, and the host lock.
     locks: Vec<FileLock>,
+    /// The lease held across machines, if one was asked for.
+    lease: Option<Box<dyn lease::Held>>,
 }
 
 impl Guard {
@@ -31,9 +35,13 @@ impl Guard {
     /// When the host lock cannot be taken at all (its directory is not a private one of
     /// this user's), a key file's own lock still keeps its readers apart: that is a
     /// warning. A key from anywhere else has no other guard: that is the error.
+    ///
+    /// Then the `lease`, if there is one: taken last, so that a standby waits for it with
+    /// its host's locks already held, and is the first to bind when the lease comes free.
     pub(crate) async fn take(
         id: EndpointId,
         key_file: Option<(File, &Path)>,
+        lease: Option<&dyn lease::Lease>,
         deadline: Deadline,
     ) -> Result<Self, Error> {
         let mut locks = Vec::with_capacity(2);
@@ -51,7 +59,16 @@ impl Guard {
             ),
             Err(err) => return Err(err),
         }
-        Ok(Self { locks })
+        let lease = match lease {
+            Some(lease) => Some(lease.acquire(id, deadline).await?),
+            None => None,
+        };
+        Ok(Self { locks, lease })
+    }
+
+    /// Whether the guard still holds: a lease may have been lost before the bind.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        self.lease.as_ref().map_or(Ok(()), |lease| lease.check())
     }
 
     /// Keeps the guard until `endpoint` closes: until [`Endpoint::close`] is called on
@@ -63,12 +80,16 @@ impl Guard {
     ///
     /// Outside a tokio runtime, like everything in iroh.
     pub(crate) fn hold_until_closed(self, endpoint: &Endpoint) {
+        if let Some(lease) = self.lease {
+            lease.hold_until_closed(endpoint);
+        }
+        let locks = self.locks;
         // `closed()` holds no clone of the endpoint, so this task does not keep it alive.
         let closed = endpoint.closed();
         tokio::spawn(async move {
             closed.await;
-            debug!(locks = ?self.locks, "endpoint closed; identity released");
-            drop(self);
+            debug!(?locks, "endpoint closed; identity released");
+            drop(locks);
         });
     }
 }

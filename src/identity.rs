@@ -16,12 +16,16 @@ use tracing::warn;
 
 use crate::{
     DEFAULT_LOCK_WAIT, Error,
-    guard::Guard,
+    guard::{Guard, lease::Lease},
     ports::{self, StableAddressing},
     store::{FileLocation, Location, Stored, env, file},
     sys::Dir,
     wait::Deadline,
 };
+
+/// How often a bind without remembered ports is tried, and the pause between tries.
+const FRESH_BIND_TRIES: u32 = 4;
+const FRESH_BIND_PAUSE: Duration = Duration::from_millis(100);
 
 /// A persistent identity that this process holds: an endpoint's secret key, together
 /// with where it came from and the lock that keeps any other endpoint from running it.
@@ -92,7 +96,7 @@ impl Identity {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let location = Location::File(FileLocation::Path(path.as_ref().into()));
         let options = file::Options::default();
-        Self::take(&location, None, options, DEFAULT_LOCK_WAIT, true).await
+        Self::take(&location, None, None, options, DEFAULT_LOCK_WAIT, true).await
     }
 
     /// Loads the key of the OS secret store's entry `service`/`account`, or generates and
@@ -115,6 +119,7 @@ impl Identity {
     pub(crate) async fn take(
         location: &Location,
         key_env: Option<&str>,
+        lease: Option<&dyn Lease>,
         options: file::Options,
         lock_wait: Duration,
         stable_addressing: bool,
@@ -140,7 +145,7 @@ impl Identity {
             }
             _ => (None, None),
         };
-        let guard = Guard::take(stored.key.public(), key_file, deadline).await?;
+        let guard = Guard::take(stored.key.public(), key_file, lease, deadline).await?;
         Ok(Self {
             key: stored.key,
             source: stored.source,
@@ -223,13 +228,15 @@ impl Identity {
                 match self.bind_with_key(builder).await {
                     Ok(endpoint) => endpoint,
                     Err(err) => {
+                        let cause = std::error::Error::source(&err)
+                            .map_or_else(String::new, |cause| cause.to_string());
                         warn!(
-                            %err,
-                            "cannot bind the endpoint's ports of the last run; binding fresh ones"
+                            %err, %cause,
+                            "cannot bind the endpoint's ports of the last run (another program \
+                             may have taken one); binding fresh ones"
                         );
                         addressing.give_up();
-                        self.bind_with_key(configure(endpoint::Builder::empty()))
-                            .await?
+                        self.bind_fresh(&configure).await?
                     }
                 }
             }
@@ -239,6 +246,27 @@ impl Identity {
             }
         };
         Ok(self.finish(endpoint, addressing))
+    }
+
+    /// Binds without remembered ports, after a bind with them failed. The sockets of the
+    /// failed attempt may take a moment to go, so a failure is tried again, a few times.
+    async fn bind_fresh(
+        &self,
+        configure: &impl Fn(endpoint::Builder) -> endpoint::Builder,
+    ) -> Result<Endpoint, Error> {
+        let mut tries = 1;
+        loop {
+            match self
+                .bind_with_key(configure(endpoint::Builder::empty()))
+                .await
+            {
+                Err(Error::Bind(_)) if tries < FRESH_BIND_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(FRESH_BIND_PAUSE).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// The key file's directory and name, where its ports are remembered, when there is
@@ -253,6 +281,7 @@ impl Identity {
     }
 
     async fn bind_with_key(&self, builder: endpoint::Builder) -> Result<Endpoint, Error> {
+        self.guard.check()?;
         builder
             .secret_key(self.key.clone())
             .bind()

@@ -86,9 +86,10 @@
 //!    (`flock`) while an [`Identity`], or an endpoint bound with it, or any clone of
 //!    that endpoint, is alive: the key file that was read, and, whatever the key came
 //!    from (a file, a copy of it, an environment variable, the secret store), the
-//!    identity on this host, by its [`EndpointId`] (`ID.lock` in
-//!    `$XDG_RUNTIME_DIR/iroh-identity`, else in a private directory of the user's in
-//!    `/run` for root or in the temporary directory). A second open waits up to the
+//!    identity on this host, by its [`EndpointId`] (`ID.lock` in a private directory
+//!    that every process of the user finds in the same place, whatever its environment:
+//!    `/run/iroh-identity` for root, `~/.local/state/iroh-identity` for a user with a
+//!    home, else `/tmp/iroh-identity-UID`). A second open waits up to the
 //!    [lock wait](Builder::lock_wait) ([`DEFAULT_LOCK_WAIT`]), then fails with
 //!    [`Error::InUse`]. Closing the endpoint, dropping its last clone or the death of the
 //!    process releases it: there are no stale locks.
@@ -173,11 +174,14 @@
 //!
 //! # Limitations
 //!
-//! - The host lock is per user: two users of one host with the same key are not kept
-//!   apart. A key from an environment variable or the secret store is locked
-//!   only by the host lock: when its directory cannot be made or is not private (another
-//!   user took the name in `/tmp` first), opening fails with the reason; for a key file,
-//!   whose own lock still holds, that is a warning.
+//! - The host lock is per user and per file system view: two users of one host with the
+//!   same key, or two containers (or services with `PrivateTmp=`) that see different
+//!   directories, are not kept apart. A key from an environment variable or the secret
+//!   store is locked only by the host lock: when its directory cannot be made or is not
+//!   private (for a user without a home, another user took the name in `/tmp` first),
+//!   opening fails with the reason; for a key file, whose own lock still holds, that is
+//!   a warning, and copies of the file are then no longer kept apart. Lock files are
+//!   never removed: one per identity ever run, empty.
 //! - The secret store is tested with GNOME Keyring (the Secret Service) on Linux. The
 //!   Windows Credential Manager is compiled in CI, not run; the macOS Keychain is
 //!   neither, for want of Apple's toolchain: both are the `keyring` crate's own stores.
@@ -224,6 +228,8 @@ mod wait;
 
 pub use endpoint::{Builder, KeyLocation, NoKeyLocation, PersistentEndpoint};
 pub use error::{Error, FileKind, KeyProblem, KeychainProblem, Operation, PathKind, TrustProblem};
+#[cfg(feature = "etcd")]
+pub use guard::lease::etcd::{DEFAULT_LEASE_TTL, EtcdLease};
 pub use identity::{Identity, KeySource};
 pub use key::{KeyFormat, decode_key, encode_key};
 pub use store::file::{

@@ -111,7 +111,7 @@ impl Ports {
                 .collect();
             let port = match (asked.get(family), on_all.as_slice()) {
                 (Some(asked), bound) if bound.contains(&asked) => asked,
-                (_, [only]) => *only,
+                (None, [only]) => *only,
                 _ => continue,
             };
             ports.set(family, port);
@@ -237,11 +237,6 @@ impl StableAddressing {
     /// Gives up the remembered ports, after a bind with them failed: another program took
     /// one in the instant between the probe and the bind.
     pub(crate) fn give_up(&mut self) {
-        for family in Family::ALL {
-            if let Some(port) = self.asked.get(family) {
-                self.taken.push((family, port, false));
-            }
-        }
         self.asked = Ports::default();
     }
 
@@ -267,11 +262,13 @@ impl StableAddressing {
             if theirs.contains(family) {
                 continue;
             }
-            // As iroh's defaults: IPv6 may be missing on a host.
+            // As iroh's defaults (IPv6 may be missing on a host), except that a remembered
+            // port is required: if it cannot be had, the bind fails and is tried again
+            // with fresh ports, instead of going on without the family.
+            let port = self.asked.get(family).unwrap_or(0);
             let options = BindOpts::default()
                 .set_is_default_route(false)
-                .set_is_required(family == Family::Ipv4);
-            let port = self.asked.get(family).unwrap_or(0);
+                .set_is_required(family == Family::Ipv4 || port != 0);
             builder = builder
                 .bind_addr_with_opts(family.all_interfaces(port), options)
                 .expect("no default socket is bound on a builder whose IP sockets were cleared");
@@ -282,7 +279,14 @@ impl StableAddressing {
     /// Warns about remembered ports that could not be kept and remembers the ports
     /// `endpoint` is bound to, if they changed and the ports file is ours to write.
     pub(crate) fn remember(self, endpoint: &Endpoint) {
-        let bound = Ports::bound(endpoint, self.asked);
+        let mut bound = Ports::bound(endpoint, self.asked);
+        // A family that got no socket this time keeps its remembered port.
+        let remembered = self.file.ports();
+        for family in Family::ALL {
+            if let (None, Some(port)) = (bound.get(family), remembered.get(family)) {
+                bound.set(family, port);
+            }
+        }
         let path = self.dir.path().join(&self.name);
         for &(family, old_port, here) in &self.taken {
             let new_port = bound.get(family);

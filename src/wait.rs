@@ -35,7 +35,7 @@ impl Deadline {
     }
 
     /// How long is left, or `None` for no end.
-    fn left(self) -> Option<Duration> {
+    pub(crate) fn left(self) -> Option<Duration> {
         self.0
             .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }

@@ -11,6 +11,11 @@
 //! ticket: `PersistentEndpoint::open` binds the ports it had last time, so a ticket handed
 //! out before the restart still reaches it, with no relay needed. `connect` sends
 //! MESSAGE to the ticket's endpoint and prints the reply.
+//!
+//! With `--features etcd`, `serve KEY_PATH --etcd URL[,URL...] [--lease-ttl SECONDS]`
+//! runs the identity on one machine at a time: a second server with a copy of the key
+//! prints `waiting for the identity lease` and takes over when the first stops, or
+//! within the TTL when it dies. A server that loses the lease exits with an error.
 
 mod protocol;
 
@@ -23,13 +28,20 @@ use iroh_tickets::endpoint::EndpointTicket;
 
 use self::protocol::{ALPN, Echo};
 
-const USAGE: &str = "usage: echo serve KEY_PATH | echo connect TICKET MESSAGE";
+const USAGE: &str = "usage: echo serve KEY_PATH [--etcd URL[,URL...] [--lease-ttl SECONDS]] \
+                     | echo connect TICKET MESSAGE";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.as_slice() {
-        [command, path] if command == "serve" => serve(PathBuf::from(path)).await,
+        [command, path, options @ ..] if command == "serve" => match Lease::parse(options) {
+            Some(lease) => serve(PathBuf::from(path), lease).await,
+            None => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         [command, ticket, message] if command == "connect" => connect(ticket, message).await,
         _ => {
             eprintln!("{USAGE}");
@@ -45,9 +57,60 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    // The same id and, with stable addressing, the same ports as the last run.
-    let endpoint = PersistentEndpoint::open(&path).await?;
+/// Where the identity's lease is kept, if anywhere: `--etcd` and `--lease-ttl`.
+#[derive(Default)]
+struct Lease {
+    etcd: Option<String>,
+    ttl: Option<Duration>,
+}
+
+impl Lease {
+    fn parse(options: &[String]) -> Option<Self> {
+        let mut lease = Self::default();
+        for pair in options.chunks(2) {
+            match pair {
+                [flag, urls] if flag == "--etcd" => lease.etcd = Some(urls.clone()),
+                [flag, secs] if flag == "--lease-ttl" => {
+                    lease.ttl = Some(Duration::from_secs(secs.parse().ok()?));
+                }
+                _ => return None,
+            }
+        }
+        (lease.etcd.is_some() || lease.ttl.is_none()).then_some(lease)
+    }
+}
+
+async fn serve(path: PathBuf, lease: Lease) -> anyhow::Result<()> {
+    let builder = PersistentEndpoint::builder().key_path(&path);
+    let Some(urls) = lease.etcd else {
+        // The same id and, with stable addressing, the same ports as the last run.
+        return run(builder.bind().await?, std::future::pending()).await;
+    };
+    #[cfg(feature = "etcd")]
+    {
+        let mut etcd = iroh_identity::EtcdLease::new(urls.split(','))
+            .on_wait(|| eprintln!("waiting for the identity lease"));
+        if let Some(ttl) = lease.ttl {
+            etcd = etcd.ttl(ttl);
+        }
+        // A standby waits for as long as it takes.
+        let builder = builder.lease(etcd.clone()).lock_wait(Duration::MAX);
+        let endpoint = builder.bind().await?;
+        run(endpoint, async move { Err(etcd.lost().await.into()) }).await
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (builder, urls);
+        anyhow::bail!("--etcd needs the example built with `--features etcd`")
+    }
+}
+
+/// Serves echo until stopped, or until `lost` (the identity's lease) ends it with an
+/// error.
+async fn run(
+    endpoint: Endpoint,
+    lost: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     // The endpoint goes to the router as it is: it is a plain `iroh::Endpoint`, and the
     // identity stays locked while the router's clone of it is open.
     let router = Router::builder(endpoint).accept(ALPN, Echo).spawn();
@@ -55,7 +118,11 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let ticket = EndpointTicket::new(with_loopback(endpoint.addr(), &endpoint.bound_sockets()));
     println!("endpoint id: {}", endpoint.id());
     println!("ticket: {ticket}");
-    stopped().await?;
+    tokio::select! {
+        stop = stopped() => stop?,
+        // The endpoint is closed already.
+        lost = lost => return lost,
+    }
     // Closes the endpoint gracefully, which releases the identity.
     router.shutdown().await?;
     Ok(())

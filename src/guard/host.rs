@@ -4,12 +4,22 @@
 //! The key file's own lock keeps apart two endpoints that read the same file. This one
 //! keeps apart any two with the same identity: one from a key file, one from an
 //! environment variable or the secret store, or from a copy of the file. An identity is
-//! locked by its `EndpointId`: `ID.lock` in the user's runtime directory,
-//! `$XDG_RUNTIME_DIR/iroh-identity`; when there is none, `/run/iroh-identity` for root on
-//! Linux, `iroh-identity-UID` in the temporary directory for anyone else. That directory is private (`0700`), made and checked as the
-//! directories above a key are. Its files are only ever locked, never written, and never
-//! removed (removing a lock file while another process waits on it would let two hold
-//! it). Like every lock here it is per user: two users of one host are not kept apart.
+//! locked by its `EndpointId`: `ID.lock` in a directory of the user's that every process
+//! of the user finds in the same place, whatever its environment (`$XDG_RUNTIME_DIR`,
+//! `$HOME` and `$TMPDIR` differ between a shell, a service and a cron job, and two
+//! processes that looked in two places would not meet):
+//!
+//! - root, on Linux: `/run/iroh-identity`;
+//! - a user with a home directory in the user database: `HOME/.local/state/iroh-identity`;
+//! - a user without one (a container's numeric user), or whose home cannot hold it:
+//!   `/tmp/iroh-identity-UID`, where another user could take the name first (then it is
+//!   refused, as any directory of another user's is);
+//! - elsewhere (Windows): `iroh-identity` in the user's local application data.
+//!
+//! The directory is made and checked as the directories above a key are. Its files are
+//! only ever locked, never written, and never removed (removing a lock file while
+//! another process waits on it would let two hold it). Like every lock here it is per
+//! user: two users of one host are not kept apart.
 
 use std::{
     path::PathBuf,
@@ -19,12 +29,7 @@ use std::{
 use iroh::EndpointId;
 
 use super::lock::FileLock;
-use crate::{
-    Error, Operation,
-    store::file::private_dir,
-    sys::{self, Dir},
-    wait::Deadline,
-};
+use crate::{Error, Operation, store::file::private_dir, sys::Dir, wait::Deadline};
 
 /// The runtime directory this process has checked, kept open.
 static RUNTIME_DIR: Mutex<Option<(PathBuf, Arc<Dir>)>> = Mutex::new(None);
@@ -45,6 +50,12 @@ pub(crate) async fn lock(
     FileLock::acquire(file, &path, deadline, id).await
 }
 
+/// Takes the host lock of `id` if no endpoint holds it: `None` while one does.
+#[cfg(feature = "keyring")]
+pub(crate) fn try_lock_identity(id: EndpointId) -> Result<Option<FileLock>, Error> {
+    try_lock(&format!("{id}.lock"))
+}
+
 /// Takes the lock `name` if no one holds it: `None` while another does.
 #[cfg(feature = "keyring")]
 pub(crate) fn try_lock(name: &str) -> Result<Option<FileLock>, Error> {
@@ -61,24 +72,46 @@ fn open(name: &str) -> Result<(std::fs::File, PathBuf), Error> {
     Ok((file, path))
 }
 
-/// The user's runtime directory for this crate, made and checked on first use.
+/// The user's directory of host locks, made and checked on first use.
 fn runtime_dir() -> Result<Arc<Dir>, Error> {
-    let uid = sys::process().uid;
-    let path = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if PathBuf::from(&dir).is_absolute() => PathBuf::from(dir).join("iroh-identity"),
-        // Where no other user can take the name first.
-        _ if uid == 0 && cfg!(target_os = "linux") => PathBuf::from("/run/iroh-identity"),
-        _ => std::env::temp_dir().join(format!("iroh-identity-{uid}")),
-    };
     let mut cached = RUNTIME_DIR
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((cached_path, dir)) = cached.as_ref()
-        && *cached_path == path
-    {
+    if let Some((_, dir)) = cached.as_ref() {
         return Ok(Arc::clone(dir));
     }
-    let dir = private_dir(&path)?;
+    let mut candidates = candidates().into_iter();
+    let mut result = Err(Error::NoHomeDirectory);
+    for path in candidates.by_ref() {
+        result = private_dir(&path).map(|dir| (path, dir));
+        if result.is_ok() {
+            break;
+        }
+    }
+    let (path, dir) = result?;
     *cached = Some((path, Arc::clone(&dir)));
     Ok(dir)
+}
+
+/// Where the host locks may be, in order: the same for every process of the user.
+fn candidates() -> Vec<PathBuf> {
+    #[cfg(unix)]
+    {
+        let uid = crate::sys::process().uid;
+        let mut candidates = Vec::new();
+        if uid == 0 && cfg!(target_os = "linux") {
+            candidates.push(PathBuf::from("/run/iroh-identity"));
+        } else if let Some(home) = crate::sys::home_of(uid).filter(|home| home.parent().is_some()) {
+            candidates.push(home.join(".local/state/iroh-identity"));
+        }
+        candidates.push(PathBuf::from(format!("/tmp/iroh-identity-{uid}")));
+        candidates
+    }
+    #[cfg(not(unix))]
+    {
+        directories::BaseDirs::new()
+            .map(|dirs| dirs.data_local_dir().join("iroh-identity"))
+            .into_iter()
+            .collect()
+    }
 }

@@ -18,39 +18,61 @@ use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use crate::{
-    Error, KeyFormat, KeyProblem, KeychainProblem,
+    Error, KeyFormat, KeychainProblem,
     guard::host,
     key,
-    wait::{Deadline, blocking_until},
+    wait::{Deadline, Waited, blocking_until},
 };
+
+/// How often the lock of a racing creator is tried again.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Loads the key of the entry `service`/`account`, or generates and stores one when
 /// there is none and `create` says so, waiting for a racing creator until `deadline`.
+///
+/// All of it runs off the runtime's threads in one call, creation lock included: if the
+/// caller stops waiting, a write already under way still ends before the lock goes.
 pub(crate) async fn open(
     service: &str,
     account: &str,
     create: bool,
     deadline: Deadline,
 ) -> Result<SecretKey, Error> {
-    if let Some(key) = blocking(service, account, load).await? {
-        return Ok(key);
-    }
-    if !create {
-        return Err(problem(service, account, KeychainProblem::Missing));
-    }
-    // One creator at a time; the others read what it stored.
-    let _creating = host::lock(&lock_name(service, account), None, deadline)
-        .await
-        .map_err(|err| match err {
-            Error::InUse { waited, .. } => still_creating(service, account, waited),
-            err => err,
+    blocking(service, account, move |service, account| {
+        if let Some(key) = load(service, account)? {
+            return Ok(key);
+        }
+        if !create {
+            return Err(problem(service, account, KeychainProblem::Missing));
+        }
+        // One creator at a time; the others read what it stored.
+        let key = creating(service, account, deadline, || match load(service, account)? {
+            Some(key) => Ok(key),
+            None => {
+                let key = SecretKey::generate();
+                set(service, account, &key)?;
+                info!(service, account, id = %key.public(), "generated a new endpoint key in the keychain");
+                Ok(key)
+            }
         })?;
-    if let Some(key) = blocking(service, account, load).await? {
-        return Ok(key);
+        Ok(key)
+    })
+    .await
+}
+
+/// Runs `then` holding the lock that keeps creators of the entry in turn, waiting for it
+/// until `deadline`.
+fn creating<T>(
+    service: &str,
+    account: &str,
+    deadline: Deadline,
+    then: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let name = lock_name(service, account);
+    match blocking_until(deadline, LOCK_RETRY, || host::try_lock(&name), || {})? {
+        Waited::Done(_lock) => then(),
+        Waited::TimedOut(waited) => Err(still_creating(service, account, waited)),
     }
-    let key = blocking(service, account, store_new).await?;
-    info!(service, account, id = %key.public(), "generated a new endpoint key in the keychain");
-    Ok(key)
 }
 
 /// Loads the key of the keychain entry `service`/`account`; never creates one.
@@ -78,25 +100,16 @@ pub fn load_keychain_key(service: &str, account: &str) -> Result<SecretKey, Erro
 /// - [`Error::KeychainEntryExists`]: the entry exists; it is left unchanged.
 /// - [`Error::Keychain`]: the store cannot be reached, is locked or failed.
 pub fn store_new_keychain_key(service: &str, account: &str, key: &SecretKey) -> Result<(), Error> {
-    let name = lock_name(service, account);
-    let _creating = match blocking_until(
-        Deadline::after(crate::DEFAULT_LOCK_WAIT),
-        std::time::Duration::from_millis(20),
-        || host::try_lock(&name),
-        || {},
-    )? {
-        crate::wait::Waited::Done(lock) => lock,
-        crate::wait::Waited::TimedOut(waited) => {
-            return Err(still_creating(service, account, waited));
+    let deadline = Deadline::after(crate::DEFAULT_LOCK_WAIT);
+    creating(service, account, deadline, || {
+        if load(service, account)?.is_some() {
+            return Err(Error::KeychainEntryExists {
+                service: service.to_owned(),
+                account: account.to_owned(),
+            });
         }
-    };
-    if load(service, account)?.is_some() {
-        return Err(Error::KeychainEntryExists {
-            service: service.to_owned(),
-            account: account.to_owned(),
-        });
-    }
-    set(service, account, key)?;
+        set(service, account, key)
+    })?;
     info!(service, account, id = %key.public(), "stored an endpoint key in the keychain");
     Ok(())
 }
@@ -109,6 +122,25 @@ pub fn store_new_keychain_key(service: &str, account: &str, key: &SecretKey) -> 
 /// [`Error::Keychain`]: there is no such entry ([`KeychainProblem::Missing`]), or the
 /// store cannot be reached, is locked or failed.
 pub fn delete_keychain_entry(service: &str, account: &str) -> Result<(), Error> {
+    // Not while an endpoint runs the identity: held here until the entry is gone.
+    let _held = match load(service, account) {
+        Ok(Some(key)) => {
+            let id = key.public();
+            match host::try_lock_identity(id)? {
+                Some(lock) => Some(lock),
+                None => {
+                    return Err(problem(
+                        service,
+                        account,
+                        KeychainProblem::Failed(format!(
+                            "an endpoint runs its identity {id} now; close it first"
+                        )),
+                    ));
+                }
+            }
+        }
+        _ => None,
+    };
     match entry(service, account)?.delete_credential() {
         Ok(()) => Ok(()),
         Err(keyring::Error::NoEntry) => Err(problem(service, account, KeychainProblem::Missing)),
@@ -151,13 +183,6 @@ fn load(service: &str, account: &str) -> Result<Option<SecretKey>, Error> {
     Ok(Some(key))
 }
 
-/// Generates a key and stores it in the entry.
-fn store_new(service: &str, account: &str) -> Result<SecretKey, Error> {
-    let key = SecretKey::generate();
-    set(service, account, &key)?;
-    Ok(key)
-}
-
 /// Stores `key` in the entry and reads it back: what the store keeps must be the key.
 fn set(service: &str, account: &str, key: &SecretKey) -> Result<(), Error> {
     let pem = key::encode_key(key, KeyFormat::Pkcs8Pem);
@@ -166,13 +191,19 @@ fn set(service: &str, account: &str, key: &SecretKey) -> Result<(), Error> {
         .map_err(|err| store_error(service, account, err))?;
     match load(service, account)? {
         Some(stored) if stored.public() == key.public() => Ok(()),
-        _ => Err(Error::InvalidKeychainKey {
-            service: service.to_owned(),
-            account: account.to_owned(),
-            problem: KeyProblem::Damaged {
-                format: KeyFormat::Pkcs8Pem,
-            },
-        }),
+        Some(_) => Err(problem(
+            service,
+            account,
+            KeychainProblem::Failed(
+                "another writer replaced the key while it was stored; the entry holds theirs"
+                    .to_owned(),
+            ),
+        )),
+        None => Err(problem(
+            service,
+            account,
+            KeychainProblem::Failed("the store did not keep the key".to_owned()),
+        )),
     }
 }
 

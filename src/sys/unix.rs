@@ -74,6 +74,43 @@ pub(crate) fn process() -> Process {
     }
 }
 
+/// The home directory of the user `uid` in the user database (`getpwuid_r`), whatever
+/// `$HOME` says; `None` when the user has no entry or no absolute home.
+#[allow(unsafe_code)]
+pub(crate) fn home_of(uid: u32) -> Option<PathBuf> {
+    use std::{ffi::CStr, os::unix::ffi::OsStrExt};
+
+    let mut buffer = vec![0_u8; 4096];
+    loop {
+        // SAFETY: `passwd` is plain data that getpwuid_r fills in; all-zero is valid.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: valid pointers to `entry`, the buffer and its length, and `found`, all
+        // of which outlive the call.
+        let result = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut entry,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        if result == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 2, 0);
+            continue;
+        }
+        if result != 0 || found.is_null() || entry.pw_dir.is_null() {
+            return None;
+        }
+        // SAFETY: getpwuid_r succeeded, so `pw_dir` points to a NUL-terminated string
+        // in `buffer`, which is still alive.
+        let home = unsafe { CStr::from_ptr(entry.pw_dir) };
+        let home = PathBuf::from(std::ffi::OsStr::from_bytes(home.to_bytes()));
+        return home.is_absolute().then_some(home);
+    }
+}
+
 /// What a file that is not a regular file is.
 pub(crate) fn file_kind(file_type: FileType) -> FileKind {
     if file_type.is_dir() {

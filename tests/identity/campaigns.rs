@@ -5,7 +5,7 @@
 //! them small; with `IROH_IDENTITY_CAMPAIGN=full` they run at full size:
 //!
 //! ```text
-//! IROH_IDENTITY_CAMPAIGN=full cargo test --test identity campaigns:: -- --nocapture --test-threads=1
+//! IROH_IDENTITY_CAMPAIGN=full cargo test --all-features --test identity campaigns:: -- --nocapture --test-threads=1
 //! ```
 //!
 //! Each prints its figures on lines that start with `figure `.
@@ -13,6 +13,8 @@
 use std::fmt;
 
 mod attacker;
+#[cfg(feature = "etcd")]
+mod failover;
 mod filesystem;
 mod hostile;
 mod kill;

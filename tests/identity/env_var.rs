@@ -99,14 +99,23 @@ fn two_processes_with_the_same_variable_are_kept_apart_and_a_kill_releases_it() 
     let path = dir.path().join("endpoint.key");
     let key = iroh::SecretKey::generate();
     let value = HEXLOWER.encode(&key.to_bytes());
-    let holder = Holder::start(with_env(Task::new(Action::Hold, &path), Some(&value)));
+    let mut holder = with_env(Task::new(Action::Hold, &path), Some(&value));
+    holder
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env("TMPDIR", dir.path());
+    let holder = Holder::start(holder);
     assert_eq!(holder.id, key.public().to_string());
 
+    // Started from elsewhere (a shell, not the service): the same host lock all the same.
     let start = Instant::now();
-    let second = run_to_end(with_env(
+    let mut second = with_env(
         Task::new(Action::Open, &path).lock_wait_ms(500),
         Some(&value),
-    ));
+    );
+    second
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", "relative");
+    let second = run_to_end(second);
     assert!(start.elapsed() >= Duration::from_millis(500), "it waited");
     let error = second.expect_error();
     assert!(error.contains("is in use by another endpoint"), "{error}");

@@ -142,6 +142,17 @@ fn a_file_identity_moves_into_the_store_and_out_again_with_its_id() {
     );
     assert_eq!(service.lookup("moved", ACCOUNT), before);
 
+    // Not deleted while an endpoint runs it.
+    let holder = Holder::start(task(&service, Action::Hold, "moved"));
+    let busy = tool(&service, &["keychain", "delete", "moved", ACCOUNT, "--yes"]);
+    assert_eq!(busy.status.code(), Some(1), "{busy:?}");
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("close it first"),
+        "{busy:?}"
+    );
+    assert_eq!(service.lookup("moved", ACCOUNT), before);
+    holder.kill();
+
     // Out again, into a file, then deleted; delete asks for --yes first.
     let back = dir.path().join("back.key");
     let export = tool(
@@ -277,7 +288,7 @@ fn a_second_process_with_the_same_entry_waits_then_is_refused_and_a_kill_release
         "the error names the identity: {error}"
     );
     assert!(
-        error.contains(&service.runtime_dir().display().to_string()),
+        error.contains(&format!("iroh-identity/{}.lock", holder.id)),
         "the error names the lock: {error}"
     );
     let id = holder.id.clone();

@@ -14,6 +14,8 @@ mod examples;
 mod format;
 mod interop;
 mod keychain;
+#[cfg(feature = "etcd")]
+mod lease;
 mod lock;
 mod permissions;
 mod processes;

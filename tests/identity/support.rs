@@ -25,6 +25,8 @@ pub(crate) mod child;
 /// The echo protocol of the `echo` example: one implementation for both.
 #[path = "../../examples/echo/protocol.rs"]
 pub(crate) mod echo;
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
 pub(crate) mod secret_service;
 
 /// A fresh directory, removed at the end of the test.
@@ -414,4 +416,19 @@ pub(crate) async fn echo_within(
     let result = echo::echo(&client, ticket.endpoint_addr(), message, limit).await;
     client.close().await;
     result
+}
+
+/// Sends `signal` to the process `pid`, a child of this test.
+pub(crate) fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: sends a signal to a child of ours that has not been reaped.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Milliseconds since the epoch: a time that two processes of one host agree on.
+pub(crate) fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch");
+    u64::try_from(since.as_millis()).expect("a time in range")
 }

@@ -690,14 +690,15 @@ fn a_host_lock_directory_planted_by_another_user_is_never_used() {
     if skip_unless_root() {
         return;
     }
-    // No runtime directory (a service without a login session): the host lock goes to
-    // the temporary directory, where nobody takes the name first.
+    // A user with no home in the user database (a container's numeric user) keeps its
+    // host locks in `/tmp/iroh-identity-UID`, where nobody takes the name first. Its own
+    // uid, so that no other test meets this directory.
+    const HOMELESS: u32 = 61002;
     let site = Site::new();
-    let tmp = site.path("tmp");
-    make_dir(&tmp, 0, 0, 0o1777);
     let home = site.path("home");
-    make_dir(&home, SERVICE_USER, SERVICE_USER, 0o700);
-    let planted = tmp.join(format!("iroh-identity-{SERVICE_USER}"));
+    make_dir(&home, HOMELESS, HOMELESS, 0o700);
+    let planted = PathBuf::from(format!("/tmp/iroh-identity-{HOMELESS}"));
+    let _ = fs::remove_dir_all(&planted);
     shell_as(
         NOBODY,
         &[],
@@ -709,11 +710,13 @@ fn a_host_lock_directory_planted_by_another_user_is_never_used() {
         if from_env {
             task.key_env = Some("TEST_IROH_SECRET".to_owned());
         }
-        let mut command = site.child(&task.trace(), SERVICE_USER, &[]);
+        let mut command = site.child(&task.trace(), HOMELESS, &[]);
+        // Where the lock goes depends on nothing in the environment.
         command
-            .env("TMPDIR", &tmp)
             .env("TEST_IROH_SECRET", hex.trim())
-            .env_remove("XDG_RUNTIME_DIR");
+            .env("TMPDIR", &home)
+            .env("XDG_RUNTIME_DIR", &home)
+            .env("HOME", &home);
         run_to_end(command)
     };
 
@@ -736,10 +739,11 @@ fn a_host_lock_directory_planted_by_another_user_is_never_used() {
         "nothing was put in the planted directory"
     );
 
-    // Once it is gone, the service makes its own, private.
+    // Once it is gone, the user makes its own, private, and nothing in its home.
     fs::remove_dir(&planted).expect("rmdir");
     child(Task::new(Action::Open, home.join("unused.key")), true).expect_id();
     let made = fs::metadata(&planted).expect("the host lock directory");
-    assert_eq!((made.uid(), made.mode() & 0o7777), (SERVICE_USER, 0o700));
+    assert_eq!((made.uid(), made.mode() & 0o7777), (HOMELESS, 0o700));
     assert_eq!(list(&planted), [format!("{}.lock", key.public())]);
+    fs::remove_dir_all(&planted).expect("clean up");
 }

@@ -92,6 +92,10 @@ pub(crate) struct Task {
     pub targets: Vec<PathBuf>,
     /// Take the key from this keychain entry (service, account), not from `path`.
     pub keychain: Option<(String, String)>,
+    /// Guard the identity with a lease in the etcd at these endpoints.
+    pub etcd: Vec<String>,
+    /// The lease's TTL in seconds; the crate's default when `None`.
+    pub lease_ttl_s: Option<u64>,
 }
 
 impl Task {
@@ -112,7 +116,16 @@ impl Task {
             runs: 0,
             targets: Vec::new(),
             keychain: None,
+            etcd: Vec::new(),
+            lease_ttl_s: None,
         }
+    }
+
+    /// Guards the identity with a lease in the etcd at `endpoints`, of `ttl_s` seconds.
+    pub(crate) fn lease(mut self, endpoints: Vec<String>, ttl_s: u64) -> Self {
+        self.etcd = endpoints;
+        self.lease_ttl_s = Some(ttl_s);
+        self
     }
 
     /// Takes the key from the keychain entry `service`/`account`.
@@ -194,6 +207,20 @@ pub(crate) enum Report {
         ids: Vec<String>,
         refused: usize,
     },
+    /// The endpoint is bound, holding its lease with this fencing token, since `at_ms`.
+    Holding {
+        token: i64,
+        at_ms: u64,
+    },
+    /// The endpoint was closed on SIGTERM at `at_ms`.
+    Closed {
+        at_ms: u64,
+    },
+    /// The lease was lost, and the endpoint closed, at `at_ms`.
+    Lost {
+        reason: String,
+        at_ms: u64,
+    },
 }
 
 fn say(report: Report) {
@@ -205,7 +232,7 @@ fn say(report: Report) {
 
 /// The report on a line of the child's stdout, if any: the test harness may print its
 /// own words before it on the same line.
-fn report_in(line: &str) -> Option<Report> {
+pub(crate) fn report_in(line: &str) -> Option<Report> {
     let (_, json) = line.split_once(MARK)?;
     Some(serde_json::from_str(json.trim_end()).expect("a child's report"))
 }
@@ -464,12 +491,14 @@ fn builder(task: &Task) -> iroh_identity::Builder {
 }
 
 async fn open(task: &Task) {
-    match builder(task).bind().await {
+    let lease = Lease::of(task);
+    match lease.builder(builder(task)).bind().await {
         Ok(endpoint) => {
             say(Report::Id(endpoint.id().to_string()));
+            lease.say_holding();
             if task.action == Action::Hold {
                 say(Report::Ready);
-                tokio::time::sleep(HOLD_AT_MOST).await;
+                hold(&endpoint, &lease).await;
             }
             endpoint.close().await;
         }
@@ -477,9 +506,78 @@ async fn open(task: &Task) {
     }
 }
 
+/// Keeps the endpoint until killed, SIGTERM (then closes it) or the loss of its lease.
+async fn hold(endpoint: &iroh::Endpoint, lease: &Lease) {
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        () = tokio::time::sleep(HOLD_AT_MOST) => {}
+        _ = terminate.recv() => {
+            endpoint.close().await;
+            say(Report::Closed { at_ms: super::now_ms() });
+        }
+        reason = lease.lost() => say(Report::Lost { reason, at_ms: super::now_ms() }),
+    }
+}
+
+/// The task's lease, if it has one (feature `etcd`).
+struct Lease {
+    #[cfg(feature = "etcd")]
+    etcd: Option<iroh_identity::EtcdLease>,
+}
+
+impl Lease {
+    fn of(task: &Task) -> Self {
+        #[cfg(feature = "etcd")]
+        {
+            let etcd = (!task.etcd.is_empty()).then(|| {
+                let lease = iroh_identity::EtcdLease::new(task.etcd.clone());
+                match task.lease_ttl_s {
+                    Some(ttl) => lease.ttl(Duration::from_secs(ttl)),
+                    None => lease,
+                }
+            });
+            Self { etcd }
+        }
+        #[cfg(not(feature = "etcd"))]
+        {
+            assert!(task.etcd.is_empty(), "leases need the etcd feature");
+            Self {}
+        }
+    }
+
+    fn builder(&self, builder: iroh_identity::Builder) -> iroh_identity::Builder {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            return builder.lease(etcd.clone());
+        }
+        builder
+    }
+
+    fn say_holding(&self) {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            let token = etcd.fencing_token().expect("a held lease has a token");
+            say(Report::Holding {
+                token,
+                at_ms: super::now_ms(),
+            });
+        }
+    }
+
+    /// Why the lease was lost, when it is; never without one.
+    async fn lost(&self) -> String {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            return etcd.lost().await.to_string();
+        }
+        std::future::pending().await
+    }
+}
+
 /// Serves echo until SIGTERM, then closes gracefully.
 async fn serve(task: &Task) {
-    let mut builder = super::stable_builder(&task.path);
+    let lease = Lease::of(task);
+    let mut builder = lease.builder(super::stable_builder(&task.path));
     if let Some(ms) = task.lock_wait_ms {
         builder = builder.lock_wait(Duration::from_millis(ms));
     }
@@ -505,12 +603,14 @@ async fn serve(task: &Task) {
         .accept(echo::ALPN, echo::Echo)
         .spawn();
     say(Report::Id(router.endpoint().id().to_string()));
+    lease.say_holding();
     say(Report::Ticket(ticket.to_string()));
     say(Report::Ready);
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = terminate.recv() => {}
         () = tokio::time::sleep(HOLD_AT_MOST) => {}
+        reason = lease.lost() => return say(Report::Lost { reason, at_ms: super::now_ms() }),
     }
     router.shutdown().await.expect("graceful shutdown");
 }

@@ -153,11 +153,6 @@ impl SecretService {
         self.dir.path().join("data").join("keyrings")
     }
 
-    /// The runtime directory that the session's processes get.
-    pub(crate) fn runtime_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
     fn wait_until_served(&mut self) {
         let start = Instant::now();
         loop {

@@ -1,0 +1,545 @@
+//! The identity's lease in etcd: a key named for the `EndpointId`, bound to an etcd lease
+//! and created only if absent, in one transaction.
+//!
+//! - **Taking it.** A lease of the TTL is granted, then `put KEY` runs if the key's
+//!   create revision is 0 (it does not exist); the revision of that transaction is the
+//!   fencing token. When the key exists, the lease is revoked and the key watched until
+//!   it is deleted, then taken again; the wait ends at the caller's deadline.
+//! - **Keeping it.** A keep-alive is sent every third of the TTL. etcd counts the TTL
+//!   from when it receives one, so a keep-alive confirmed by a response keeps the lease
+//!   at least until its *sending* plus the TTL. When none has been confirmed for the TTL
+//!   less [`fence_margin`], measured on the monotonic clock, the lease may be about to
+//!   expire: the holder closes its endpoint (self-fencing) and reports the loss.
+//! - **Letting go.** When the endpoint closes, the lease is revoked: etcd deletes the key
+//!   and a waiting standby takes it at once. A crashed holder's lease expires after the
+//!   TTL.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use iroh::{Endpoint, EndpointId};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use super::{Held, Lease, Pending};
+use crate::{Error, wait::Deadline};
+
+/// The lease's time to live unless [`EtcdLease::ttl`] sets another: how long a crashed
+/// holder keeps the identity from a standby.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// The shortest TTL: etcd raises shorter ones to its minimum anyway.
+const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Where the keys are, unless [`EtcdLease::prefix`] sets another.
+const DEFAULT_PREFIX: &str = "/iroh-identity/";
+
+/// How long a connection to etcd may take to open, and a request to be answered.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a standby looks at the key again when its watch says nothing (a watch on an
+/// unresponsive member may hang silently), and how soon it tries again after an error.
+const RECHECK: Duration = Duration::from_secs(2);
+const RETRY: Duration = Duration::from_millis(200);
+
+/// One live endpoint per identity across machines: a lease in etcd (feature `etcd`).
+///
+/// Give it to [`Builder::lease`](crate::Builder::lease). Opening then takes the
+/// identity's lease after the host's locks, waiting for another holder (on any machine)
+/// for up to the [lock wait](crate::Builder::lock_wait) (`Duration::MAX`: a hot standby
+/// that waits for ever). The endpoint binds only once it holds the lease; the lease is
+/// kept alive in the background and revoked when the endpoint closes. If the lease may
+/// have been lost (etcd unreachable for the TTL, or this process paused), the endpoint
+/// is closed before another holder can take it, [`lost`](Self::lost) says why, and an
+/// error is logged.
+///
+/// The endpoint is held by the lease until it is closed, so that it can be closed on a
+/// loss: close it (or end the process) to let the identity go. Dropping its clones does
+/// not.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use iroh_identity::{EtcdLease, PersistentEndpoint};
+///
+/// let lease = EtcdLease::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+/// let endpoint = PersistentEndpoint::builder()
+///     .key_path("/run/secrets/endpoint.key")
+///     .lease(lease.clone())
+///     .lock_wait(std::time::Duration::MAX) // a standby waits for its turn
+///     .bind()
+///     .await?;
+/// println!("fencing token {:?}", lease.fencing_token());
+/// let err = lease.lost().await; // the endpoint is closed already
+/// eprintln!("{err}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EtcdLease {
+    endpoints: Vec<String>,
+    prefix: String,
+    ttl: Duration,
+    on_wait: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// What the last lease taken with this value is doing; shared by its clones.
+    state: Arc<watch::Sender<State>>,
+}
+
+/// What a lease taken with an [`EtcdLease`] is doing.
+#[derive(Debug, Clone)]
+enum State {
+    /// Not held: not yet taken, or released.
+    Free,
+    Held {
+        token: i64,
+    },
+    Lost {
+        key: String,
+        reason: String,
+    },
+}
+
+impl EtcdLease {
+    /// A lease in the etcd cluster at `endpoints` (`http://HOST:PORT`; give every member,
+    /// so that losing one is no outage), under the prefix `/iroh-identity/` with a TTL of
+    /// [`DEFAULT_LEASE_TTL`].
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            ttl: DEFAULT_LEASE_TTL,
+            on_wait: None,
+            state: Arc::new(watch::Sender::new(State::Free)),
+        }
+    }
+
+    /// The key is `PREFIX` followed by the `EndpointId`; `/iroh-identity/` unless set.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The lease's time to live, in whole seconds, 2 s at least: a crashed holder keeps a
+    /// standby waiting this long, and a holder that cannot reach etcd closes its endpoint
+    /// after it, less a margin (a fifth of it, 500 ms at least). [`DEFAULT_LEASE_TTL`]
+    /// unless set.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Duration::from_secs(ttl.as_secs_f64().ceil() as u64).max(MIN_TTL);
+        self
+    }
+
+    /// Calls `waiting` once when an open finds the lease held by another and starts
+    /// waiting for it (to tell a user, say).
+    pub fn on_wait(mut self, waiting: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_wait = Some(Arc::new(waiting));
+        self
+    }
+
+    /// The fencing token of the lease held now: the etcd revision at which it was taken,
+    /// larger for every later holder. `None` while none is held.
+    pub fn fencing_token(&self) -> Option<i64> {
+        match &*self.state.borrow() {
+            State::Held { token } => Some(*token),
+            State::Free | State::Lost { .. } => None,
+        }
+    }
+
+    /// Waits until the lease taken with this value (or a clone of it) is lost, and says
+    /// why: [`Error::LeaseLost`]. By then the endpoint has been closed. A lease that is
+    /// released because its endpoint closed is not lost: this then waits on.
+    pub async fn lost(&self) -> Error {
+        let mut state = self.state.subscribe();
+        loop {
+            if let State::Lost { key, reason } = &*state.borrow_and_update() {
+                return Error::LeaseLost {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                };
+            }
+            if state.changed().await.is_err() {
+                // The sender lives as long as `self`: never.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn key(&self, id: EndpointId) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    async fn take(&self, id: EndpointId, deadline: Deadline) -> Result<Box<dyn Held>, Error> {
+        let key = self.key(id);
+        let start = Instant::now();
+        let unavailable = |reason: String| Error::LeaseUnavailable {
+            endpoints: self.endpoints.join(","),
+            waited: waited(start),
+            reason,
+        };
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            // etcd drops clients that ping more often than every 5 s.
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2));
+        let mut client = Client::connect(&self.endpoints, Some(options))
+            .await
+            .map_err(|err| unavailable(err.to_string()))?;
+        let mut announced = false;
+        loop {
+            let sent = Instant::now();
+            match try_take(&mut client, &key, self.ttl).await {
+                Ok(Taken::Ours { lease, token }) => {
+                    info!(%key, token, "took the identity's lease");
+                    self.state.send_replace(State::Held { token });
+                    let (to_keeper, endpoints) = mpsc::unbounded_channel();
+                    let keeper = Keeper {
+                        client,
+                        lease,
+                        key: key.clone(),
+                        ttl: self.ttl,
+                        confirmed: sent,
+                        state: Arc::clone(&self.state),
+                    };
+                    tokio::spawn(keeper.run(endpoints));
+                    return Ok(Box::new(EtcdHeld {
+                        key,
+                        state: Arc::clone(&self.state),
+                        to_keeper,
+                    }));
+                }
+                Ok(Taken::Theirs { holder, revision }) => {
+                    if deadline.left() == Some(Duration::ZERO) {
+                        return Err(Error::LeaseHeld {
+                            key,
+                            holder,
+                            waited: waited(start),
+                        });
+                    }
+                    if !announced {
+                        announced = true;
+                        info!(%key, %holder, "the identity's lease is held; waiting for it");
+                        if let Some(waiting) = &self.on_wait {
+                            waiting();
+                        }
+                    }
+                    wait_for_delete(&mut client, &key, revision, deadline).await;
+                }
+                Err(err) => {
+                    debug!(%key, %err, "cannot take the identity's lease yet");
+                    match deadline.left() {
+                        Some(Duration::ZERO) => return Err(unavailable(err.to_string())),
+                        left => {
+                            tokio::time::sleep(left.map_or(RETRY, |left| left.min(RETRY))).await
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Lease for EtcdLease {
+    fn acquire(
+        &self,
+        id: EndpointId,
+        deadline: Deadline,
+    ) -> Pending<'_, Result<Box<dyn Held>, Error>> {
+        Box::pin(self.take(id, deadline))
+    }
+}
+
+impl fmt::Debug for EtcdLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdLease")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who has the key after an attempt to take it.
+enum Taken {
+    Ours { lease: i64, token: i64 },
+    Theirs { holder: String, revision: i64 },
+}
+
+/// Grants a lease and creates the key with it if the key is absent; revokes the lease
+/// when it is not.
+async fn try_take(
+    client: &mut Client,
+    key: &str,
+    ttl: Duration,
+) -> Result<Taken, etcd_client::Error> {
+    let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
+    let put = PutOptions::new().with_lease(lease);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, holder(), Some(put))])
+        .or_else([TxnOp::get(key, None)]);
+    let response = match client.txn(txn).await {
+        Ok(response) => response,
+        Err(err) => {
+            let _ = client.lease_revoke(lease).await;
+            return Err(err);
+        }
+    };
+    if response.succeeded() {
+        let token = response.header().map_or(0, |header| header.revision());
+        return Ok(Taken::Ours { lease, token });
+    }
+    let _ = client.lease_revoke(lease).await;
+    let existing = response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    });
+    Ok(match existing {
+        Some(kv) => Taken::Theirs {
+            holder: String::from_utf8_lossy(kv.value())
+                .escape_debug()
+                .to_string(),
+            revision: kv.mod_revision(),
+        },
+        // Deleted in between: look again at once.
+        None => Taken::Theirs {
+            holder: "a holder that has just let go".to_owned(),
+            revision: 0,
+        },
+    })
+}
+
+/// Waits until `key` is deleted after `revision`, the deadline passes, or a while passes
+/// (to look at the key again).
+async fn wait_for_delete(client: &mut Client, key: &str, revision: i64, deadline: Deadline) {
+    if revision == 0 {
+        return;
+    }
+    let watch = async {
+        let options = WatchOptions::new().with_start_revision(revision + 1);
+        let mut stream = client.watch(key, Some(options)).await?;
+        while let Some(response) = stream.message().await? {
+            if response.canceled()
+                || response
+                    .events()
+                    .iter()
+                    .any(|event| event.event_type() == EventType::Delete)
+            {
+                break;
+            }
+        }
+        Ok::<_, etcd_client::Error>(())
+    };
+    let limit = deadline.left().map_or(RECHECK, |left| left.min(RECHECK));
+    match tokio::time::timeout(limit, watch).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(err)) => {
+            debug!(%key, %err, "the watch of the identity's lease failed");
+            tokio::time::sleep(RETRY.min(limit)).await;
+        }
+    }
+}
+
+/// What the key holds: who took it, for the error of the next one who tries.
+fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "an unnamed host".to_owned());
+    format!("process {} on {host}", std::process::id())
+}
+
+/// How long before the lease could expire the holder closes its endpoint: a fifth of the
+/// TTL, 500 ms at least.
+fn fence_margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(Duration::from_millis(500))
+}
+
+fn waited(start: Instant) -> Duration {
+    Duration::from_millis(start.elapsed().as_millis() as u64)
+}
+
+/// A lease this process holds, until its keeper is given the endpoint.
+struct EtcdHeld {
+    key: String,
+    state: Arc<watch::Sender<State>>,
+    /// Dropped without sending: the keeper releases the lease.
+    to_keeper: mpsc::UnboundedSender<Endpoint>,
+}
+
+impl Held for EtcdHeld {
+    fn check(&self) -> Result<(), Error> {
+        match &*self.state.borrow() {
+            State::Lost { key, reason } => Err(Error::LeaseLost {
+                key: key.clone(),
+                reason: reason.clone(),
+            }),
+            State::Free | State::Held { .. } => Ok(()),
+        }
+    }
+
+    fn hold_until_closed(self: Box<Self>, endpoint: &Endpoint) {
+        if self.to_keeper.send(endpoint.clone()).is_err() {
+            // The keeper is gone: the lease was lost before the bind finished.
+            warn!(key = %self.key, "the identity's lease was lost while binding; closing");
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move { endpoint.close().await });
+        }
+    }
+}
+
+impl fmt::Debug for EtcdHeld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdHeld")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The background task that keeps a lease alive, releases it when the endpoint closes,
+/// and closes the endpoint when the lease may be lost.
+struct Keeper {
+    client: Client,
+    lease: i64,
+    key: String,
+    ttl: Duration,
+    /// When the last keep-alive that etcd confirmed was sent.
+    confirmed: Instant,
+    state: Arc<watch::Sender<State>>,
+}
+
+impl Keeper {
+    async fn run(mut self, mut endpoints: mpsc::UnboundedReceiver<Endpoint>) {
+        let interval = self.ttl / 3;
+        let mut next_renewal = Instant::now() + interval;
+        let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+        let mut endpoint: Option<Endpoint> = None;
+        let mut closed = None;
+        loop {
+            let fence_at = self.confirmed + self.ttl - fence_margin(self.ttl);
+            let endpoint_closed = async {
+                match &mut closed {
+                    Some(closed) => closed.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(fence_at.into()) => {
+                    let silence = self.confirmed.elapsed();
+                    let reason = format!(
+                        "etcd confirmed no keep-alive for {silence:.1?} (TTL {:?})", self.ttl
+                    );
+                    return self.lose(endpoint, reason).await;
+                }
+                received = endpoints.recv(), if endpoint.is_none() => match received {
+                    Some(bound) => {
+                        closed = Some(Box::pin(bound.closed()));
+                        endpoint = Some(bound);
+                    }
+                    // Dropped before binding: let it go.
+                    None => return self.release().await,
+                },
+                () = endpoint_closed => return self.release().await,
+                () = tokio::time::sleep_until(next_renewal.into()) => {
+                    let sent = Instant::now();
+                    let limit = fence_at.saturating_duration_since(sent);
+                    match tokio::time::timeout(limit, self.renew(&mut stream)).await {
+                        Ok(Ok(ttl)) if ttl > 0 => self.confirmed = sent,
+                        Ok(Ok(_)) => {
+                            return self.lose(endpoint, "etcd says the lease expired".into()).await;
+                        }
+                        Ok(Err(Renewal::Gone)) => {
+                            let reason = "etcd no longer knows the lease".into();
+                            return self.lose(endpoint, reason).await;
+                        }
+                        Ok(Err(Renewal::Failed(err))) => {
+                            warn!(key = %self.key, %err, "cannot renew the identity's lease");
+                            stream = None;
+                        }
+                        Err(_) => stream = None,
+                    }
+                    next_renewal = Instant::now() + if stream.is_some() { interval } else { RETRY };
+                }
+            }
+        }
+    }
+
+    /// Sends one keep-alive and returns the TTL etcd answers with (0: expired).
+    async fn renew(
+        &mut self,
+        stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    ) -> Result<i64, Renewal> {
+        let (keeper, responses) = match stream {
+            Some(open) => open,
+            None => stream.insert(
+                self.client
+                    .lease_keep_alive(self.lease)
+                    .await
+                    .map_err(Renewal::from)?,
+            ),
+        };
+        keeper.keep_alive().await.map_err(Renewal::from)?;
+        match responses.message().await.map_err(Renewal::from)? {
+            Some(response) => Ok(response.ttl()),
+            None => Err(Renewal::Failed("the keep-alive stream ended".into())),
+        }
+    }
+
+    /// The endpoint closed: revokes the lease, so that a standby takes it at once.
+    async fn release(mut self) {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.lease_revoke(self.lease)).await {
+            Ok(Ok(_)) => debug!(key = %self.key, "released the identity's lease"),
+            Ok(Err(err)) => {
+                warn!(key = %self.key, %err, "cannot revoke the identity's lease; it expires after its TTL")
+            }
+            Err(_) => {
+                warn!(key = %self.key, "etcd did not answer the revoke; the lease expires after its TTL")
+            }
+        }
+        self.state.send_replace(State::Free);
+    }
+
+    /// The lease may be gone: closes the endpoint first, then says so.
+    async fn lose(mut self, endpoint: Option<Endpoint>, reason: String) {
+        error!(
+            key = %self.key, %reason,
+            "the identity's lease may be lost; closing the endpoint so that two never run it"
+        );
+        if let Some(endpoint) = endpoint {
+            endpoint.close().await;
+        }
+        self.state.send_replace(State::Lost {
+            key: self.key.clone(),
+            reason,
+        });
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, self.client.lease_revoke(self.lease)).await;
+    }
+}
+
+/// Why a keep-alive was not confirmed.
+enum Renewal {
+    /// etcd does not know the lease (any more).
+    Gone,
+    Failed(String),
+}
+
+impl From<etcd_client::Error> for Renewal {
+    fn from(err: etcd_client::Error) -> Self {
+        let gone = match &err {
+            etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
+            etcd_client::Error::GRpcStatus(status) => status.message().contains("not found"),
+            _ => false,
+        };
+        if gone {
+            Self::Gone
+        } else {
+            Self::Failed(err.to_string())
+        }
+    }
+}
