@@ -12,6 +12,9 @@
 //!    the identity in turn, vs as many processes taking an identity whose key exists.
 //! 5. Opening with stable addressing binding the remembered ports vs iroh's bare bind,
 //!    both on all interfaces; alternated like 1.
+//! 6. With `--features etcd` and `etcd` on the path: taking and letting go of the
+//!    identity with an etcd lease (a single member on loopback, started here) vs with
+//!    the host's locks alone.
 //!
 //! Everything uses `presets::Minimal` (no network, no n0 services) and binds to
 //! 127.0.0.1, except 5, which binds iroh's default sockets on all interfaces. Opens run
@@ -74,6 +77,8 @@ fn main() {
     key_load_vs_raw_read(&mut criterion, dir.path());
     first_run_vs_steady_state(&mut criterion, dir.path());
     concurrent_first_runs(&mut criterion, dir.path());
+    #[cfg(feature = "etcd")]
+    lease::lease_vs_flock(&mut criterion, dir.path());
     criterion.final_summary();
     let paired = paired_open(dir.path(), OPEN_PAIRS, false);
     let stable = paired_open(dir.path(), OPEN_PAIRS, true);
@@ -377,6 +382,14 @@ fn report((open, bare): (f64, f64), (stable_open, stable_bare): (f64, f64)) {
             100.0 * fsyncs / (first - steady)
         );
     }
+    if let (Some(lease), Some(flock)) = (median("lease", "etcd"), median("lease", "flock")) {
+        println!(
+            "  take and let go of the identity with an etcd lease / with the host's locks: {} / {} ({:.1} ×)",
+            show(lease),
+            show(flock),
+            lease / flock
+        );
+    }
     for racers in RACERS {
         let group = "concurrent-first-runs";
         if let (Some(missing), Some(existing)) = (
@@ -390,5 +403,112 @@ fn report((open, bare): (f64, f64), (stable_open, stable_bare): (f64, f64)) {
                 missing / existing
             );
         }
+    }
+}
+
+/// 6: the lease's cost beside the locks'.
+#[cfg(feature = "etcd")]
+mod lease {
+    use std::{
+        net::TcpListener,
+        path::Path,
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use criterion::Criterion;
+    use iroh_identity::{EtcdLease, PersistentEndpoint};
+
+    /// An etcd member for the benchmark, killed when dropped.
+    struct Etcd(std::process::Child, String);
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn port() -> u16 {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("a port");
+        listener.local_addr().expect("its address").port()
+    }
+
+    fn start(dir: &Path) -> Option<Etcd> {
+        let (client, peer) = (port(), port());
+        let client = format!("http://127.0.0.1:{client}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("bench={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Etcd(child, client))
+    }
+
+    pub(super) fn lease_vs_flock(criterion: &mut Criterion, dir: &Path) {
+        let Some(etcd) = start(dir) else {
+            eprintln!("no etcd on the path: the lease is not measured");
+            return;
+        };
+        let runtime = super::runtime();
+        let path = dir.join("lease.key");
+        super::new_key(&path);
+        let lease = EtcdLease::new([etcd.1.clone()]);
+        // Until etcd answers: the first take waits for it.
+        let start = Instant::now();
+        while runtime
+            .block_on(
+                PersistentEndpoint::builder()
+                    .key_path(&path)
+                    .lease(lease.clone())
+                    .lock_wait(Duration::from_millis(200))
+                    .identity(),
+            )
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd did not start"
+            );
+        }
+        let mut group = criterion.benchmark_group("lease");
+        group.bench_function("flock", |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(PersistentEndpoint::builder().key_path(&path).identity())
+                    .expect("take the identity")
+            });
+        });
+        group.bench_function("etcd", |b| {
+            b.iter(|| {
+                // Let go of the last one (its lease is revoked in the background) and take
+                // it again: the wait for the revoke is part of the cost.
+                runtime
+                    .block_on(
+                        PersistentEndpoint::builder()
+                            .key_path(&path)
+                            .lease(lease.clone())
+                            .identity(),
+                    )
+                    .expect("take the identity with its lease")
+            });
+        });
+        group.finish();
     }
 }

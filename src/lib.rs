@@ -23,7 +23,8 @@
 //!   [environment variable](Builder::key_from_env),
 //!   [`create_if_missing`](Builder::create_if_missing), the
 //!   [lock wait](Builder::lock_wait), the preset, and any step on iroh's own builder
-//!   ([`configure`](Builder::configure)).
+//!   ([`configure`](Builder::configure)); with the `keyring` and `etcd` features, a
+//!   key in the OS secret store (`keychain`) and a lease across machines (`lease`).
 //! - **The identity.** [`Identity::open`] (or the builder's
 //!   [`identity`](Builder::identity)) takes the identity without binding: its
 //!   [`id`](Identity::id) is known at once, and [`Identity::bind`] binds it with an
@@ -125,6 +126,16 @@
 //!     that cannot be reached, is locked or refuses access is an error too: never a new
 //!     identity, and never a file in its place. To fall back to a file, match
 //!     [`Error::Keychain`] and open a key path: that choice is yours.
+//! 12. **One live endpoint per identity across machines** (feature `etcd`:
+//!     `Builder::lease` with an `EtcdLease`). Before it binds, an open takes the
+//!     identity's lease in etcd, a key named for the [`EndpointId`] created only if
+//!     absent; a standby waits for it for as long as its lock wait says (for ever is
+//!     fine), and takes over as soon as the holder closes (the lease is revoked), or
+//!     within the TTL when it died. The holder keeps the lease alive in the background;
+//!     when etcd has confirmed no keep-alive for the TTL less a margin (on the monotonic
+//!     clock), the lease may be about to expire, and the holder closes its endpoint
+//!     first, logs an error and tells the application (`EtcdLease::lost`). Each holder
+//!     gets a fencing token, larger than every earlier holder's.
 //!
 //! # Stable addressing
 //!
@@ -182,6 +193,17 @@
 //!   opening fails with the reason; for a key file, whose own lock still holds, that is
 //!   a warning, and copies of the file are then no longer kept apart. Lock files are
 //!   never removed: one per identity ever run, empty.
+//! - A lease (guarantee 12) cannot stop a process that does not run. A holder that was
+//!   paused (SIGSTOP, a long GC pause, a VM migrated or suspended) for longer than the
+//!   TTL has lost its lease when it resumes, and a standby may hold it; the holder closes
+//!   its endpoint as its first act (its timer is due), but until then its endpoint is
+//!   open: a packet already queued for it may be answered, and if it reaches the relay
+//!   before it closes, the relay, which keeps the newest connection for an id, may route
+//!   the id to it for that instant. Measured here: closed within a few milliseconds of
+//!   the resume (RELIABILITY.md). Work that must never run twice should check the
+//!   fencing token where it lands, as with any lease. A network partition that cuts a
+//!   holder off from etcd but not from its peers ends the same way: it closes within
+//!   the TTL. Clocks need not agree between machines; each holder measures its own.
 //! - The secret store is tested with GNOME Keyring (the Secret Service) on Linux. The
 //!   Windows Credential Manager is compiled in CI, not run; the macOS Keychain is
 //!   neither, for want of Apple's toolchain: both are the `keyring` crate's own stores.

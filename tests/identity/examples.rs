@@ -215,3 +215,82 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_gracefully_on_ctrl_c_an
     assert!(after_sigterm.stop(libc::SIGTERM).success());
     assert_eq!(list(dir.path()), ["server.key", "server.key.ports"]);
 }
+
+#[cfg(feature = "etcd")]
+#[test]
+fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
+    use crate::lease::{Machines, skip_unless_root};
+
+    /// A child killed when dropped.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    if skip_unless_root() {
+        return;
+    }
+    let mut etcd = crate::support::etcd::Etcd::single();
+    let machines = Machines::new();
+    let serve = |m: usize| {
+        let mut command = machines.command(m, &example("echo"));
+        command
+            .arg("serve")
+            .arg(machines.key(m))
+            .args(["--etcd", &etcd.endpoints().join(","), "--lease-ttl", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Killed(command.spawn().expect("start echo serve"))
+    };
+    let id_and_ticket = |server: &mut Killed| {
+        let stdout = server.0.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut next = || lines.next().expect("a line").expect("read");
+        let id = next()
+            .strip_prefix("endpoint id: ")
+            .expect("id line")
+            .to_owned();
+        assert!(next().starts_with("ticket: "));
+        id
+    };
+    let mut primary = serve(0);
+    assert_eq!(id_and_ticket(&mut primary), machines.id);
+
+    let mut standby = serve(1);
+    let mut standby_err = BufReader::new(standby.0.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    standby_err.read_line(&mut line).expect("a line on stderr");
+    assert_eq!(line.trim_end(), "waiting for the identity lease");
+
+    crate::support::signal(primary.0.id(), libc::SIGTERM);
+    assert!(primary.0.wait().expect("wait").success());
+    assert_eq!(id_and_ticket(&mut standby), machines.id);
+
+    // etcd gone: the holder closes its endpoint and exits with one line on stderr.
+    etcd.kill_member(0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = standby.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "echo serve kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "exited {status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut standby_err, &mut rest).expect("stderr");
+    let lines: Vec<&str> = rest.lines().collect();
+    assert_eq!(lines.len(), 1, "{rest}");
+    assert!(
+        lines[0].starts_with("error: the identity's lease") && lines[0].contains("may be lost"),
+        "{rest}"
+    );
+    eprintln!("echo --etcd: exited {:?} after etcd died", start.elapsed());
+}

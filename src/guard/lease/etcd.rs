@@ -182,24 +182,20 @@ impl EtcdLease {
             waited: waited(start),
             reason,
         };
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
-            // etcd drops clients that ping more often than every 5 s.
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2));
-        let mut client = Client::connect(&self.endpoints, Some(options))
+        let mut members = Members::connect(&self.endpoints)
             .await
             .map_err(|err| unavailable(err.to_string()))?;
         let mut announced = false;
+        let mut failures = 0;
         loop {
             let sent = Instant::now();
-            match try_take(&mut client, &key, self.ttl).await {
+            match try_take(members.client(), &key, self.ttl).await {
                 Ok(Taken::Ours { lease, token }) => {
                     info!(%key, token, "took the identity's lease");
                     self.state.send_replace(State::Held { token });
                     let (to_keeper, endpoints) = mpsc::unbounded_channel();
                     let keeper = Keeper {
-                        client,
+                        members,
                         lease,
                         key: key.clone(),
                         ttl: self.ttl,
@@ -214,6 +210,7 @@ impl EtcdLease {
                     }));
                 }
                 Ok(Taken::Theirs { holder, revision }) => {
+                    failures = 0;
                     if deadline.left() == Some(Duration::ZERO) {
                         return Err(Error::LeaseHeld {
                             key,
@@ -228,15 +225,19 @@ impl EtcdLease {
                             waiting();
                         }
                     }
-                    wait_for_delete(&mut client, &key, revision, deadline).await;
+                    wait_for_delete(&mut members, &key, revision, deadline).await;
                 }
                 Err(err) => {
                     debug!(%key, %err, "cannot take the identity's lease yet");
+                    members.next();
+                    failures += 1;
                     match deadline.left() {
                         Some(Duration::ZERO) => return Err(unavailable(err.to_string())),
-                        left => {
+                        // Every member failed in turn: give them a moment.
+                        left if failures % members.count() == 0 => {
                             tokio::time::sleep(left.map_or(RETRY, |left| left.min(RETRY))).await
                         }
+                        _ => {}
                     }
                 }
             }
@@ -317,10 +318,11 @@ async fn try_take(
 
 /// Waits until `key` is deleted after `revision`, the deadline passes, or a while passes
 /// (to look at the key again).
-async fn wait_for_delete(client: &mut Client, key: &str, revision: i64, deadline: Deadline) {
+async fn wait_for_delete(members: &mut Members, key: &str, revision: i64, deadline: Deadline) {
     if revision == 0 {
         return;
     }
+    let client = members.client();
     let watch = async {
         let options = WatchOptions::new().with_start_revision(revision + 1);
         let mut stream = client.watch(key, Some(options)).await?;
@@ -341,8 +343,69 @@ async fn wait_for_delete(client: &mut Client, key: &str, revision: i64, deadline
         Ok(Ok(())) | Err(_) => {}
         Ok(Err(err)) => {
             debug!(%key, %err, "the watch of the identity's lease failed");
+            members.next();
             tokio::time::sleep(RETRY.min(limit)).await;
         }
+    }
+}
+
+/// The etcd members, a client for each, of which one is talked to at a time.
+///
+/// etcd-client spreads the requests of one client over all of its endpoints and fails
+/// those that land on a member that is down (etcdv3/etcd-client#39), so that a cluster
+/// with one member lost would fail a share of the requests. Here each request goes to
+/// the current member, and the next member becomes current when a request fails.
+struct Members {
+    clients: Vec<Client>,
+    current: usize,
+}
+
+impl Members {
+    /// Makes the clients; they connect when first used.
+    async fn connect(endpoints: &[String]) -> Result<Self, etcd_client::Error> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            // etcd drops clients that ping more often than every 5 s.
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2));
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            clients.push(Client::connect([endpoint], Some(options.clone())).await?);
+        }
+        if clients.is_empty() {
+            return Err(etcd_client::Error::InvalidArgs("no etcd endpoints".into()));
+        }
+        Ok(Self {
+            clients,
+            current: 0,
+        })
+    }
+
+    fn client(&mut self) -> &mut Client {
+        &mut self.clients[self.current]
+    }
+
+    /// A request to the current member failed: turns to the next.
+    fn next(&mut self) {
+        self.current = (self.current + 1) % self.clients.len();
+    }
+
+    fn count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Revokes `lease` through the first member that answers in time.
+    async fn revoke(&mut self, lease: i64) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..self.count() {
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.client().lease_revoke(lease)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(err)) => last = err.to_string(),
+                Err(_) => last = "etcd did not answer in time".into(),
+            }
+            self.next();
+        }
+        Err(last)
     }
 }
 
@@ -404,7 +467,7 @@ impl fmt::Debug for EtcdHeld {
 /// The background task that keeps a lease alive, releases it when the endpoint closes,
 /// and closes the endpoint when the lease may be lost.
 struct Keeper {
-    client: Client,
+    members: Members,
     lease: i64,
     key: String,
     ttl: Duration,
@@ -461,8 +524,12 @@ impl Keeper {
                         Ok(Err(Renewal::Failed(err))) => {
                             warn!(key = %self.key, %err, "cannot renew the identity's lease");
                             stream = None;
+                            self.members.next();
                         }
-                        Err(_) => stream = None,
+                        Err(_) => {
+                            stream = None;
+                            self.members.next();
+                        }
                     }
                     next_renewal = Instant::now() + if stream.is_some() { interval } else { RETRY };
                 }
@@ -478,7 +545,8 @@ impl Keeper {
         let (keeper, responses) = match stream {
             Some(open) => open,
             None => stream.insert(
-                self.client
+                self.members
+                    .client()
                     .lease_keep_alive(self.lease)
                     .await
                     .map_err(Renewal::from)?,
@@ -493,13 +561,10 @@ impl Keeper {
 
     /// The endpoint closed: revokes the lease, so that a standby takes it at once.
     async fn release(mut self) {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.lease_revoke(self.lease)).await {
-            Ok(Ok(_)) => debug!(key = %self.key, "released the identity's lease"),
-            Ok(Err(err)) => {
+        match self.members.revoke(self.lease).await {
+            Ok(()) => debug!(key = %self.key, "released the identity's lease"),
+            Err(err) => {
                 warn!(key = %self.key, %err, "cannot revoke the identity's lease; it expires after its TTL")
-            }
-            Err(_) => {
-                warn!(key = %self.key, "etcd did not answer the revoke; the lease expires after its TTL")
             }
         }
         self.state.send_replace(State::Free);
@@ -518,7 +583,7 @@ impl Keeper {
             key: self.key.clone(),
             reason,
         });
-        let _ = tokio::time::timeout(REQUEST_TIMEOUT, self.client.lease_revoke(self.lease)).await;
+        let _ = self.members.revoke(self.lease).await;
     }
 }
 
