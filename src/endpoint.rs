@@ -325,7 +325,7 @@ impl Builder<KeyLocation> {
     /// Takes the identity (see [`identity`](Self::identity)) and binds an endpoint with
     /// it, the preset and the [`configure`](Self::configure) steps. The identity stays
     /// with the returned endpoint and all its clones until one of them is closed or the
-    /// last is dropped.
+    /// last is dropped (with an etcd lease, only a close).
     ///
     /// # Errors
     ///

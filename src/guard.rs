@@ -72,7 +72,8 @@ impl Guard {
     }
 
     /// Keeps the guard until `endpoint` closes: until [`Endpoint::close`] is called on
-    /// any clone of it, or the last clone is dropped. Released as soon as closing starts:
+    /// any clone of it, or the last clone is dropped (with a lease, whose keeper holds a
+    /// clone to close it on a loss, only a close). Released as soon as closing starts:
     /// a closing endpoint accepts no new connections, and a restart need not wait for old
     /// connections to drain.
     ///

@@ -177,7 +177,7 @@ impl Identity {
     /// Binds an endpoint with this identity and an iroh builder you configured
     /// (`Endpoint::builder(presets::N0).alpns(..)`...): sets the key, binds, and ties the
     /// identity to the endpoint and all its clones until one of them is closed or the
-    /// last is dropped.
+    /// last is dropped (with an etcd lease, only a close lets it go).
     ///
     /// The builder is bound as you configured it. With stable addressing on, the ports
     /// the endpoint gets are remembered; but they are not asked for again here, because

@@ -350,6 +350,36 @@ fn losing_etcd_fences_the_holder_within_the_ttl_and_a_standby_proceeds_when_it_i
 }
 
 #[test]
+fn a_standby_waits_quietly_after_the_history_is_compacted() {
+    if skip_unless_root() {
+        return;
+    }
+    let etcd = Etcd::single();
+    let machines = Machines::new();
+    let primary = machines.serve(0, &etcd);
+    primary.holding(Duration::from_secs(10)).expect("holds");
+    let standby = machines.serve(1, &etcd);
+    std::thread::sleep(Duration::from_millis(500));
+    // The key's revision is compacted away while the standby waits: a watch from it is
+    // refused, and a standby that took that for a delete would ask again and again.
+    etcd.write_and_compact(20);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = etcd.requests("LeaseGrant");
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = etcd.requests("LeaseGrant") - before;
+    assert!(
+        asked <= 4,
+        "the standby asked for {asked} leases in 3 s while the key was held"
+    );
+    assert!(standby.holding(Duration::ZERO).is_none());
+    primary.signal(libc::SIGTERM);
+    standby
+        .holding(Duration::from_secs(5))
+        .expect("the standby took over after the compaction");
+    eprintln!("compacted history: the standby asked for {asked} leases in 3 s, then took over");
+}
+
+#[test]
 fn a_leader_change_keeps_the_lease_and_the_endpoint() {
     if skip_unless_root() {
         return;

@@ -38,6 +38,9 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// The shortest TTL: etcd raises shorter ones to its minimum anyway.
 const MIN_TTL: Duration = Duration::from_secs(2);
 
+/// The longest TTL: a day.
+const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Where the keys are, unless [`EtcdLease::prefix`] sets another.
 const DEFAULT_PREFIX: &str = "/iroh-identity/";
 
@@ -56,10 +59,13 @@ const RETRY: Duration = Duration::from_millis(200);
 /// identity's lease after the host's locks, waiting for another holder (on any machine)
 /// for up to the [lock wait](crate::Builder::lock_wait) (`Duration::MAX`: a hot standby
 /// that waits for ever). The endpoint binds only once it holds the lease; the lease is
-/// kept alive in the background and revoked when the endpoint closes. If the lease may
-/// have been lost (etcd unreachable for the TTL, or this process paused), the endpoint
-/// is closed before another holder can take it, [`lost`](Self::lost) says why, and an
-/// error is logged.
+/// kept alive in the background and revoked when the endpoint closes. When etcd has
+/// confirmed no keep-alive for the TTL less a margin (etcd unreachable), the endpoint is
+/// closed before the lease can expire, [`lost`](Self::lost) says why, and an error is
+/// logged. A process that was paused past the TTL (SIGSTOP, a long GC pause, a VM
+/// migrated or suspended) cannot act while paused: it closes its endpoint when it
+/// resumes, possibly after a standby has taken over (see
+/// [*Limitations*](crate#limitations)).
 ///
 /// The endpoint is held by the lease until it is closed, so that it can be closed on a
 /// loss: close it (or end the process) to let the identity go. Dropping its clones does
@@ -88,8 +94,63 @@ pub struct EtcdLease {
     prefix: String,
     ttl: Duration,
     on_wait: Option<Arc<dyn Fn() + Send + Sync>>,
-    /// What the last lease taken with this value is doing; shared by its clones.
-    state: Arc<watch::Sender<State>>,
+    /// What the last lease taken with this value (or a clone) is doing.
+    latest: Arc<watch::Sender<Latest>>,
+}
+
+/// The last lease taken with an [`EtcdLease`]: which one (a count), and its state.
+#[derive(Debug)]
+struct Latest {
+    taken: u64,
+    state: State,
+}
+
+/// The state of one lease taken, and of the [`EtcdLease`]'s latest while it is the last
+/// taken: a keeper that is still letting an older lease go never overwrites a newer one.
+#[derive(Debug, Clone)]
+struct Record {
+    own: Arc<std::sync::Mutex<State>>,
+    latest: Arc<watch::Sender<Latest>>,
+    taken: u64,
+}
+
+impl Record {
+    /// Records a new lease as the value's latest.
+    fn new(latest: &Arc<watch::Sender<Latest>>, token: i64) -> Self {
+        let state = State::Held { token };
+        let mut taken = 0;
+        latest.send_modify(|latest| {
+            latest.taken += 1;
+            latest.state = state.clone();
+            taken = latest.taken;
+        });
+        Self {
+            own: Arc::new(std::sync::Mutex::new(state)),
+            latest: Arc::clone(latest),
+            taken,
+        }
+    }
+
+    fn get(&self) -> State {
+        self.own
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, state: State) {
+        *self
+            .own
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state.clone();
+        self.latest.send_if_modified(|latest| {
+            let ours = latest.taken == self.taken;
+            if ours {
+                latest.state = state;
+            }
+            ours
+        });
+    }
 }
 
 /// What a lease taken with an [`EtcdLease`] is doing.
@@ -116,7 +177,10 @@ impl EtcdLease {
             prefix: DEFAULT_PREFIX.to_owned(),
             ttl: DEFAULT_LEASE_TTL,
             on_wait: None,
-            state: Arc::new(watch::Sender::new(State::Free)),
+            latest: Arc::new(watch::Sender::new(Latest {
+                taken: 0,
+                state: State::Free,
+            })),
         }
     }
 
@@ -126,12 +190,12 @@ impl EtcdLease {
         self
     }
 
-    /// The lease's time to live, in whole seconds, 2 s at least: a crashed holder keeps a
+    /// The lease's time to live, in whole seconds, 2 s at least and a day at most: a crashed holder keeps a
     /// standby waiting this long, and a holder that cannot reach etcd closes its endpoint
     /// after it, less a margin (a fifth of it, 500 ms at least). [`DEFAULT_LEASE_TTL`]
     /// unless set.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Duration::from_secs(ttl.as_secs_f64().ceil() as u64).max(MIN_TTL);
+        self.ttl = Duration::from_secs(ttl.as_secs_f64().ceil() as u64).clamp(MIN_TTL, MAX_TTL);
         self
     }
 
@@ -145,7 +209,7 @@ impl EtcdLease {
     /// The fencing token of the lease held now: the etcd revision at which it was taken,
     /// larger for every later holder. `None` while none is held.
     pub fn fencing_token(&self) -> Option<i64> {
-        match &*self.state.borrow() {
+        match &self.latest.borrow().state {
             State::Held { token } => Some(*token),
             State::Free | State::Lost { .. } => None,
         }
@@ -155,15 +219,15 @@ impl EtcdLease {
     /// why: [`Error::LeaseLost`]. By then the endpoint has been closed. A lease that is
     /// released because its endpoint closed is not lost: this then waits on.
     pub async fn lost(&self) -> Error {
-        let mut state = self.state.subscribe();
+        let mut latest = self.latest.subscribe();
         loop {
-            if let State::Lost { key, reason } = &*state.borrow_and_update() {
+            if let State::Lost { key, reason } = &latest.borrow_and_update().state {
                 return Error::LeaseLost {
                     key: key.clone(),
                     reason: reason.clone(),
                 };
             }
-            if state.changed().await.is_err() {
+            if latest.changed().await.is_err() {
                 // The sender lives as long as `self`: never.
                 std::future::pending::<()>().await;
             }
@@ -187,12 +251,13 @@ impl EtcdLease {
             .map_err(|err| unavailable(err.to_string()))?;
         let mut announced = false;
         let mut failures = 0;
+        let mut orphans = Vec::new();
         loop {
             let sent = Instant::now();
-            match try_take(members.client(), &key, self.ttl).await {
+            match try_take(&mut members, &key, self.ttl, &mut orphans).await {
                 Ok(Taken::Ours { lease, token }) => {
                     info!(%key, token, "took the identity's lease");
-                    self.state.send_replace(State::Held { token });
+                    let record = Record::new(&self.latest, token);
                     let (to_keeper, endpoints) = mpsc::unbounded_channel();
                     let keeper = Keeper {
                         members,
@@ -200,12 +265,12 @@ impl EtcdLease {
                         key: key.clone(),
                         ttl: self.ttl,
                         confirmed: sent,
-                        state: Arc::clone(&self.state),
+                        record: record.clone(),
                     };
                     tokio::spawn(keeper.run(endpoints));
                     return Ok(Box::new(EtcdHeld {
                         key,
-                        state: Arc::clone(&self.state),
+                        record,
                         to_keeper,
                     }));
                 }
@@ -261,7 +326,7 @@ impl fmt::Debug for EtcdLease {
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
-            .field("state", &*self.state.borrow())
+            .field("state", &self.latest.borrow().state)
             .finish_non_exhaustive()
     }
 }
@@ -274,12 +339,26 @@ enum Taken {
 
 /// Grants a lease and creates the key with it if the key is absent; revokes the lease
 /// when it is not.
+///
+/// A transaction that etcd carried out but whose answer was lost leaves the key bound to
+/// a lease of ours that no one keeps alive; when its revoke fails too, the lease is kept
+/// in `orphans`, and a key found bound to one of them is let go of and taken again at
+/// once, instead of being waited for as another holder's.
 async fn try_take(
-    client: &mut Client,
+    members: &mut Members,
     key: &str,
     ttl: Duration,
+    orphans: &mut Vec<i64>,
 ) -> Result<Taken, etcd_client::Error> {
-    let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
+    let client = members.client();
+    let grant = client.lease_grant(ttl.as_secs() as i64, None).await?;
+    let lease = grant.id();
+    if grant.ttl() > ttl.as_secs() as i64 {
+        warn!(
+            %key, asked = ttl.as_secs(), granted = grant.ttl(),
+            "etcd granted a longer TTL than asked: a crashed holder keeps the lease that long"
+        );
+    }
     let put = PutOptions::new().with_lease(lease);
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
@@ -288,25 +367,48 @@ async fn try_take(
     let response = match client.txn(txn).await {
         Ok(response) => response,
         Err(err) => {
-            let _ = client.lease_revoke(lease).await;
+            if members.revoke(lease).await.is_err() {
+                orphans.push(lease);
+            }
             return Err(err);
         }
     };
+    let revision = response
+        .header()
+        .map(|header| header.revision())
+        .ok_or_else(|| {
+            etcd_client::Error::InvalidArgs("etcd answered without a revision".into())
+        })?;
     if response.succeeded() {
-        let token = response.header().map_or(0, |header| header.revision());
-        return Ok(Taken::Ours { lease, token });
+        return Ok(Taken::Ours {
+            lease,
+            token: revision,
+        });
     }
-    let _ = client.lease_revoke(lease).await;
+    let _ = members.client().lease_revoke(lease).await;
     let existing = response.op_responses().into_iter().find_map(|op| match op {
         TxnOpResponse::Get(get) => get.kvs().first().cloned(),
         _ => None,
     });
     Ok(match existing {
+        Some(kv) if orphans.contains(&kv.lease()) => {
+            let orphan = kv.lease();
+            members
+                .revoke(orphan)
+                .await
+                .map_err(etcd_client::Error::InvalidArgs)?;
+            orphans.retain(|&lease| lease != orphan);
+            Taken::Theirs {
+                holder: "this process, in an attempt whose answer was lost".to_owned(),
+                revision: 0,
+            }
+        }
+        // Watched from the revision of this answer, which etcd keeps until it compacts.
         Some(kv) => Taken::Theirs {
             holder: String::from_utf8_lossy(kv.value())
                 .escape_debug()
                 .to_string(),
-            revision: kv.mod_revision(),
+            revision,
         },
         // Deleted in between: look again at once.
         None => Taken::Theirs {
@@ -327,20 +429,24 @@ async fn wait_for_delete(members: &mut Members, key: &str, revision: i64, deadli
         let options = WatchOptions::new().with_start_revision(revision + 1);
         let mut stream = client.watch(key, Some(options)).await?;
         while let Some(response) = stream.message().await? {
-            if response.canceled()
-                || response
-                    .events()
-                    .iter()
-                    .any(|event| event.event_type() == EventType::Delete)
+            if response.canceled() {
+                // Compacted past the revision, say: look again after a pause.
+                return Ok(false);
+            }
+            if response
+                .events()
+                .iter()
+                .any(|event| event.event_type() == EventType::Delete)
             {
-                break;
+                return Ok(true);
             }
         }
-        Ok::<_, etcd_client::Error>(())
+        Ok::<_, etcd_client::Error>(false)
     };
     let limit = deadline.left().map_or(RECHECK, |left| left.min(RECHECK));
     match tokio::time::timeout(limit, watch).await {
-        Ok(Ok(())) | Err(_) => {}
+        Ok(Ok(true)) | Err(_) => {}
+        Ok(Ok(false)) => tokio::time::sleep(RETRY.min(limit)).await,
         Ok(Err(err)) => {
             debug!(%key, %err, "the watch of the identity's lease failed");
             members.next();
@@ -430,18 +536,15 @@ fn waited(start: Instant) -> Duration {
 /// A lease this process holds, until its keeper is given the endpoint.
 struct EtcdHeld {
     key: String,
-    state: Arc<watch::Sender<State>>,
+    record: Record,
     /// Dropped without sending: the keeper releases the lease.
     to_keeper: mpsc::UnboundedSender<Endpoint>,
 }
 
 impl Held for EtcdHeld {
     fn check(&self) -> Result<(), Error> {
-        match &*self.state.borrow() {
-            State::Lost { key, reason } => Err(Error::LeaseLost {
-                key: key.clone(),
-                reason: reason.clone(),
-            }),
+        match self.record.get() {
+            State::Lost { key, reason } => Err(Error::LeaseLost { key, reason }),
             State::Free | State::Held { .. } => Ok(()),
         }
     }
@@ -473,7 +576,7 @@ struct Keeper {
     ttl: Duration,
     /// When the last keep-alive that etcd confirmed was sent.
     confirmed: Instant,
-    state: Arc<watch::Sender<State>>,
+    record: Record,
 }
 
 impl Keeper {
@@ -498,7 +601,7 @@ impl Keeper {
                     let reason = format!(
                         "etcd confirmed no keep-alive for {silence:.1?} (TTL {:?})", self.ttl
                     );
-                    return self.lose(endpoint, reason).await;
+                    return self.lose(endpoint, endpoints, reason).await;
                 }
                 received = endpoints.recv(), if endpoint.is_none() => match received {
                     Some(bound) => {
@@ -511,15 +614,17 @@ impl Keeper {
                 () = endpoint_closed => return self.release().await,
                 () = tokio::time::sleep_until(next_renewal.into()) => {
                     let sent = Instant::now();
-                    let limit = fence_at.saturating_duration_since(sent);
+                    // One member that hangs must leave time to try the next.
+                    let limit = fence_at.saturating_duration_since(sent).min(interval);
                     match tokio::time::timeout(limit, self.renew(&mut stream)).await {
                         Ok(Ok(ttl)) if ttl > 0 => self.confirmed = sent,
                         Ok(Ok(_)) => {
-                            return self.lose(endpoint, "etcd says the lease expired".into()).await;
+                            let reason = "etcd says the lease expired".into();
+                            return self.lose(endpoint, endpoints, reason).await;
                         }
                         Ok(Err(Renewal::Gone)) => {
                             let reason = "etcd no longer knows the lease".into();
-                            return self.lose(endpoint, reason).await;
+                            return self.lose(endpoint, endpoints, reason).await;
                         }
                         Ok(Err(Renewal::Failed(err))) => {
                             warn!(key = %self.key, %err, "cannot renew the identity's lease");
@@ -567,19 +672,28 @@ impl Keeper {
                 warn!(key = %self.key, %err, "cannot revoke the identity's lease; it expires after its TTL")
             }
         }
-        self.state.send_replace(State::Free);
+        self.record.set(State::Free);
     }
 
-    /// The lease may be gone: closes the endpoint first, then says so.
-    async fn lose(mut self, endpoint: Option<Endpoint>, reason: String) {
+    /// The lease may be gone: closes the endpoint first, then says so. An endpoint that
+    /// a bind hands over from now on finds the keeper gone and closes itself; one handed
+    /// over already but not yet received is closed here.
+    async fn lose(
+        mut self,
+        endpoint: Option<Endpoint>,
+        mut endpoints: mpsc::UnboundedReceiver<Endpoint>,
+        reason: String,
+    ) {
         error!(
             key = %self.key, %reason,
             "the identity's lease may be lost; closing the endpoint so that two never run it"
         );
-        if let Some(endpoint) = endpoint {
+        endpoints.close();
+        let late = std::iter::from_fn(|| endpoints.try_recv().ok());
+        for endpoint in endpoint.into_iter().chain(late.collect::<Vec<_>>()) {
             endpoint.close().await;
         }
-        self.state.send_replace(State::Lost {
+        self.record.set(State::Lost {
             key: self.key.clone(),
             reason,
         });

@@ -122,7 +122,7 @@ fn racing_first_runs_on_an_empty_keychain_entry_all_get_the_same_key() {
         let outcomes: Vec<Outcome> = racers.into_iter().map(outcome).collect();
         let stored = service
             .lookup(&entry, "endpoint")
-            .expect("the round left an entry");
+            .unwrap_or_else(|| panic!("round {round} left no entry; the racers: {outcomes:#?}"));
         let (key, _) = decode_key(&stored).expect("the entry holds a key");
         let ids: BTreeSet<&str> = outcomes.iter().map(Outcome::expect_id).collect();
         assert_eq!(

@@ -6,6 +6,7 @@
 
 use std::{
     fs,
+    io::{Read, Write},
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -122,6 +123,51 @@ impl Etcd {
             let _ = process.kill();
             let _ = process.wait();
         }
+    }
+
+    /// Writes `count` keys of no one's, then compacts the history up to now: watches
+    /// from an earlier revision are then refused.
+    pub(crate) fn write_and_compact(&self, count: usize) {
+        block_on(async {
+            let mut client = etcd_client::Client::connect(self.endpoints(), None)
+                .await
+                .expect("connect to etcd");
+            let mut revision = 0;
+            for i in 0..count {
+                let put = client
+                    .put(format!("/test/filler/{i}"), "x", None)
+                    .await
+                    .expect("put");
+                revision = put.header().expect("a header").revision();
+            }
+            client
+                .compact(
+                    revision,
+                    Some(etcd_client::CompactionOptions::new().with_physical()),
+                )
+                .await
+                .expect("compact");
+        })
+    }
+
+    /// How many `method` requests (`LeaseGrant`, say) member 0 has answered, from its
+    /// metrics.
+    pub(crate) fn requests(&self, method: &str) -> u64 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.members[0].client_port))
+            .expect("connect to etcd's metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("ask for the metrics");
+        let mut metrics = String::new();
+        stream
+            .read_to_string(&mut metrics)
+            .expect("read the metrics");
+        let method = format!("grpc_method=\"{method}\"");
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("grpc_server_handled_total{") && line.contains(&method))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     /// The member that leads the cluster now.

@@ -153,6 +153,26 @@ impl SecretService {
         self.dir.path().join("data").join("keyrings")
     }
 
+    /// Whether the alias `default` names a collection.
+    fn has_default(&self) -> bool {
+        let alias = self
+            .command("gdbus")
+            .args([
+                "call",
+                "--session",
+                "--dest",
+                "org.freedesktop.secrets",
+                "--object-path",
+                "/org/freedesktop/secrets",
+                "--method",
+                "org.freedesktop.Secret.Service.ReadAlias",
+                "default",
+            ])
+            .output()
+            .expect("run gdbus");
+        String::from_utf8_lossy(&alias.stdout).contains("/collection/")
+    }
+
     fn wait_until_served(&mut self) {
         let start = Instant::now();
         loop {
@@ -171,7 +191,9 @@ impl SecretService {
                 ])
                 .output()
                 .expect("run gdbus");
-            if String::from_utf8_lossy(&owned.stdout).contains("true") {
+            // Served, and its login collection made and unlocked: before that, a store
+            // finds no default collection.
+            if String::from_utf8_lossy(&owned.stdout).contains("true") && self.has_default() {
                 return;
             }
             if let Some(status) = self.keyring.try_wait().expect("poll the keyring") {
