@@ -192,7 +192,8 @@ impl Identity {
     ///
     /// # Errors
     ///
-    /// [`Error::Bind`] when iroh cannot bind.
+    /// [`Error::Bind`] when iroh cannot bind; `Error::LeaseLost` when the identity's etcd
+    /// lease was lost before the endpoint was handed over (the endpoint is closed).
     pub async fn bind(self, builder: endpoint::Builder) -> Result<Endpoint, Error> {
         let addressing = match self.ports_file() {
             Some((dir, name)) => {
@@ -202,7 +203,7 @@ impl Identity {
             None => None,
         };
         let endpoint = self.bind_with_key(builder).await?;
-        Ok(self.finish(endpoint, addressing))
+        self.finish(endpoint, addressing).await
     }
 
     /// Binds with an iroh builder that `configure` makes from an empty one, with the
@@ -245,7 +246,7 @@ impl Identity {
                     .await?
             }
         };
-        Ok(self.finish(endpoint, addressing))
+        self.finish(endpoint, addressing).await
     }
 
     /// Binds without remembered ports, after a bind with them failed. The sockets of the
@@ -289,13 +290,22 @@ impl Identity {
             .map_err(Error::Bind)
     }
 
-    /// Remembers the ports, and hands the identity over to the endpoint.
-    fn finish(self, endpoint: Endpoint, addressing: Option<StableAddressing>) -> Endpoint {
+    /// Remembers the ports, and hands the identity over to the endpoint; or closes the
+    /// endpoint if its lease was lost while it was being bound.
+    async fn finish(
+        self,
+        endpoint: Endpoint,
+        addressing: Option<StableAddressing>,
+    ) -> Result<Endpoint, Error> {
+        if let Err(err) = self.guard.check() {
+            endpoint.close().await;
+            return Err(err);
+        }
         if let Some(addressing) = addressing {
             addressing.remember(&endpoint);
         }
         self.guard.hold_until_closed(&endpoint);
-        endpoint
+        Ok(endpoint)
     }
 }
 
