@@ -193,7 +193,9 @@ impl Identity {
     /// # Errors
     ///
     /// [`Error::Bind`] when iroh cannot bind; `Error::LeaseLost` when the identity's etcd
-    /// lease was lost before the endpoint was handed over (the endpoint is closed).
+    /// lease was found lost once the endpoint was bound (the endpoint is closed). A loss
+    /// in the instant after that check closes the endpoint too, which is then returned
+    /// already closing.
     pub async fn bind(self, builder: endpoint::Builder) -> Result<Endpoint, Error> {
         let addressing = match self.ports_file() {
             Some((dir, name)) => {
@@ -228,6 +230,7 @@ impl Identity {
                 let builder = configure(addressing.apply(endpoint::Builder::empty(), theirs));
                 match self.bind_with_key(builder).await {
                     Ok(endpoint) => endpoint,
+                    Err(err @ Error::LeaseLost { .. }) => return Err(err),
                     Err(err) => {
                         let cause = std::error::Error::source(&err)
                             .map_or_else(String::new, |cause| cause.to_string());

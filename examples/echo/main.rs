@@ -96,7 +96,12 @@ async fn serve(path: PathBuf, lease: Lease) -> anyhow::Result<()> {
         // A standby waits for as long as it takes.
         let builder = builder.lease(etcd.clone()).lock_wait(Duration::MAX);
         let endpoint = builder.bind().await?;
-        run(endpoint, async move { Err(etcd.lost().await.into()) }).await
+        let lease = etcd.clone();
+        let result = run(endpoint, async move { Err(lease.lost().await.into()) }).await;
+        // The lease is let go of in the background once the endpoint is closed: wait for
+        // it, so that a standby takes over now rather than after the TTL.
+        etcd.released().await;
+        result
     }
     #[cfg(not(feature = "etcd"))]
     {

@@ -76,8 +76,9 @@ const RETRY: Duration = Duration::from_millis(200);
 /// [*Limitations*](crate#limitations)).
 ///
 /// The endpoint is held by the lease until it is closed, so that it can be closed on a
-/// loss: close it (or end the process) to let the identity go. Dropping its clones does
-/// not.
+/// loss: close it to let the identity go (dropping its clones does not), and await
+/// [`released`](Self::released) before the process ends, so that a standby takes over at
+/// once rather than after the TTL.
 ///
 /// ```no_run
 /// # async fn run() -> anyhow::Result<()> {
@@ -154,6 +155,24 @@ impl EtcdLease {
         }
     }
 
+    /// Waits until the lease taken with this value (or a clone of it) has been let go
+    /// of: revoked after its endpoint was closed, so that a standby takes it at once
+    /// (etcd not answering the revoke, it expires after its TTL), or lost. It lets go
+    /// in the background when the endpoint closes: a program that ends right after
+    /// closing should await this first, or the lease may be left to expire. It waits
+    /// at most a couple of seconds per etcd member after the close.
+    pub async fn released(&self) {
+        let mut latest = self.latest.subscribe();
+        loop {
+            if let State::Free | State::Lost { .. } = latest.borrow_and_update().state {
+                return;
+            }
+            if latest.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Waits until the lease taken with this value (or a clone of it) is lost, and says
     /// why: [`Error::LeaseLost`]. By then the endpoint has been closed. A lease that is
     /// released because its endpoint closed is not lost: this then waits on.
@@ -216,6 +235,7 @@ impl EtcdLease {
                 Ok(Taken::Theirs { holder, revision }) => {
                     failures = 0;
                     if deadline.left() == Some(Duration::ZERO) {
+                        members.revoke_in_background(orphans);
                         return Err(Error::LeaseHeld {
                             key,
                             holder,
@@ -236,7 +256,10 @@ impl EtcdLease {
                     members.next();
                     failures += 1;
                     match deadline.left() {
-                        Some(Duration::ZERO) => return Err(unavailable(err.to_string())),
+                        Some(Duration::ZERO) => {
+                            members.revoke_in_background(orphans);
+                            return Err(unavailable(err.to_string()));
+                        }
                         // Every member failed in turn: give them a moment.
                         left if failures % members.count() == 0 => {
                             tokio::time::sleep(left.map_or(RETRY, |left| left.min(RETRY))).await

@@ -514,6 +514,7 @@ async fn hold(endpoint: &iroh::Endpoint, lease: &Lease) {
         _ = terminate.recv() => {
             endpoint.close().await;
             say(Report::Closed { at_ms: super::now_ms() });
+            lease.released().await;
         }
         reason = lease.lost() => say(Report::Lost { reason, at_ms: super::now_ms() }),
     }
@@ -572,6 +573,15 @@ impl Lease {
         }
         std::future::pending().await
     }
+
+    /// Waits until the lease is let go of after a close, as a program that then exits
+    /// should.
+    async fn released(&self) {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            etcd.released().await;
+        }
+    }
 }
 
 /// Serves echo until SIGTERM, then closes gracefully.
@@ -613,6 +623,7 @@ async fn serve(task: &Task) {
         reason = lease.lost() => return say(Report::Lost { reason, at_ms: super::now_ms() }),
     }
     router.shutdown().await.expect("graceful shutdown");
+    lease.released().await;
 }
 
 /// Connects to the ticket's endpoint and stays connected.

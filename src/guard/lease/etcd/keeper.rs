@@ -139,7 +139,10 @@ pub(super) struct Keeper {
 impl Keeper {
     pub(super) async fn run(mut self, mut endpoints: mpsc::UnboundedReceiver<Endpoint>) {
         let interval = self.ttl / 3;
-        let mut next_renewal = Instant::now() + interval;
+        let mut next_renewal = self.confirmed + interval;
+        // Renewals that failed in a row: each goes to the next member at once, and only
+        // when every member failed in turn is there a pause.
+        let mut failures = 0;
         let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
         let mut endpoint: Option<Endpoint> = None;
         let mut closed = None;
@@ -171,10 +174,15 @@ impl Keeper {
                 () = endpoint_closed => return self.release().await,
                 () = tokio::time::sleep_until(next_renewal.into()) => {
                     let sent = Instant::now();
-                    // One member that hangs must leave time to try the next.
-                    let limit = fence_at.saturating_duration_since(sent).min(interval);
-                    match tokio::time::timeout(limit, self.renew(&mut stream)).await {
-                        Ok(Ok(ttl)) if ttl > 0 => self.confirmed = sent,
+                    // One member that hangs must leave time to try the next, and a close
+                    // must not wait long for an attempt to end.
+                    let limit = (fence_at.saturating_duration_since(sent) / 2)
+                        .min(super::REQUEST_TIMEOUT);
+                    let failed = match tokio::time::timeout(limit, self.renew(&mut stream)).await {
+                        Ok(Ok(ttl)) if ttl > 0 => {
+                            self.confirmed = sent;
+                            false
+                        }
                         Ok(Ok(_)) => {
                             let reason = "etcd says the lease expired".into();
                             return self.lose(endpoint, endpoints, reason).await;
@@ -185,15 +193,29 @@ impl Keeper {
                         }
                         Ok(Err(Renewal::Failed(err))) => {
                             warn!(key = %self.key, %err, "cannot renew the identity's lease");
-                            stream = None;
-                            self.members.next();
+                            true
                         }
                         Err(_) => {
-                            stream = None;
-                            self.members.next();
+                            warn!(
+                                key = %self.key, ?limit,
+                                "etcd did not answer a keep-alive of the identity's lease in time"
+                            );
+                            true
                         }
-                    }
-                    next_renewal = Instant::now() + if stream.is_some() { interval } else { RETRY };
+                    };
+                    next_renewal = if !failed {
+                        failures = 0;
+                        self.confirmed + interval
+                    } else {
+                        stream = None;
+                        self.members.next();
+                        failures += 1;
+                        if failures % self.members.count() == 0 {
+                            Instant::now() + RETRY
+                        } else {
+                            Instant::now()
+                        }
+                    };
                 }
             }
         }

@@ -12,6 +12,7 @@ use super::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 /// those that land on a member that is down (etcdv3/etcd-client#39), so that a cluster
 /// with one member lost would fail a share of the requests. Here each request goes to
 /// the current member, and the next member becomes current when a request fails.
+#[derive(Clone)]
 pub(super) struct Members {
     clients: Vec<Client>,
     current: usize,
@@ -49,6 +50,20 @@ impl Members {
 
     pub(super) fn count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// Revokes, in the background, the leases of attempts whose answers were lost: one of
+    /// them may hold the key, and would keep every holder out for its TTL.
+    pub(super) fn revoke_in_background(&self, leases: Vec<i64>) {
+        if leases.is_empty() {
+            return;
+        }
+        let mut members = self.clone();
+        tokio::spawn(async move {
+            for lease in leases {
+                let _ = members.revoke(lease).await;
+            }
+        });
     }
 
     /// Revokes `lease` through the first member that answers in time.
