@@ -130,7 +130,8 @@
 //!     `Builder::lease` with an `EtcdLease`). Before it binds, an open takes the
 //!     identity's lease in etcd, a key named for the [`EndpointId`] created only if
 //!     absent; a standby waits for it for as long as its lock wait says (for ever is
-//!     fine), and takes over as soon as the holder closes (the lease is revoked), or
+//!     fine), and takes over as soon as the holder closes (the lease is revoked; a
+//!     holder that exits right after closing awaits `EtcdLease::released` first), or
 //!     within the TTL when it died. The holder keeps the lease alive in the background;
 //!     when etcd has confirmed no keep-alive for the TTL less a margin (on the monotonic
 //!     clock), the lease may be about to expire, and the holder closes its endpoint
