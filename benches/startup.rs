@@ -3,7 +3,8 @@
 //! of the ratios of medians; RELIABILITY.md reports them (*What it costs*).
 //!
 //! 1. Opening with an existing key vs iroh's bare bind with the key in memory; the
-//!    ratio comes from a run that alternates the two (see [`paired_open`]).
+//!    ratio comes from a run that alternates the two (see [`paired_open`]), which also
+//!    times a bare bind that first makes its key from 32 bytes.
 //! 2. Taking the identity (location and permission checks, read, parse, lock), per
 //!    format, vs reading a raw 32-byte file and `SecretKey::from_bytes`.
 //! 3. A first run (generate, durable publish, bind) vs a steady-state open, and the part
@@ -162,39 +163,39 @@ fn open_vs_bare_bind(criterion: &mut Criterion, dir: &Path) {
 }
 
 /// Opens with an existing key and binds bare, in alternation, `pairs` times each, and
-/// returns the medians in nanoseconds. Run back to back, criterion's two benchmarks of
-/// 1 ms binds drift apart by more than the 5 % being measured; alternating makes any
-/// drift of the machine hit both sides alike. With `stable`, the open uses stable
-/// addressing and both sides bind on all interfaces.
-fn paired_open(dir: &Path, pairs: usize, stable: bool) -> (f64, f64) {
+/// returns the medians in nanoseconds: of the open, of the bare bind with the key in
+/// memory, and of the bare bind with a key made from its 32 bytes first
+/// (`SecretKey::from_bytes`, which derives the public key, as any program that keeps its
+/// key must once). Run back to back, criterion's two benchmarks of 1 ms binds drift apart
+/// by more than the 5 % being measured; alternating makes any drift of the machine hit
+/// every side alike. With `stable`, the open uses stable addressing and every side binds
+/// on all interfaces.
+fn paired_open(dir: &Path, pairs: usize, stable: bool) -> (f64, f64, f64) {
     let runtime = runtime();
     let path = dir.join(if stable { "stable.key" } else { "paired.key" });
     let key = new_key(&path);
-    let (mut opens, mut binds) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+    let bytes = key.to_bytes();
+    let mut samples: [Vec<f64>; 3] = Default::default();
     for pair in 0..pairs {
         runtime.block_on(async {
-            // Alternate which goes first, too.
-            for persistent_side in [pair % 2 == 0, pair % 2 == 1] {
+            // Rotate which goes first, too.
+            for turn in 0..3 {
+                let side = (pair + turn) % 3;
                 let start = Instant::now();
-                if persistent_side {
-                    open_and_close(&path, stable).await;
-                } else {
-                    bind_and_close(&key, stable).await;
+                match side {
+                    0 => open_and_close(&path, stable).await,
+                    1 => bind_and_close(&key, stable).await,
+                    _ => bind_and_close(&SecretKey::from_bytes(&bytes), stable).await,
                 }
-                let took = start.elapsed().as_nanos() as f64;
-                if persistent_side {
-                    opens.push(took)
-                } else {
-                    binds.push(took)
-                }
+                samples[side].push(start.elapsed().as_nanos() as f64);
             }
         });
     }
-    let median = |mut samples: Vec<f64>| {
+    let [opens, binds, derived] = samples.map(|mut samples| {
         samples.sort_by(f64::total_cmp);
         samples[samples.len() / 2]
-    };
-    (median(opens), median(binds))
+    });
+    (opens, binds, derived)
 }
 
 fn key_load_vs_raw_read(criterion: &mut Criterion, dir: &Path) {
@@ -335,7 +336,10 @@ fn median(group: &str, bench: &str) -> Option<f64> {
 }
 
 /// Prints the ratios; `paired` and `stable` are [`paired_open`]'s medians.
-fn report((open, bare): (f64, f64), (stable_open, stable_bare): (f64, f64)) {
+fn report(
+    (open, bare, derived): (f64, f64, f64),
+    (stable_open, stable_bare, stable_derived): (f64, f64, f64),
+) {
     let show = |ns: f64| {
         if ns >= 1e6 {
             format!("{:.2} ms", ns / 1e6)
@@ -351,10 +355,22 @@ fn report((open, bare): (f64, f64), (stable_open, stable_bare): (f64, f64)) {
         open / bare
     );
     println!(
+        "    the same, the bare bind making its key from 32 bytes first: {} / {} = {:.3}",
+        show(open),
+        show(derived),
+        open / derived
+    );
+    println!(
         "  open with stable addressing / bare bind on all interfaces, {OPEN_PAIRS} alternating pairs: {} / {} = {:.3}",
         show(stable_open),
         show(stable_bare),
         stable_open / stable_bare
+    );
+    println!(
+        "    the same, the bare bind making its key from 32 bytes first: {} / {} = {:.3}",
+        show(stable_open),
+        show(stable_derived),
+        stable_open / stable_derived
     );
     if let Some(raw) = median("key-load", "raw-read") {
         for (name, _) in FORMATS {
