@@ -103,8 +103,8 @@ pub struct KeyLocation(Location);
 /// ```
 ///
 /// It cannot open anything before it knows where the key is: a builder without
-/// [`key_path`](Self::key_path) or [`default_location`](Self::default_location) has no
-/// `bind` or `identity`.
+/// [`key_path`](Self::key_path), [`default_location`](Self::default_location) or
+/// `keychain` (feature `keyring`) has no `bind` or `identity`.
 ///
 /// ```compile_fail
 /// # async fn run() -> anyhow::Result<()> {
@@ -209,7 +209,7 @@ impl<K> Builder<K> {
     }
 
     /// How long to wait for another endpoint with this identity to close before failing
-    /// with [`Error::InUse`]; [`DEFAULT_LOCK_WAIT`] unless set. Zero tries once;
+    /// with [`Error::InUse`]; [`DEFAULT_LOCK_WAIT`] unless set. Zero does not wait;
     /// `Duration::MAX` waits for as long as it takes (a hot standby).
     ///
     /// It bounds every wait: for another process creating the same key (after which the

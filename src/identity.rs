@@ -15,10 +15,10 @@ use iroh::{Endpoint, EndpointId, SecretKey, endpoint};
 use tracing::warn;
 
 use crate::{
-    DEFAULT_LOCK_WAIT, Error,
+    Error,
     guard::{Guard, lease::Lease},
     ports::{self, StableAddressing},
-    store::{FileLocation, Location, Stored, env, file},
+    store::{Location, Stored, env, file},
     sys::Dir,
     wait::Deadline,
 };
@@ -94,9 +94,10 @@ impl Identity {
     ///
     /// See [`Builder::identity`](crate::Builder::identity).
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let location = Location::File(FileLocation::Path(path.as_ref().into()));
-        let options = file::Options::default();
-        Self::take(&location, None, None, options, DEFAULT_LOCK_WAIT, true).await
+        crate::PersistentEndpoint::builder()
+            .key_path(path)
+            .identity()
+            .await
     }
 
     /// Loads the key of the OS secret store's entry `service`/`account`, or generates and
@@ -166,7 +167,8 @@ impl Identity {
         &self.source
     }
 
-    /// The key file, unless the key came from an environment variable.
+    /// The key file, unless the key came from an environment variable or the secret
+    /// store.
     pub fn key_path(&self) -> Option<&Path> {
         match &self.source {
             KeySource::File { path } => Some(path),
@@ -230,8 +232,8 @@ impl Identity {
                 let builder = configure(addressing.apply(endpoint::Builder::empty(), theirs));
                 match self.bind_with_key(builder).await {
                     Ok(endpoint) => endpoint,
-                    Err(err @ Error::LeaseLost { .. }) => return Err(err),
-                    Err(err) => {
+                    // Only a failed bind may be a remembered port taken in the meantime.
+                    Err(err @ Error::Bind(_)) => {
                         let cause = std::error::Error::source(&err)
                             .map_or_else(String::new, |cause| cause.to_string());
                         warn!(
@@ -242,6 +244,7 @@ impl Identity {
                         addressing.give_up();
                         self.bind_fresh(&configure).await?
                     }
+                    Err(err) => return Err(err),
                 }
             }
             _ => {

@@ -76,8 +76,8 @@ impl fmt::Display for KeyFormat {
 /// The format is told by the content, never by a name: 32 bytes that are not text are a
 /// raw key; text with a `-----BEGIN ` line is PEM (PKCS#8 or OpenSSH); 64 hex or 52
 /// base32 characters (either case, white space around or inside them ignored) are text;
-/// a DER `SEQUENCE` is PKCS#8 DER. This is the parser key files are read with, for keys
-/// that come from somewhere other than a file (a secret manager, say).
+/// a DER `SEQUENCE` is PKCS#8 DER. Key files are read with this parser; use it for keys
+/// that come from somewhere else (a secret manager, say).
 ///
 /// PEM is read as OpenSSL reads it: lines of any width (76, or all on one line),
 /// white space at their ends, a UTF-8 byte order mark, and explanatory text before or

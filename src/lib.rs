@@ -195,21 +195,22 @@
 //!   a warning, and copies of the file are then no longer kept apart. Lock files are
 //!   never removed: one per identity ever run, empty.
 //! - A lease (guarantee 12) cannot stop a process that does not run. A holder that was
-//!   paused (SIGSTOP, a long GC pause, a VM migrated or suspended) for longer than the
-//!   TTL has lost its lease when it resumes, and a standby may hold it; the holder closes
-//!   its endpoint as its first act (its timer is due), but until then its endpoint is
-//!   open. A system (or VM) suspended as a whole stops the monotonic clock the holder
-//!   measures with, so its timer is not due at the resume: it learns of the loss from its
-//!   next keep-alive, within a third of the TTL, or at the latest after the TTL less the
-//!   margin when etcd does not answer. In that window its endpoint is open too: a packet already queued for it may be answered, and if it reaches the relay
-//!   before it closes, the relay, which keeps the newest connection for an id, may route
-//!   the id to it for that instant. Measured here: closed within a few milliseconds of
-//!   the resume (RELIABILITY.md). Work that must never run twice should check the
-//!   fencing token where it lands, as with any lease. A network partition that cuts a
-//!   holder off from etcd but not from its peers ends the same way: it closes within
-//!   the TTL. Clocks need not agree between machines; each holder measures its own. A
-//!   holder keeps its lease alive and does not watch its key: deleting the key by hand
-//!   lets a standby take it while the holder runs. Tested with etcd 3.4.23 (Debian's).
+//!   paused (SIGSTOP, a long GC pause, a VM migrated or suspended) for longer than the TTL
+//!   has lost its lease when it resumes, and a standby may hold it; the holder closes its
+//!   endpoint as its first act (its timer is due), but until then its endpoint is open. A
+//!   system (or VM) suspended as a whole stops the monotonic clock the holder measures
+//!   with, so its timer is not due at the resume: it learns of the loss from its next
+//!   keep-alive, within a third of the TTL, or at the latest after the TTL less the margin
+//!   when etcd does not answer. In that window its endpoint is open too: a packet already
+//!   queued for it may be answered, and if it reaches the relay before it closes, the
+//!   relay, which keeps the newest connection for an id, may route the id to it for that
+//!   instant. Measured here: closed within a few milliseconds of the resume
+//!   (RELIABILITY.md). Work that must never run twice should check the fencing token where
+//!   it lands, as with any lease. A network partition that cuts a holder off from etcd but
+//!   not from its peers ends the same way: it closes within the TTL. Clocks need not agree
+//!   between machines; each holder measures its own. A holder keeps its lease alive and
+//!   does not watch its key: deleting the key by hand lets a standby take it while the
+//!   holder runs. Tested with etcd 3.4.23 (Debian's).
 //! - The secret store is tested with GNOME Keyring (the Secret Service) on Linux. The
 //!   Windows Credential Manager is compiled in CI, not run; the macOS Keychain is
 //!   neither, for want of Apple's toolchain: both are the `keyring` crate's own stores.

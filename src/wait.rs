@@ -1,7 +1,10 @@
-//! Waiting with an end. Every wait in the crate (for the identity lock, the directory
-//! lock while creating, a busy remembered port) tries again at an interval until a
-//! deadline that the caller's [`lock_wait`](crate::Builder::lock_wait) set, and never
-//! blocks a runtime thread on anything it does not control.
+//! Waiting with an end. The waits of an open (for the identity lock, the directory lock
+//! while creating, a busy remembered port) try again at an interval until a deadline
+//! that the caller's [`lock_wait`](crate::Builder::lock_wait) set, and never block a
+//! runtime thread on anything they do not control. Code that is not async
+//! (`store_new_key`, the secret store's creation lock, on a blocking thread) waits the
+//! same way with [`blocking_until`], the thread sleeping. The etcd lease waits on etcd's
+//! watch, until the same deadline.
 
 use std::time::{Duration, Instant};
 

@@ -32,28 +32,23 @@ use super::lock::FileLock;
 use crate::{Error, Operation, store::file::private_dir, sys::Dir, wait::Deadline};
 
 /// The runtime directory this process has checked, kept open.
-static RUNTIME_DIR: Mutex<Option<(PathBuf, Arc<Dir>)>> = Mutex::new(None);
+static RUNTIME_DIR: Mutex<Option<Arc<Dir>>> = Mutex::new(None);
 
 /// Locks the identity `id` on this host, waiting until `deadline` for another holder.
 pub(crate) async fn lock_identity(id: EndpointId, deadline: Deadline) -> Result<FileLock, Error> {
-    lock(&format!("{id}.lock"), Some(id), deadline).await
-}
-
-/// Locks the name `name` in the runtime directory, waiting until `deadline`; `id` is for
-/// the log.
-pub(crate) async fn lock(
-    name: &str,
-    id: Option<EndpointId>,
-    deadline: Deadline,
-) -> Result<FileLock, Error> {
-    let (file, path) = open(name)?;
-    FileLock::acquire(file, &path, deadline, id).await
+    let (file, path) = open(&lock_name(id))?;
+    FileLock::acquire(file, &path, deadline, Some(id)).await
 }
 
 /// Takes the host lock of `id` if no endpoint holds it: `None` while one does.
 #[cfg(feature = "keyring")]
 pub(crate) fn try_lock_identity(id: EndpointId) -> Result<Option<FileLock>, Error> {
-    try_lock(&format!("{id}.lock"))
+    try_lock(&lock_name(id))
+}
+
+/// The name of the host lock of `id`.
+fn lock_name(id: EndpointId) -> String {
+    format!("{id}.lock")
 }
 
 /// Takes the lock `name` if no one holds it: `None` while another does.
@@ -77,19 +72,18 @@ fn runtime_dir() -> Result<Arc<Dir>, Error> {
     let mut cached = RUNTIME_DIR
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, dir)) = cached.as_ref() {
+    if let Some(dir) = cached.as_ref() {
         return Ok(Arc::clone(dir));
     }
-    let mut candidates = candidates().into_iter();
     let mut result = Err(Error::NoHomeDirectory);
-    for path in candidates.by_ref() {
-        result = private_dir(&path).map(|dir| (path, dir));
+    for path in candidates() {
+        result = private_dir(&path);
         if result.is_ok() {
             break;
         }
     }
-    let (path, dir) = result?;
-    *cached = Some((path, Arc::clone(&dir)));
+    let dir = result?;
+    *cached = Some(Arc::clone(&dir));
     Ok(dir)
 }
 

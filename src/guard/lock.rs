@@ -37,11 +37,7 @@ impl FileLock {
         deadline: Deadline,
         id: Option<EndpointId>,
     ) -> Result<Self, Error> {
-        let attempt = || match file.try_lock() {
-            Ok(()) => Ok(Some(())),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(err)) => Err(Error::io(Operation::LockKeyFile, path, err)),
-        };
+        let attempt = || try_lock(&file, path).map(|locked| locked.then_some(()));
         let announce = || {
             info!(
                 path = %path.display(),
@@ -73,14 +69,19 @@ impl FileLock {
     /// Locks the open `file` at `path` if no one holds it: `None` while another does.
     #[cfg(feature = "keyring")]
     pub(crate) fn try_acquire(file: File, path: &Path) -> Result<Option<Self>, Error> {
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Self {
-                _file: file,
-                path: path.into(),
-            })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(err)) => Err(Error::io(Operation::LockKeyFile, path, err)),
-        }
+        Ok(try_lock(&file, path)?.then(|| Self {
+            _file: file,
+            path: path.into(),
+        }))
+    }
+}
+
+/// Takes the lock on `file` at `path` if no one holds it: whether it was taken.
+fn try_lock(file: &File, path: &Path) -> Result<bool, Error> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(err)) => Err(Error::io(Operation::LockKeyFile, path, err)),
     }
 }
 

@@ -204,8 +204,9 @@ pub(super) fn write(dir: &Dir, name: &OsStr, ports: &Ports, was: &PortsFile) -> 
     temp.write_durably(render(ports).as_bytes())?;
     let path = dir.path().join(name);
     let written = match was {
-        PortsFile::Absent => dir.publish_no_clobber(&temp.name, name),
-        PortsFile::Ours(_) | PortsFile::NotOurs => dir.replace(&temp.name, name),
+        PortsFile::Ours(_) => dir.replace(&temp.name, name),
+        // Never asked for (see `should_write`); were it, a file not ours stays.
+        PortsFile::Absent | PortsFile::NotOurs => dir.publish_no_clobber(&temp.name, name),
     };
     written.map_err(|err| Error::io(Operation::ReplacePortsFile, &path, err))?;
     if let Err(err) = dir.sync() {

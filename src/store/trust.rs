@@ -178,7 +178,14 @@ impl<'a> Walk<'a> {
                 Ok(None) => {}
             }
             // A link: checked, then its target walked to the file it names.
-            let target = self.follow(&dir, &name, &path)?;
+            let link = dir
+                .stat_at(&name)
+                .map_err(|err| Error::io(Operation::CheckDirectory, &path, err))?
+                .ok_or_else(|| {
+                    let gone = io::ErrorKind::NotFound.into();
+                    Error::io(Operation::CheckDirectory, &path, gone)
+                })?;
+            let target = self.follow(&dir, &name, &path, link.owner)?;
             let mut steps = steps(&target);
             let Some(Step::Name(file)) = steps.pop_back() else {
                 return Err(Error::NotAFile {
@@ -264,7 +271,7 @@ impl<'a> Walk<'a> {
             };
             let dir = Arc::clone(chain.last().expect("a walk starts at /"));
             let path = dir.path().join(&name);
-            match dir.open_dir(&name) {
+            let not_a_dir = match dir.open_dir(&name) {
                 Ok(entered) => {
                     let stat = entered
                         .stat()
@@ -277,15 +284,15 @@ impl<'a> Walk<'a> {
                     return missing_end(name, steps);
                 }
                 // A link (or something that is not a directory): looked at below.
-                Err(_) => {}
-            }
+                Err(err) => err,
+            };
             match dir
                 .stat_at(&name)
                 .map_err(|err| Error::io(Operation::CheckDirectory, &path, err))?
             {
                 None => return missing_end(name, steps),
                 Some(stat) if stat.kind == Kind::SymbolicLink => {
-                    let target = self.follow(&dir, &name, &path)?;
+                    let target = self.follow(&dir, &name, &path, stat.owner)?;
                     steps.push_front(Step::EndOfLink(path));
                     for step in self::steps(&target).into_iter().rev() {
                         steps.push_front(step);
@@ -293,30 +300,23 @@ impl<'a> Walk<'a> {
                 }
                 Some(_) => {
                     // A file where a directory should be, or a directory that could not
-                    // be opened: say so as the kernel would.
-                    let err = dir.open_dir(&name).err().unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotADirectory, "not a directory")
-                    });
-                    return Err(Error::io(Operation::OpenDirectory, &path, err));
+                    // be opened: as the kernel said.
+                    return Err(Error::io(Operation::OpenDirectory, &path, not_a_dir));
                 }
             }
         }
         Ok(Vec::new())
     }
 
-    /// Checks the link `name` in `dir` and returns its target.
-    fn follow(&mut self, dir: &Dir, name: &OsStr, path: &Path) -> Result<PathBuf, Error> {
-        let stat = dir
-            .stat_at(name)
-            .map_err(|err| Error::io(Operation::CheckDirectory, path, err))?
-            .ok_or_else(|| {
-                Error::io(
-                    Operation::CheckDirectory,
-                    path,
-                    io::ErrorKind::NotFound.into(),
-                )
-            })?;
-        self.judge(path, PathKind::SymbolicLink, stat.owner)?;
+    /// Checks the link `name` in `dir`, owned by `owner`, and returns its target.
+    fn follow(
+        &mut self,
+        dir: &Dir,
+        name: &OsStr,
+        path: &Path,
+        owner: Owner,
+    ) -> Result<PathBuf, Error> {
+        self.judge(path, PathKind::SymbolicLink, owner)?;
         self.links += 1;
         if self.links > MAX_LINKS {
             let err = io::Error::new(io::ErrorKind::InvalidInput, "too many levels of links");

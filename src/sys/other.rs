@@ -10,18 +10,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::{Owner, Stat};
 use crate::FileKind;
 
 /// The longest file name most file systems accept, in bytes.
 pub(crate) const NAME_MAX: usize = 255;
-
-/// The owner, group and permission bits of a file: unix notions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Owner {
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) mode: u32,
-}
 
 /// Files have no unix owner here: nothing is judged by it.
 pub(crate) fn owner(_metadata: &Metadata) -> Option<Owner> {
@@ -160,46 +153,6 @@ impl Dir {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-/// What a file is: its type, and its owner and mode (none here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stat {
-    pub(crate) kind: Kind,
-    pub(crate) owner: Owner,
-}
-
-/// The types of file that a path walk tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Directory,
-    File,
-    SymbolicLink,
-    Other,
-}
-
-impl Stat {
-    pub(crate) fn of(metadata: &Metadata) -> Self {
-        let file_type = metadata.file_type();
-        let kind = if file_type.is_dir() {
-            Kind::Directory
-        } else if file_type.is_file() {
-            Kind::File
-        } else if file_type.is_symlink() {
-            Kind::SymbolicLink
-        } else {
-            Kind::Other
-        };
-        // No owners here: everything looks like the process's own, private.
-        Self {
-            kind,
-            owner: Owner {
-                uid: 0,
-                gid: 0,
-                mode: 0o700,
-            },
-        }
     }
 }
 

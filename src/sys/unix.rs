@@ -16,19 +16,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::{Kind, Owner, Stat};
 use crate::FileKind;
 
 /// The longest file name the file systems this crate runs on accept, in bytes.
 pub(crate) const NAME_MAX: usize = 255;
-
-/// The owner, group and permission bits of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Owner {
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    /// The permission bits, with setuid, setgid and sticky: `mode & 0o7777`.
-    pub(crate) mode: u32,
-}
 
 /// The owner and mode in `metadata`.
 pub(crate) fn owner(metadata: &Metadata) -> Option<Owner> {
@@ -78,7 +70,7 @@ pub(crate) fn process() -> Process {
 /// `$HOME` says; `None` when the user has no entry or no absolute home.
 #[allow(unsafe_code)]
 pub(crate) fn home_of(uid: u32) -> Option<PathBuf> {
-    use std::{ffi::CStr, os::unix::ffi::OsStrExt};
+    use std::ffi::CStr;
 
     let mut buffer = vec![0_u8; 4096];
     loop {
@@ -195,8 +187,7 @@ impl Dir {
         }
         let created = self.open_dir(name)?;
         let metadata = created.metadata()?;
-        // SAFETY: geteuid takes no arguments and cannot fail.
-        if metadata.uid() != unsafe { libc::geteuid() } {
+        if metadata.uid() != process().uid {
             // Whoever may write this directory put one of their own in its place.
             return Err(io::Error::other(
                 "it was replaced by another user's directory while it was created",
@@ -456,45 +447,7 @@ impl Dir {
     }
 }
 
-/// What a file is: its type, and its owner and mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stat {
-    pub(crate) kind: Kind,
-    pub(crate) owner: Owner,
-}
-
-/// The types of file that a path walk tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Directory,
-    File,
-    SymbolicLink,
-    Other,
-}
-
 impl Stat {
-    /// The stat of an open file.
-    pub(crate) fn of(metadata: &Metadata) -> Self {
-        let file_type = metadata.file_type();
-        let kind = if file_type.is_dir() {
-            Kind::Directory
-        } else if file_type.is_file() {
-            Kind::File
-        } else if file_type.is_symlink() {
-            Kind::SymbolicLink
-        } else {
-            Kind::Other
-        };
-        Self {
-            kind,
-            owner: Owner {
-                uid: metadata.uid(),
-                gid: metadata.gid(),
-                mode: metadata.mode() & 0o7777,
-            },
-        }
-    }
-
     fn from_raw(stat: &libc::stat) -> Self {
         let kind = match stat.st_mode & libc::S_IFMT {
             libc::S_IFDIR => Kind::Directory,

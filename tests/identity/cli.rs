@@ -290,12 +290,20 @@ fn inspect_never_takes_the_lock_so_an_open_that_does_not_wait_never_fails_for_it
             }
         })
     };
+    // The opener stops on every way out of the test, a failed assertion included.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stopping = Stop(stop);
     let runs = 100;
     for _ in 0..runs {
         let output = tool(&["inspect", path_str(&path)], b"");
         assert!(output.status.success(), "{output:?}");
     }
-    stop.store(true, Ordering::Relaxed);
+    drop(stopping);
     opener.join().expect("the opener");
     assert_eq!(
         refused.load(Ordering::Relaxed),

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{example, list, temp_dir, write_private};
+use crate::support::{Killed, example, list, temp_dir, write_private};
 
 fn persistent(args: &[&Path], home: &Path) -> Output {
     Command::new(example("persistent"))
@@ -109,13 +109,15 @@ struct Server {
 
 impl Server {
     fn start(key: &Path) -> Self {
-        let mut child = Command::new(example("echo"))
-            .args(["serve".as_ref(), key.as_os_str()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start echo serve");
+        let mut child = Killed::new(
+            Command::new(example("echo"))
+                .args(["serve".as_ref(), key.as_os_str()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start echo serve"),
+        );
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut next = || lines.next().expect("a line").expect("read");
         let id = next()
@@ -126,7 +128,11 @@ impl Server {
             .strip_prefix("ticket: ")
             .expect("ticket line")
             .to_owned();
-        Self { child, id, ticket }
+        Self {
+            child: child.into_inner(),
+            id,
+            ticket,
+        }
     }
 
     /// Sends `signal` (Ctrl-C is SIGINT; `systemctl stop` and `docker stop` send
@@ -221,15 +227,6 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_gracefully_on_ctrl_c_an
 fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
     use crate::lease::{Machines, skip_unless_root};
 
-    /// A child killed when dropped.
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
     if skip_unless_root() {
         return;
     }
@@ -244,10 +241,10 @@ fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        Killed(command.spawn().expect("start echo serve"))
+        Killed::new(command.spawn().expect("start echo serve"))
     };
     let id_and_ticket = |server: &mut Killed| {
-        let stdout = server.0.stdout.take().expect("stdout");
+        let stdout = server.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut next = || lines.next().expect("a line").expect("read");
         let id = next()
@@ -261,20 +258,20 @@ fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
     assert_eq!(id_and_ticket(&mut primary), machines.id);
 
     let mut standby = serve(1);
-    let mut standby_err = BufReader::new(standby.0.stderr.take().expect("stderr"));
+    let mut standby_err = BufReader::new(standby.stderr.take().expect("stderr"));
     let mut line = String::new();
     standby_err.read_line(&mut line).expect("a line on stderr");
     assert_eq!(line.trim_end(), "waiting for the identity lease");
 
-    crate::support::signal(primary.0.id(), libc::SIGTERM);
-    assert!(primary.0.wait().expect("wait").success());
+    crate::support::signal(primary.id(), libc::SIGTERM);
+    assert!(primary.wait().expect("wait").success());
     assert_eq!(id_and_ticket(&mut standby), machines.id);
 
     // etcd gone: the holder closes its endpoint and exits with one line on stderr.
     etcd.kill_member(0);
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = standby.0.try_wait().expect("try_wait") {
+        if let Some(status) = standby.try_wait().expect("try_wait") {
             break status;
         }
         assert!(

@@ -23,7 +23,7 @@ use crate::support::{
     as_user,
     child::{Action, Report, Task},
     etcd::Etcd,
-    is_root, make_dir, now_ms, runnable_by_others, signal, temp_dir, write_private,
+    make_dir, now_ms, runnable_by_others, signal, temp_dir, write_private,
 };
 
 /// The TTL of the tests' leases, in seconds.
@@ -34,10 +34,7 @@ pub(crate) const TTL: Duration = Duration::from_secs(TTL_S);
 const MACHINE_USERS: [u32; 2] = [61011, 61012];
 
 pub(crate) fn skip_unless_root() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root to run two machines as two users");
-    }
-    !is_root()
+    crate::support::skip_unless_root("run two machines as two users")
 }
 
 /// Two machines with a copy of one key each.

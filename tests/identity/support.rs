@@ -6,9 +6,10 @@ use std::{
     hash::{BuildHasher, RandomState},
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::{Deref, DerefMut},
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -222,6 +223,53 @@ pub(crate) fn example(name: &str) -> PathBuf {
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A child process that is killed and waited for when dropped: on every way out of a
+/// test, a failed assertion included.
+pub(crate) struct Killed(Option<Child>);
+
+impl Killed {
+    pub(crate) fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child, no longer killed when dropped: to wait for its own end.
+    pub(crate) fn into_inner(mut self) -> Child {
+        self.0.take().expect("a child")
+    }
+}
+
+impl Deref for Killed {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a child")
+    }
+}
+
+impl DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a child")
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether a test that needs root `to` do something must be skipped; says so if it must.
+pub(crate) fn skip_unless_root(to: &str) -> bool {
+    let skip = !is_root();
+    if skip {
+        eprintln!("skipped: needs root to {to}");
+    }
+    skip
 }
 
 /// The user that root-run tests drop to when permissions must really apply; the

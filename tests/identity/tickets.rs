@@ -36,6 +36,18 @@ fn remembered_ipv4(path: &std::path::Path) -> u16 {
         .unwrap_or_else(|| panic!("no IPv4 port in {text}"))
 }
 
+/// Runs an open of `key` on all interfaces in another process, as a last run, and
+/// returns the IPv4 port it remembered.
+fn last_run_elsewhere(key: &std::path::Path) -> u16 {
+    Task::new(Action::Open, key)
+        .all_interfaces()
+        .run()
+        .expect_id();
+    let mut ports = key.as_os_str().to_owned();
+    ports.push(".ports");
+    remembered_ipv4(std::path::Path::new(&ports))
+}
+
 /// The port of an endpoint's IPv4 socket on all interfaces.
 fn ipv4_port(endpoint: &Endpoint) -> u16 {
     endpoint
@@ -183,11 +195,7 @@ async fn a_port_taken_by_another_program_is_waited_for_then_replaced_and_remembe
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
     // The last run was another process.
-    Task::new(Action::Open, &key)
-        .all_interfaces()
-        .run()
-        .expect_id();
-    let old_port = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
+    let old_port = last_run_elsewhere(&key);
 
     // Taken: by this socket or, if another program just took it, by that one.
     let squatter = UdpSocket::bind(("0.0.0.0", old_port));
@@ -420,11 +428,7 @@ async fn an_unbounded_lock_wait_does_not_wait_for_ever_for_a_squatted_port() -> 
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
     // The last run was another process.
-    Task::new(Action::Open, &key)
-        .all_interfaces()
-        .run()
-        .expect_id();
-    let old_port = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
+    let old_port = last_run_elsewhere(&key);
     // Taken by another program (this socket, or whoever took it first), for ever.
     let squatter = UdpSocket::bind(("0.0.0.0", old_port));
     let limit = iroh_identity::MAX_PORT_WAIT;
@@ -640,11 +644,7 @@ async fn identity_bind_never_waits_for_ports_it_does_not_ask_for() -> anyhow::Re
     let dir = temp_dir();
     let key = dir.path().join("endpoint.key");
     // The last run was another process; another program holds its port now.
-    Task::new(Action::Open, &key)
-        .all_interfaces()
-        .run()
-        .expect_id();
-    let remembered = remembered_ipv4(&dir.path().join("endpoint.key.ports"));
+    let remembered = last_run_elsewhere(&key);
     let squatter = UdpSocket::bind(("0.0.0.0", remembered))?;
     let start = std::time::Instant::now();
     let identity = iroh_identity::Identity::open(&key).await?;

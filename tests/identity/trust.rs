@@ -20,10 +20,9 @@ use iroh_identity::{Error, KeyFormat, PathKind, TrustProblem, encode_key, load_k
 
 use crate::campaigns::figure;
 use crate::support::{
-    NOBODY, SERVICE_USER, SHARED_GROUP, as_user, builder,
+    Killed, NOBODY, SERVICE_USER, SHARED_GROUP, as_user, builder,
     child::{self, Action, Outcome, Task, run_to_end},
-    identity_of, is_root, known_key, list, make_dir, runnable_by_others, shell_as, temp_dir,
-    write_private,
+    identity_of, known_key, list, make_dir, runnable_by_others, shell_as, temp_dir, write_private,
 };
 
 /// A place for one test: a root-owned directory every user may enter, and this test
@@ -74,10 +73,7 @@ fn plant_key(path: &Path, groups: &[u32]) {
 }
 
 fn skip_unless_root() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root to act as several users");
-    }
-    !is_root()
+    crate::support::skip_unless_root("act as several users")
 }
 
 /// Fails unless `err` is an untrusted-path error about `path` with `problem`, and its
@@ -607,7 +603,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         ])
         .stdout(std::process::Stdio::null());
     as_user(&mut holder, NOBODY, &[]);
-    let mut holder = holder.spawn().expect("run flock");
+    let holder = Killed::new(holder.spawn().expect("run flock"));
     let locked = std::time::Instant::now();
     while !lock_is_held(&shared) {
         assert!(
@@ -633,11 +629,13 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
 
     // An open that waits for ever for its identity, and the key tool (the default
     // wait), side by side: both wait for the directory lock 5 s at most.
-    let unbounded = Task::new(Action::Open, shared.join("unbounded.key"))
-        .lock_wait_ms(u64::MAX)
-        .command()
-        .spawn()
-        .expect("start the open");
+    let unbounded = Killed::new(
+        Task::new(Action::Open, shared.join("unbounded.key"))
+            .lock_wait_ms(u64::MAX)
+            .command()
+            .spawn()
+            .expect("start the open"),
+    );
     let generated = shared.join("generated.key");
     let start = std::time::Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_iroh-identity"))
@@ -645,10 +643,9 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         .output()
         .expect("run iroh-identity");
     let took_generate = start.elapsed();
-    let unbounded = child::outcome(unbounded);
+    let unbounded = child::outcome(unbounded.into_inner());
     let took_unbounded = start.elapsed();
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
     assert!(output.status.success(), "{output:?}");
     assert!(generated.exists());
     unbounded.expect_id();

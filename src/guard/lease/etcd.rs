@@ -130,10 +130,10 @@ impl EtcdLease {
         self
     }
 
-    /// The lease's time to live, in whole seconds, 2 s at least and a day at most: a crashed holder keeps a
-    /// standby waiting this long, and a holder that cannot reach etcd closes its endpoint
-    /// after it, less a margin (a fifth of it, 500 ms at least). [`DEFAULT_LEASE_TTL`]
-    /// unless set.
+    /// The lease's time to live, in whole seconds, 2 s at least and a day at most: a
+    /// crashed holder keeps a standby waiting this long, and a holder that cannot reach
+    /// etcd closes its endpoint after it, less a margin (a fifth of it, 500 ms at least).
+    /// [`DEFAULT_LEASE_TTL`] unless set.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Duration::from_secs(ttl.as_secs_f64().ceil() as u64).clamp(MIN_TTL, MAX_TTL);
         self

@@ -14,15 +14,14 @@ use std::{
 
 use super::{figure, size};
 use crate::support::{
-    NOBODY, SERVICE_USER, SHARED_GROUP, Snapshot, as_user,
+    Killed, NOBODY, SERVICE_USER, SHARED_GROUP, Snapshot, as_user,
     child::{Action, Report, Task, outcome, run_within},
-    is_root, make_dir, runnable_by_others, temp_dir,
+    make_dir, runnable_by_others, skip_unless_root, temp_dir,
 };
 
 #[test]
 fn a_directory_swapped_for_a_link_while_it_is_created_never_leads_anywhere() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the victim and the attacker as two users");
+    if skip_unless_root("run the victim and the attacker as two users") {
         return;
     }
     let root = temp_dir();
@@ -49,14 +48,14 @@ fn a_directory_swapped_for_a_link_while_it_is_created_never_leads_anywhere() {
     attacker.targets = vec![file.clone(), dir.clone()];
     let mut attacker = attacker.command_at(&exe);
     as_user(&mut attacker, NOBODY, &[SHARED_GROUP]);
-    let attacker = attacker.spawn().expect("start the attacker");
+    let attacker = Killed::new(attacker.spawn().expect("start the attacker"));
     let mut victim = Task::new(Action::CreateMany, &shared);
     victim.runs = runs;
     let mut victim = victim.command_at(&exe);
     as_user(&mut victim, SERVICE_USER, &[SHARED_GROUP]);
     let start = Instant::now();
     let victim = run_within(victim, Duration::from_secs(120));
-    let attacker = outcome(attacker);
+    let attacker = outcome(attacker.into_inner());
 
     let (created, refused) = victim.expect(|report| match report {
         Report::Created { created, refused } => Some((*created, *refused)),
@@ -85,8 +84,7 @@ fn a_directory_swapped_for_a_link_while_it_is_created_never_leads_anywhere() {
 
 #[test]
 fn what_is_planted_on_the_path_after_it_was_checked_is_never_followed() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the victim and the attacker as two users");
+    if skip_unless_root("run the victim and the attacker as two users") {
         return;
     }
     // In a sticky directory, another user keeps putting something at the name of the
@@ -114,14 +112,14 @@ fn what_is_planted_on_the_path_after_it_was_checked_is_never_followed() {
     attacker.targets = vec![other.clone()];
     let mut attacker = attacker.command_at(&exe);
     as_user(&mut attacker, NOBODY, &[]);
-    let attacker = attacker.spawn().expect("start the attacker");
+    let attacker = Killed::new(attacker.spawn().expect("start the attacker"));
     let mut victim = Task::new(Action::OpenMany, &shared);
     victim.runs = runs;
     let mut victim = victim.command_at(&exe);
     as_user(&mut victim, SERVICE_USER, &[]);
     let start = Instant::now();
     let victim = run_within(victim, Duration::from_secs(300));
-    let attacker = outcome(attacker);
+    let attacker = outcome(attacker.into_inner());
     let (ids, refused) = victim.expect(|report| match report {
         Report::Opened { ids, refused } => Some((ids.clone(), *refused)),
         _ => None,

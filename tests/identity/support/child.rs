@@ -350,7 +350,7 @@ pub(crate) struct Holder {
 impl Holder {
     /// Starts a `Hold` or `Serve` child and waits until its endpoint is open.
     pub(crate) fn start(mut command: Command) -> Self {
-        let mut child = command.spawn().expect("spawn child");
+        let mut child = super::Killed::new(command.spawn().expect("spawn child"));
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let (mut id, mut ticket) = (None, None);
         let mut line = String::new();
@@ -369,7 +369,7 @@ impl Holder {
         }
         let id = id.unwrap_or_else(|| panic!("holder exited before it was ready"));
         Self {
-            child,
+            child: child.into_inner(),
             id,
             ticket,
             _stdout: stdout,

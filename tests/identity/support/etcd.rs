@@ -73,6 +73,7 @@ impl Etcd {
 
     /// Starts member `i` (again, on its data directory: a restart keeps its leases).
     pub(crate) fn start_member(&mut self, i: usize) {
+        self.kill_member(i);
         let initial_cluster = self
             .members
             .iter()

@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::Killed;
+
 /// The packages that give the tools below (`.ci/run` installs them).
 const PACKAGES: &str = "dbus gnome-keyring libsecret-tools libglib2.0-bin";
 
@@ -23,9 +25,11 @@ const PACKAGES: &str = "dbus gnome-keyring libsecret-tools libglib2.0-bin";
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// A private session bus with an unlocked GNOME Keyring on it.
+/// Its daemons are killed when it is dropped: the keyring first, then the bus (fields
+/// drop in order).
 pub(crate) struct SecretService {
-    bus: Child,
-    keyring: Child,
+    keyring: Killed,
+    _bus: Killed,
     address: String,
     dir: tempfile::TempDir,
 }
@@ -41,13 +45,13 @@ impl SecretService {
             .expect("chmod");
         let config = dir.path().join("bus.conf");
         fs::write(&config, bus_config(&dir.path().join("run"))).expect("write bus config");
-        let mut bus = spawn(
+        let mut bus = Killed::new(spawn(
             Command::new("dbus-daemon")
                 .arg(format!("--config-file={}", config.display()))
                 .args(["--nofork", "--print-address=1"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped()),
-        );
+        ));
         let mut address = String::new();
         BufReader::new(bus.stdout.take().expect("piped"))
             .read_line(&mut address)
@@ -55,15 +59,15 @@ impl SecretService {
         let address = address.trim().to_owned();
         assert!(!address.is_empty(), "dbus-daemon printed no address");
         let mut service = Self {
-            keyring: spawn(
+            keyring: Killed::new(spawn(
                 Command::new("gnome-keyring-daemon")
                     .args(["--foreground", "--unlock", "--components=secrets"])
                     .env_clear()
                     .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                     .envs(session_env(dir.path(), &address))
                     .stdin(Stdio::piped()),
-            ),
-            bus,
+            )),
+            _bus: bus,
             address,
             dir,
         };
@@ -153,47 +157,41 @@ impl SecretService {
         self.dir.path().join("data").join("keyrings")
     }
 
-    /// Whether the alias `default` names a collection.
-    fn has_default(&self) -> bool {
-        let alias = self
+    /// What `gdbus call` prints for `method(argument)` on `object` of `destination`, on
+    /// the session bus.
+    fn call(&self, destination: &str, object: &str, method: &str, argument: &str) -> String {
+        let output = self
             .command("gdbus")
-            .args([
-                "call",
-                "--session",
-                "--dest",
-                "org.freedesktop.secrets",
-                "--object-path",
-                "/org/freedesktop/secrets",
-                "--method",
-                "org.freedesktop.Secret.Service.ReadAlias",
-                "default",
-            ])
+            .args(["call", "--session", "--dest", destination])
+            .args(["--object-path", object, "--method", method, argument])
             .output()
             .expect("run gdbus");
-        String::from_utf8_lossy(&alias.stdout).contains("/collection/")
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Whether the alias `default` names a collection.
+    fn has_default(&self) -> bool {
+        self.call(
+            "org.freedesktop.secrets",
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service.ReadAlias",
+            "default",
+        )
+        .contains("/collection/")
     }
 
     fn wait_until_served(&mut self) {
         let start = Instant::now();
         loop {
-            let owned = self
-                .command("gdbus")
-                .args([
-                    "call",
-                    "--session",
-                    "--dest",
-                    "org.freedesktop.DBus",
-                    "--object-path",
-                    "/org/freedesktop/DBus",
-                    "--method",
-                    "org.freedesktop.DBus.NameHasOwner",
-                    "org.freedesktop.secrets",
-                ])
-                .output()
-                .expect("run gdbus");
+            let owned = self.call(
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.NameHasOwner",
+                "org.freedesktop.secrets",
+            );
             // Served, and its login collection made and unlocked: before that, a store
             // finds no default collection.
-            if String::from_utf8_lossy(&owned.stdout).contains("true") && self.has_default() {
+            if owned.contains("true") && self.has_default() {
                 return;
             }
             if let Some(status) = self.keyring.try_wait().expect("poll the keyring") {
@@ -204,15 +202,6 @@ impl SecretService {
                 "the keyring did not appear on the bus within {READY_WITHIN:?}"
             );
             std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for SecretService {
-    fn drop(&mut self) {
-        for child in [&mut self.keyring, &mut self.bus] {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

@@ -15,15 +15,17 @@ use tracing::{debug, error, warn};
 use super::{RETRY, members::Members};
 use crate::{Error, guard::lease::Held};
 
-/// The last lease taken with an [`EtcdLease`](super::EtcdLease): which one (a count), and its state.
+/// The last lease taken with an [`EtcdLease`](super::EtcdLease): which one (a count), and
+/// its state.
 #[derive(Debug)]
 pub(super) struct Latest {
     pub(super) taken: u64,
     pub(super) state: State,
 }
 
-/// The state of one lease taken, and of the [`EtcdLease`](super::EtcdLease)'s latest while it is the last
-/// taken: a keeper that is still letting an older lease go never overwrites a newer one.
+/// The state of one lease taken, and of the [`EtcdLease`](super::EtcdLease)'s latest while
+/// it is the last taken: a keeper that is still letting an older lease go never overwrites
+/// a newer one.
 #[derive(Debug, Clone)]
 pub(super) struct Record {
     own: Arc<std::sync::Mutex<State>>,
