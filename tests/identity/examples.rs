@@ -49,6 +49,7 @@ fn persistent_prints_the_same_id_on_every_run_and_exits_promptly() {
 }
 
 #[test]
+#[cfg(feature = "keyring")]
 fn persistent_keeps_its_key_in_the_keychain_when_asked() {
     let service = crate::support::secret_service::SecretService::start();
     let run = || {

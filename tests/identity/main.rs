@@ -6,6 +6,7 @@
 //! run the crate's examples.
 
 mod campaigns;
+#[cfg(feature = "cli")]
 mod cli;
 mod creation;
 mod endpoint;
@@ -13,6 +14,7 @@ mod env_var;
 mod examples;
 mod format;
 mod interop;
+#[cfg(feature = "keyring")]
 mod keychain;
 #[cfg(feature = "etcd")]
 mod lease;

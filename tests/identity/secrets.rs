@@ -4,14 +4,9 @@ use std::time::Duration;
 
 use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
 use iroh::SecretKey;
-use iroh_identity::{Identity, decode_key, load_key};
+use iroh_identity::{Identity, load_key};
 
-use crate::support::{
-    LogCapture, assert_no_secret, builder,
-    child::{Action, Task, run_to_end},
-    secret_service::SecretService,
-    temp_dir, write_private,
-};
+use crate::support::{LogCapture, assert_no_secret, builder, temp_dir, write_private};
 
 #[tokio::test]
 async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> {
@@ -76,8 +71,13 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
 }
 
 #[test]
+#[cfg(feature = "keyring")]
 fn no_key_material_from_the_keychain_in_logs_or_errors() {
-    let service = SecretService::start();
+    use iroh_identity::decode_key;
+
+    use crate::support::child::{Action, Task, run_to_end};
+
+    let service = crate::support::secret_service::SecretService::start();
     let child = |entry: &str, action: Action| {
         let mut command = Task::new(action, "/nonexistent/unused.key")
             .keychain(entry, "endpoint")

@@ -28,6 +28,7 @@ pub(crate) mod child;
 pub(crate) mod echo;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
+#[cfg(feature = "keyring")]
 pub(crate) mod secret_service;
 
 /// A fresh directory, removed at the end of the test.
@@ -264,9 +265,15 @@ impl Drop for Killed {
 }
 
 /// Whether a test that needs root `to` do something must be skipped; says so if it must.
+/// Under `cargo xtask test` (`IROH_IDENTITY_NO_SKIP` set), which runs the tests as root,
+/// nothing is skipped: the test fails instead.
 pub(crate) fn skip_unless_root(to: &str) -> bool {
     let skip = !is_root();
     if skip {
+        assert!(
+            std::env::var_os("IROH_IDENTITY_NO_SKIP").is_none(),
+            "needs root to {to}: run `cargo xtask test`, which runs the tests as root"
+        );
         eprintln!("skipped: needs root to {to}");
     }
     skip
@@ -467,6 +474,7 @@ pub(crate) async fn echo_within(
 }
 
 /// Sends `signal` to the process `pid`, a child of this test.
+#[cfg(feature = "etcd")]
 pub(crate) fn signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("a pid");
     // SAFETY: sends a signal to a child of ours that has not been reaped.

@@ -20,7 +20,7 @@ use iroh_identity::{Error, KeyFormat, PathKind, TrustProblem, encode_key, load_k
 
 use crate::campaigns::figure;
 use crate::support::{
-    Killed, NOBODY, SERVICE_USER, SHARED_GROUP, as_user, builder,
+    NOBODY, SERVICE_USER, SHARED_GROUP, as_user, builder,
     child::{self, Action, Outcome, Task, run_to_end},
     identity_of, known_key, list, make_dir, runnable_by_others, shell_as, temp_dir, write_private,
 };
@@ -583,6 +583,7 @@ fn a_key_name_too_long_for_its_temporary_file_is_a_clear_error() -> anyhow::Resu
 }
 
 #[test]
+#[cfg(feature = "cli")] // it runs the key tool beside the library
 fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
     if skip_unless_root() {
         return;
@@ -603,7 +604,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         ])
         .stdout(std::process::Stdio::null());
     as_user(&mut holder, NOBODY, &[]);
-    let holder = Killed::new(holder.spawn().expect("run flock"));
+    let holder = crate::support::Killed::new(holder.spawn().expect("run flock"));
     let locked = std::time::Instant::now();
     while !lock_is_held(&shared) {
         assert!(
@@ -629,7 +630,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
 
     // An open that waits for ever for its identity, and the key tool (the default
     // wait), side by side: both wait for the directory lock 5 s at most.
-    let unbounded = Killed::new(
+    let unbounded = crate::support::Killed::new(
         Task::new(Action::Open, shared.join("unbounded.key"))
             .lock_wait_ms(u64::MAX)
             .command()
@@ -673,6 +674,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
 }
 
 /// Whether some process holds a lock on `dir` now.
+#[cfg(feature = "cli")]
 fn lock_is_held(dir: &Path) -> bool {
     let handle = fs::File::open(dir).expect("open the directory");
     match handle.try_lock() {

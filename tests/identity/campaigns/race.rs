@@ -7,14 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iroh_identity::{decode_key, load_key};
+use iroh_identity::load_key;
 
 use super::{figure, size};
 use crate::support::{
     child::{Action, Outcome, Task, outcome},
-    list,
-    secret_service::SecretService,
-    temp_dir,
+    list, temp_dir,
 };
 
 const RACERS: usize = 16;
@@ -95,9 +93,10 @@ fn racing_endpoint_opens_without_waiting_fail_only_with_in_use() {
 }
 
 #[test]
+#[cfg(feature = "keyring")]
 fn racing_first_runs_on_an_empty_keychain_entry_all_get_the_same_key() {
     let rounds = size(20, 50);
-    let service = SecretService::start();
+    let service = crate::support::secret_service::SecretService::start();
     let start = Instant::now();
     for round in 0..rounds {
         let entry = format!("race-{round}");
@@ -123,7 +122,7 @@ fn racing_first_runs_on_an_empty_keychain_entry_all_get_the_same_key() {
         let stored = service
             .lookup(&entry, "endpoint")
             .unwrap_or_else(|| panic!("round {round} left no entry; the racers: {outcomes:#?}"));
-        let (key, _) = decode_key(&stored).expect("the entry holds a key");
+        let (key, _) = iroh_identity::decode_key(&stored).expect("the entry holds a key");
         let ids: BTreeSet<&str> = outcomes.iter().map(Outcome::expect_id).collect();
         assert_eq!(
             ids,

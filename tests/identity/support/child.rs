@@ -122,6 +122,7 @@ impl Task {
     }
 
     /// Guards the identity with a lease in the etcd at `endpoints`, of `ttl_s` seconds.
+    #[cfg(feature = "etcd")]
     pub(crate) fn lease(mut self, endpoints: Vec<String>, ttl_s: u64) -> Self {
         self.etcd = endpoints;
         self.lease_ttl_s = Some(ttl_s);
@@ -129,6 +130,7 @@ impl Task {
     }
 
     /// Takes the key from the keychain entry `service`/`account`.
+    #[cfg(feature = "keyring")]
     pub(crate) fn keychain(mut self, service: &str, account: &str) -> Self {
         self.keychain = Some((service.to_owned(), account.to_owned()));
         self
@@ -478,6 +480,7 @@ fn builder(task: &Task) -> iroh_identity::Builder {
     if task.default_location {
         builder = builder.default_location("com", "example", "iroh-identity-test");
     }
+    #[cfg(feature = "keyring")]
     if let Some((service, account)) = &task.keychain {
         builder = builder.keychain(service, account);
     }
