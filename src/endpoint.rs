@@ -155,7 +155,8 @@ impl<K> Builder<K> {
     /// anything else is an error and is never replaced, and so is a store that cannot be
     /// reached or is locked: nothing falls back to a file or to a fresh identity. There is
     /// no key file, so no ports are remembered; the identity is locked on this host as
-    /// any other (see [`Identity`]). Calls to the store run off the runtime's threads.
+    /// any other (see [`Identity`]). Calls to the store run off the runtime's threads, and
+    /// are waited for until the [lock wait](Self::lock_wait) ends (1 s at least).
     #[cfg(feature = "keyring")]
     pub fn keychain(self, service: &str, account: &str) -> Builder<KeyLocation> {
         self.located(Location::Keychain {
@@ -214,8 +215,9 @@ impl<K> Builder<K> {
     ///
     /// It bounds every wait: for another process creating the same key (after which the
     /// key is created without the directory lock, which only keeps creators in turn),
-    /// for the identity, and when binding, for a busy remembered port, which is waited
-    /// for [`MAX_PORT_WAIT`](crate::MAX_PORT_WAIT) at most whatever this is.
+    /// for the identity, for the secret store's answers (1 s at least), and when binding,
+    /// for a busy remembered port, which is waited for
+    /// [`MAX_PORT_WAIT`](crate::MAX_PORT_WAIT) at most whatever this is.
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
@@ -290,9 +292,8 @@ impl Builder<KeyLocation> {
     /// written again. If there is none, a new key is generated and published as PKCS#8
     /// PEM, crash-safely, in a way that leaves racing processes with the same key (unless
     /// [`create_if_missing(false)`](Self::create_if_missing)). A keychain entry is
-    /// treated the same way. Then the identity is locked (the key file, and the identity
-    /// on this host): if another endpoint holds it, this waits for up to
-    /// [`lock_wait`](Self::lock_wait).
+    /// treated the same way. Then the identity is locked on this host: if another endpoint
+    /// holds it, this waits for up to [`lock_wait`](Self::lock_wait).
     ///
     /// Reading the key is a few system calls on the calling task; creating one adds an
     /// `fsync` of the file and of each directory it touched, once in the life of the key.
@@ -307,6 +308,8 @@ impl Builder<KeyLocation> {
     /// - [`Error::NotFound`]: there is no key, and [`create_if_missing`] is off.
     /// - [`Error::InUse`]: another endpoint still holds the identity, whatever its key
     ///   came from.
+    /// - [`Error::HostLock`], [`Error::HostLockTaken`]: the identity's lock on this host
+    ///   cannot be reached, or other users' processes have taken every name it may have.
     /// - [`Error::Keychain`], [`Error::InvalidKeychainKey`] (feature `keyring`): the secret
     ///   store cannot be reached, is locked, or holds something else than a key in the
     ///   entry, which is left as it is.

@@ -124,21 +124,50 @@ pub enum Error {
         problem: TrustProblem,
     },
 
-    /// Another endpoint holds this identity, and it was not released within the wait.
+    /// Another endpoint holds this identity on this host, and it was not released within
+    /// the wait.
     ///
-    /// Only one live endpoint may use an identity at a time. See
-    /// [`Builder::lock_wait`](crate::Builder::lock_wait).
+    /// Only one live endpoint may use an identity at a time, whatever its key came from.
+    /// See [`Builder::lock_wait`](crate::Builder::lock_wait).
     #[error(
-        "{} is in use by another endpoint with this identity (waited {waited:?}); close \
-         that endpoint or stop its process first",
-        path.display()
+        "identity {id} is in use by another endpoint on this host{} (waited {waited:?}); \
+         close that endpoint or stop its process first",
+        Holder(*pid, *uid)
     )]
     InUse {
-        /// What is locked: the key file, or the identity's host lock (`ID.lock`, named by
-        /// its `EndpointId`), which keeps out an endpoint with the same key from anywhere.
-        path: PathBuf,
+        /// The identity.
+        id: iroh::EndpointId,
+        /// The holder's process id, where this process can see it (not from another PID
+        /// namespace).
+        pid: Option<u32>,
+        /// The holder's user id, where it can be told.
+        uid: Option<u32>,
         /// How long this open waited for the other endpoint to close, to the millisecond.
         waited: Duration,
+    },
+
+    /// The identity's lock on this host cannot be reached, so nothing was bound: an
+    /// identity never runs unguarded, and its lock has no second place.
+    #[error("cannot take the identity's lock on this host{}", path.as_ref().map(|path| format!(" ({})", path.display())).unwrap_or_default())]
+    HostLock {
+        /// The lock file, where the lock is one (not on Linux).
+        path: Option<PathBuf>,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Every name the identity's lock on this host may have is taken by processes of
+    /// other users that do not hold the identity (Linux): they keep it from opening.
+    #[error(
+        "every name of the identity's lock on this host is taken by another user's process \
+         (uid {}), which keeps the identity from opening; an administrator can find those \
+         processes with `ss -xlp | grep iroh-identity/` and stop them",
+        if squatters.is_empty() { "unknown".to_owned() } else { squatters.iter().map(u32::to_string).collect::<Vec<_>>().join(", ") }
+    )]
+    HostLockTaken {
+        /// The users whose processes have the names, where they can be told.
+        squatters: Vec<u32>,
     },
 
     /// [`store_new_key`](crate::store_new_key) found something at the path already. It was
@@ -283,6 +312,19 @@ pub enum Error {
     Bind(#[source] iroh::endpoint::BindError),
 }
 
+/// The holder of an identity in an [`Error::InUse`] message, as far as it is known.
+struct Holder(Option<u32>, Option<u32>);
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self(Some(pid), Some(uid)) => write!(f, " (process {pid}, uid {uid})"),
+            Self(None, Some(uid)) => write!(f, " (a process of uid {uid})"),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What an [`Error::UntrustedPath`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -318,6 +360,12 @@ pub enum TrustProblem {
     WritableByOthers,
     /// Its group may write it, and this process is not in that group.
     WritableByGroup,
+    /// The key file has this many names (hard links), and its directory lets others add
+    /// names: one of them may be another user's link to a file of this user's.
+    HardLinked {
+        /// How many names the file has.
+        links: u64,
+    },
 }
 
 /// The message of an [`Error::UntrustedPath`].
@@ -356,6 +404,15 @@ impl fmt::Display for Untrusted<'_> {
                 "may be written by group {group}, which this process is not a member of: its \
                  members"
             )?,
+            TrustProblem::HardLinked { links } => {
+                return write!(
+                    f,
+                    "has {links} names (hard links) in a directory where others may add names: \
+                     another user may have linked a file of yours there, to make you run an \
+                     identity of their choosing; keep the key in a directory only you can \
+                     write, or, if you made the other names, remove them"
+                );
+            }
         }
         if key == path {
             f.write_str(" could replace the key; ")?;
@@ -377,6 +434,7 @@ impl fmt::Display for Untrusted<'_> {
             ),
             (TrustProblem::WritableByOthers, _) => write!(f, "run `chmod o-w {shown}`"),
             (TrustProblem::WritableByGroup, _) => write!(f, "run `chmod g-w {shown}`"),
+            (TrustProblem::HardLinked { .. }, _) => Ok(()),
         }
     }
 }
@@ -405,6 +463,10 @@ pub enum KeychainProblem {
     Locked(String),
     /// The store failed otherwise. The store's own words.
     Failed(String),
+    /// The store did not answer by the open's deadline (the
+    /// [lock wait](crate::Builder::lock_wait)): its daemon is stopped or hung, or it waits
+    /// for an unlock prompt that nobody answered.
+    NoAnswer,
 }
 
 impl fmt::Display for KeychainProblem {
@@ -425,6 +487,10 @@ impl fmt::Display for KeychainProblem {
                  unlock it and try again"
             ),
             Self::Failed(reason) => write!(f, "the secret store failed ({reason})"),
+            Self::NoAnswer => f.write_str(
+                "the secret store did not answer in time (a stopped daemon, or an unlock \
+                 prompt nobody answered); no write was started after the wait",
+            ),
         }
     }
 }
@@ -439,10 +505,6 @@ pub enum Operation {
     ReadKeyMetadata,
     /// Reading the key file.
     ReadKeyFile,
-    /// Locking the key file, or a lock file.
-    LockKeyFile,
-    /// Opening (or creating) a lock file of the host lock.
-    OpenLockFile,
     /// Giving a new key file its name.
     PublishKeyFile,
     /// Finding the current directory, to check a relative key path.
@@ -469,8 +531,6 @@ impl fmt::Display for Operation {
             Self::OpenKeyFile => "open key file",
             Self::ReadKeyMetadata => "read the owner, mode and size of key file",
             Self::ReadKeyFile => "read key file",
-            Self::LockKeyFile => "lock",
-            Self::OpenLockFile => "open lock file",
             Self::PublishKeyFile => "publish key file",
             Self::FindCurrentDirectory => "find the current directory to check key path",
             Self::CheckDirectory => "read the owner and mode of",
@@ -579,11 +639,11 @@ pub enum KeyProblem {
     #[error("the key is encrypted; store it unencrypted, protected by file permissions")]
     Encrypted,
     /// It is a PKCS#8 or OpenSSH key of another algorithm.
-    #[error("the key is for {algorithm}, not for Ed25519")]
+    #[error("the key is for {}, not for Ed25519", algorithm.unwrap_or("another algorithm"))]
     OtherAlgorithm {
-        /// The algorithm's name, or its OID when the name is not known; anything
-        /// unprintable escaped.
-        algorithm: String,
+        /// The algorithm, when it is one the crate knows by name (RSA, ECDSA, X25519,
+        /// ...); what the key says otherwise is not repeated.
+        algorithm: Option<&'static str>,
     },
     /// It is a public key (PEM `PUBLIC KEY`, or an OpenSSH `.pub` line): the secret key
     /// is in another file.
@@ -593,11 +653,29 @@ pub enum KeyProblem {
     )]
     PublicKey,
     /// It is PEM, but of something other than a private key.
-    #[error("the key is a PEM \"{label}\", not an Ed25519 private key")]
+    #[error(
+        "the key is PEM of {}, not an Ed25519 private key",
+        label.map_or_else(|| "a kind this crate does not know".to_owned(), |label| format!("\"{label}\""))
+    )]
     OtherPem {
-        /// The PEM label, e.g. `"RSA PRIVATE KEY"`; anything unprintable escaped.
-        label: String,
+        /// The PEM label when it is one the crate knows (`RSA PRIVATE KEY`,
+        /// `CERTIFICATE`, ...); what the file says otherwise is not repeated.
+        label: Option<&'static str>,
     },
+    /// It holds several private keys (PEM blocks): which one is the identity is not
+    /// guessed.
+    #[error("the key file holds {count} private keys; keep the one to use alone in it")]
+    SeveralKeys {
+        /// How many.
+        count: usize,
+    },
+    /// Its secret is one byte repeated (32 zero bytes, say, from a zeroed file or a
+    /// template): a secret everyone knows, so anyone could run the identity.
+    #[error(
+        "the key is one byte repeated (all zeros, say): everyone knows its secret, so anyone \
+         could run this identity; generate a new key"
+    )]
+    KnownToEveryone,
 }
 
 /// A format's name in "a damaged … key": PEM of either PKCS#8 version is one.

@@ -132,7 +132,7 @@ impl Identity {
                 source: KeySource::Environment {
                     variable: variable.to_owned(),
                 },
-                file: None,
+                dir: None,
             }),
             None => None,
         };
@@ -140,17 +140,11 @@ impl Identity {
             Some(stored) => stored,
             None => location.open(options, deadline).await?,
         };
-        let (key_file, key_dir) = match (stored.file, &stored.source) {
-            (Some((file, dir)), KeySource::File { path }) => {
-                (Some((file, path.as_path())), Some(dir))
-            }
-            _ => (None, None),
-        };
-        let guard = Guard::take(stored.key.public(), key_file, lease, deadline).await?;
+        let guard = Guard::take(&stored.key, lease, deadline).await?;
         Ok(Self {
             key: stored.key,
             source: stored.source,
-            key_dir,
+            key_dir: stored.dir,
             guard,
             lock_wait,
             stable_addressing,

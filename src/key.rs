@@ -91,10 +91,10 @@ impl fmt::Display for KeyFormat {
 /// ```
 /// use iroh_identity::{KeyFormat, decode_key};
 ///
-/// let hex = "2a".repeat(32);
+/// let hex = "00112233445566778899aabbccddeeff".repeat(2);
 /// let (key, format) = decode_key(hex.as_bytes())?;
 /// assert_eq!(format, KeyFormat::Hex);
-/// assert_eq!(key.to_bytes(), [0x2a; 32]);
+/// assert_eq!(key.to_bytes()[..4], [0x00, 0x11, 0x22, 0x33]);
 /// # Ok::<(), iroh_identity::KeyProblem>(())
 /// ```
 ///
@@ -107,24 +107,31 @@ impl fmt::Display for KeyFormat {
 ///
 /// # Security
 ///
-/// The error holds no key material: of the input, at most a PEM label or an OpenSSH key
-/// type, with anything unprintable escaped. The key's bytes pass through buffers that
+/// The error holds no key material: nothing of the input but a PEM label or an algorithm
+/// that the crate knows by name, and byte counts. The key's bytes pass through buffers that
 /// are zeroed when dropped; the input is the caller's to zero.
 ///
 pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
-    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let (key, format) = decode_any(bytes)?;
+    refuse_known(key).map(|key| (key, format))
+}
+
+/// [`decode_key`] without the refusal of keys everyone knows.
+fn decode_any(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
+    // Before anything is taken away as text: a raw key may start like a byte order mark.
     if bytes.len() == 32 && !is_text(bytes) {
         let mut raw = Zeroizing::new([0u8; 32]);
         raw.copy_from_slice(bytes);
         return Ok((SecretKey::from_bytes(&raw), KeyFormat::Raw));
     }
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     if let Ok(text) = std::str::from_utf8(bytes) {
         let text = text.trim();
         if text.is_empty() {
             return Err(KeyProblem::Empty);
         }
-        if let Some(start) = text.find(pem::BEGIN) {
-            return decode_pem(&text[start..]);
+        if text.contains(pem::BEGIN) {
+            return decode_pem(text);
         }
         if let Some(decoded) = decode_hex_or_base32(text) {
             return decoded;
@@ -144,6 +151,17 @@ pub fn decode_key(bytes: &[u8]) -> Result<(SecretKey, KeyFormat), KeyProblem> {
             .map(|(key, _)| (key, KeyFormat::Pkcs8Der));
     }
     Err(KeyProblem::UnknownFormat { len: bytes.len() })
+}
+
+/// Refuses a key whose secret everyone knows: one byte repeated, all zero above all (a
+/// zeroed file, a template). Neither iroh nor ed25519-dalek keeps a list of such keys
+/// (dalek's `is_weak` is about public keys of small order, which no seed gives).
+fn refuse_known(key: SecretKey) -> Result<SecretKey, KeyProblem> {
+    let secret = Zeroizing::new(key.to_bytes());
+    if secret.iter().all(|&byte| byte == secret[0]) {
+        return Err(KeyProblem::KnownToEveryone);
+    }
+    Ok(key)
 }
 
 /// The byte order mark some editors put at the start of UTF-8 text.
@@ -242,9 +260,10 @@ pub(crate) fn decode_text(text: &str) -> Result<(SecretKey, KeyFormat), KeyProbl
     if text.is_empty() {
         return Err(KeyProblem::Empty);
     }
-    decode_hex_or_base32(text).unwrap_or(Err(KeyProblem::NotHexOrBase32 {
+    let (key, format) = decode_hex_or_base32(text).unwrap_or(Err(KeyProblem::NotHexOrBase32 {
         len: text.chars().filter(|c| !c.is_whitespace()).count(),
-    }))
+    }))?;
+    refuse_known(key).map(|key| (key, format))
 }
 
 /// Decodes hex or base32 text, white space inside it ignored (a key wrapped over lines),
@@ -273,41 +292,58 @@ fn decode_hex_or_base32(text: &str) -> Option<Result<(SecretKey, KeyFormat), Key
     })
 }
 
-/// Reads PEM text that starts with its `-----BEGIN ` line.
+/// Reads PEM text: the one private key among its blocks, wherever it stands (after a
+/// public key or a certificate, say), as `openssl pkey` finds it.
 fn decode_pem(text: &str) -> Result<(SecretKey, KeyFormat), KeyProblem> {
-    let damaged = |format| KeyProblem::Damaged { format };
-    let label = pem::label(text).ok_or(damaged(KeyFormat::Pkcs8Pem))?;
-    match label {
-        "PRIVATE KEY" => {
-            let der = pem::contents(text, label).ok_or(damaged(KeyFormat::Pkcs8Pem))?;
-            decode_pkcs8_der(&der, KeyFormat::Pkcs8Pem)
-        }
-        "ENCRYPTED PRIVATE KEY" => Err(KeyProblem::Encrypted),
-        openssh::LABEL => {
-            let blob = pem::contents(text, label).ok_or(damaged(KeyFormat::OpenSsh))?;
-            openssh::decode(&blob).map(|key| (key, KeyFormat::OpenSsh))
-        }
-        "PUBLIC KEY" => Err(KeyProblem::PublicKey),
-        label => Err(KeyProblem::OtherPem {
-            label: printable(label.as_bytes()),
+    let blocks = pem::blocks(text);
+    let whole: Vec<&pem::Block<'_>> = blocks
+        .iter()
+        .filter_map(|block| block.as_ref().ok())
+        .collect();
+    let private: Vec<&pem::Block<'_>> = whole
+        .iter()
+        .copied()
+        .filter(|block| block.is_private_key())
+        .collect();
+    let broken = blocks.iter().find_map(|block| block.as_ref().err());
+    match (private.as_slice(), broken) {
+        ([one], _) => decode_pem_block(one),
+        ([], Some(broken)) => Err(KeyProblem::Damaged {
+            format: match broken.label {
+                Some(openssh::LABEL) => KeyFormat::OpenSsh,
+                _ => KeyFormat::Pkcs8Pem,
+            },
+        }),
+        ([], None) => match whole.first() {
+            Some(first) => decode_pem_block(first),
+            None => Err(KeyProblem::Damaged {
+                format: KeyFormat::Pkcs8Pem,
+            }),
+        },
+        (several, _) => Err(KeyProblem::SeveralKeys {
+            count: several.len(),
         }),
     }
 }
 
-/// Text from a key file that goes into an error message: printable ASCII as it is,
-/// anything else escaped, 64 bytes at most.
-pub(crate) fn printable(bytes: &[u8]) -> String {
-    const MAX: usize = 64;
-    let mut text: String = bytes
-        .iter()
-        .take(MAX)
-        .flat_map(|&byte| std::ascii::escape_default(byte))
-        .map(char::from)
-        .collect();
-    if bytes.len() > MAX {
-        text.push('…');
+/// Reads one PEM block.
+fn decode_pem_block(block: &pem::Block<'_>) -> Result<(SecretKey, KeyFormat), KeyProblem> {
+    let damaged = |format| KeyProblem::Damaged { format };
+    match block.label {
+        "PRIVATE KEY" => {
+            let der = block.contents().ok_or(damaged(KeyFormat::Pkcs8Pem))?;
+            decode_pkcs8_der(&der, KeyFormat::Pkcs8Pem)
+        }
+        "ENCRYPTED PRIVATE KEY" => Err(KeyProblem::Encrypted),
+        openssh::LABEL => {
+            let blob = block.contents().ok_or(damaged(KeyFormat::OpenSsh))?;
+            openssh::decode(&blob).map(|key| (key, KeyFormat::OpenSsh))
+        }
+        "PUBLIC KEY" => Err(KeyProblem::PublicKey),
+        _ => Err(KeyProblem::OtherPem {
+            label: block.known_label(),
+        }),
     }
-    text
 }
 
 /// Reads PKCS#8 DER; says which PEM format it would be: v2 with the public key, or v1.
@@ -368,17 +404,18 @@ fn is_openssh_public_key(text: &str) -> bool {
         && text.contains(" AAAA")
 }
 
-/// Names the algorithms whose keys people most often mistake for an iroh key.
-fn algorithm_name(oid: ObjectIdentifier) -> String {
-    let oid = oid.to_string();
-    match oid.as_str() {
-        "1.2.840.113549.1.1.1" => "RSA".to_owned(),
-        "1.2.840.10045.2.1" => "elliptic-curve (ECDSA)".to_owned(),
-        "1.3.101.110" => "X25519".to_owned(),
-        "1.3.101.111" => "X448".to_owned(),
-        "1.3.101.113" => "Ed448".to_owned(),
-        _ => format!("OID {oid}"),
-    }
+/// Names the algorithms whose keys people most often mistake for an iroh key; `None` for
+/// any other (its identifier is not echoed: it comes from the key's bytes).
+fn algorithm_name(oid: ObjectIdentifier) -> Option<&'static str> {
+    Some(match oid.to_string().as_str() {
+        "1.2.840.113549.1.1.1" => "RSA",
+        "1.2.840.10045.2.1" => "elliptic-curve (ECDSA)",
+        "1.3.101.110" => "X25519",
+        "1.3.101.111" => "X448",
+        "1.3.101.113" => "Ed448",
+        "1.2.840.10040.4.1" => "DSA",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -387,7 +424,7 @@ mod tests {
 
     #[test]
     fn text_is_trimmed_and_case_insensitive() {
-        let key = SecretKey::from_bytes(&[7; 32]);
+        let key = SecretKey::from_bytes(&std::array::from_fn(|i| 7 + i as u8));
         let hex = data_encoding::HEXUPPER.encode(&key.to_bytes());
         let (decoded, format) = decode_text(&format!("  {hex}\n")).expect("decodes");
         assert_eq!(

@@ -58,7 +58,8 @@
 //!    writes, 64 hex or 52 base32 characters ([`decode_key`] has the details). New keys
 //!    are PKCS#8 v2 PEM, which holds the public key too, so that a damaged file is
 //!    detected instead of becoming another identity. A file is never rewritten in
-//!    another format.
+//!    another format. A key whose secret everyone knows (one byte repeated: 32 zero
+//!    bytes from a zeroed file, say) is refused.
 //! 2. **An identity is never lost.** An existing key file is never written, replaced or
 //!    deleted, even when it is damaged, unreadable, of an unknown format or the wrong
 //!    size: that is an error naming the path and the problem. With
@@ -83,20 +84,37 @@
 //!    Where it can, the crate writes the ports file beside the key; where it cannot, the
 //!    endpoint binds fresh ports.
 //! 7. **One live endpoint per identity.** Two endpoints with the same key do not fail in
-//!    iroh: their connections silently split between them. Here the identity is locked
-//!    (`flock`) while an [`Identity`], or an endpoint bound with it, or any clone of
-//!    that endpoint, is alive: the key file that was read, and, whatever the key came
-//!    from (a file, a copy of it, an environment variable, the secret store), the
-//!    identity on this host, by its [`EndpointId`] (`ID.lock` in a private directory
-//!    that every process of the user finds in the same place, whatever its environment:
-//!    `/run/iroh-identity` for root, `~/.local/state/iroh-identity` for a user with a
-//!    home, else `/tmp/iroh-identity-UID`). A second open waits up to the
+//!    iroh: their connections silently split between them. Here the identity is locked on
+//!    this host by its secret, whatever the key came from (a file, a copy of it, an
+//!    environment variable, the secret store), while an [`Identity`], or an endpoint bound
+//!    with it, or any clone of that endpoint, is alive. A second open waits up to the
 //!    [lock wait](Builder::lock_wait) ([`DEFAULT_LOCK_WAIT`]), then fails with
-//!    [`Error::InUse`]. Closing the endpoint, dropping its last clone or the death of the
-//!    process releases it: there are no stale locks.
+//!    [`Error::InUse`], which names the holding process. On Linux the lock is an abstract
+//!    unix socket named by a keyed hash of the secret: no file, and no name anyone without
+//!    the secret can know in advance. It holds to these (`tests/identity/host.rs`,
+//!    `campaigns::lock`):
+//!    - **R1: one lock for every holder.** Every process on this host that holds the
+//!      secret meets the same lock, whatever its user, groups, environment, working
+//!      directory or errors along the way; one that cannot reach it fails
+//!      ([`Error::HostLock`]): it never runs unguarded, and there is no second place.
+//!    - **R2: no other user can stop it, or make it wait.** Another user can read a
+//!      holder's socket name (`/proc/net/unix`) and take it once the holder is gone; the
+//!      lock then takes the next of its 8 names, at a cost of at most 100 ms per open, in
+//!      which a listener of another user is asked to prove it knows the secret. When all 8
+//!      are taken, the open fails at once with [`Error::HostLockTaken`], which names the
+//!      squatters' uids and how an administrator finds their processes.
+//!    - **R3: nothing an OS cleaner removes is a lock.** On Linux there is no file:
+//!      `systemd-tmpfiles`, a logout's removal of `/run/user/UID` and a reboot's `/tmp`
+//!      wipe have nothing to take.
+//!    - **R4: nothing piles up per identity.** A lock lives exactly as long as its holder.
+//!    - **R5: a killed holder releases at once.** The kernel frees the socket with the
+//!      process; there are no stale locks. Closing the endpoint or dropping its last clone
+//!      releases it too.
 //! 8. **Secrets stay out of sight.** No key material appears in any error, `Debug`
-//!    output or log line, at any level; buffers that held key bytes are zeroed; nothing
-//!    read from a key file is echoed into an error unescaped.
+//!    output or log line, at any level, however the key is damaged and wherever it came
+//!    from: of what is read from a key file, a variable or the secret store, an error
+//!    names nothing but a PEM label or an algorithm the crate knows, and byte counts.
+//!    Buffers that held key bytes are zeroed.
 //! 9. **No other local user can replace, plant or stall an identity.** Before a key is
 //!    read or created, every directory from `/` down to it, every symbolic link on the
 //!    way and the key itself must belong to the process's user or to root and be
@@ -109,7 +127,10 @@
 //!    refused; root's key read by another user (a mounted secret) may be readable, not
 //!    writable (a warning says when every user may read it). The path is walked one name
 //!    at a time through descriptors, as the kernel would, and never looked up by name
-//!    again: what is planted on it after it was checked is never followed. New
+//!    again: what is planted on it after it was checked is never followed. A key file
+//!    with more than one name (hard link) in a directory where others may add names is
+//!    refused: another user may have linked a file of the user's there (where the kernel's
+//!    `fs.protected_hardlinks` is off). New
 //!    directories and files are made through the descriptor of their directory, never
 //!    through a link, with random temporary names; the directory lock that keeps
 //!    creators in turn is waited for no longer than the lock wait, 5 s at most. All of
@@ -124,8 +145,11 @@
 //!     creators take turns under a lock of the user's, and re-read the entry. An entry
 //!     that holds anything else is an error naming it, and is never replaced; a store
 //!     that cannot be reached, is locked or refuses access is an error too: never a new
-//!     identity, and never a file in its place. To fall back to a file, match
-//!     [`Error::Keychain`] and open a key path: that choice is yours.
+//!     identity, and never a file in its place. Every call into the store ends by the
+//!     lock wait (1 s at least): a daemon that is stopped, an unlock prompt nobody
+//!     answers or a bus that vanished is an error then, and no write is started after
+//!     it. To fall back to a file, match [`Error::Keychain`] and open a key path: that
+//!     choice is yours.
 //! 12. **One live endpoint per identity across machines** (feature `etcd`:
 //!     `Builder::lease` with an `EtcdLease`). Before it binds, an open takes the
 //!     identity's lease in etcd, a key named for the [`EndpointId`] created only if
@@ -166,8 +190,10 @@
 //!   at once but keeps its sockets while its connections drain (iroh allows about 3 s).
 //!   So a remembered port still in use is waited for until the lock wait ends,
 //!   [`MAX_PORT_WAIT`] at most, or 250 ms when the port is held by an endpoint of this
-//!   process that was closed but not dropped. Then the endpoint binds a fresh port, logs
-//!   a warning that says why, and remembers the new one.
+//!   process that was closed but not dropped. A port that only other users' programs
+//!   hold is not waited for at all (Linux tells who holds it): they would not let go.
+//!   Then the endpoint binds a fresh port, logs a warning that says why, and remembers
+//!   the new one.
 //! - **It never makes an open fail.** A ports file that is missing, damaged or cannot
 //!   be written (a read-only secret mount) means fresh ports and a line in the log; so
 //!   does a remembered port that another program takes in the instant between the check
@@ -178,22 +204,21 @@
 //! - **What it cannot do.** A ticket does not survive a new IP address (another network,
 //!   a new container, a new DHCP lease) with no relay or address lookup to help, nor a
 //!   port that another program took: UDP ports are shared by every user of the host, so
-//!   another local user can take a remembered port, and then costs the endpoint the wait
-//!   above and its old tickets' direct address, never its start. A key from an
+//!   another local user can take a remembered port, and then costs the endpoint its old
+//!   tickets' direct address, never its start (nor, on Linux, any wait). A key from an
 //!   environment variable or the secret store has no file, so nothing is remembered. Only
 //!   sockets on all interfaces are remembered, and of a family for which the `configure`
 //!   steps bind one of their own beside iroh's, none: which one is iroh's cannot be told.
 //!
 //! # Limitations
 //!
-//! - The host lock is per user and per file system view: two users of one host with the
-//!   same key, or two containers (or services with `PrivateTmp=`) that see different
-//!   directories, are not kept apart. A key from an environment variable or the secret
-//!   store is locked only by the host lock: when its directory cannot be made or is not
-//!   private (for a user without a home, another user took the name in `/tmp` first),
-//!   opening fails with the reason; for a key file, whose own lock still holds, that is
-//!   a warning, and copies of the file are then no longer kept apart. Lock files are
-//!   never removed: one per identity ever run, empty.
+//! - On Linux the host lock's namespace is the network namespace: two containers (or
+//!   services with `PrivateNetwork=`) with network namespaces of their own are two hosts,
+//!   as two machines are, and need a lease (guarantee 12) to be kept apart. A child made
+//!   with `fork` and no `exec` shares its parent's lock, until both have let go. Elsewhere
+//!   (macOS, the BSDs, Windows) the host lock is a lock file in a private directory of the
+//!   user's (`~/.local/state/iroh-identity`), per user: two users of one host are not kept
+//!   apart there, and that lock has not been run here.
 //! - A lease (guarantee 12) cannot stop a process that does not run. A holder that was
 //!   paused (SIGSTOP, a long GC pause, a VM migrated or suspended) for longer than the TTL
 //!   has lost its lease when it resumes, and a standby may hold it; the holder closes its
@@ -215,23 +240,21 @@
 //!   Windows Credential Manager is compiled in CI, not run; the macOS Keychain is
 //!   neither, for want of Apple's toolchain: both are the `keyring` crate's own stores.
 //!   A locked store on a desktop asks the user to unlock it, and opening waits for the
-//!   answer.
+//!   answer until its lock wait ends (1 s at least): a desktop app that lets its user
+//!   unlock the store should give it a longer lock wait. A write the store was still
+//!   carrying out when the wait ended may land after it: the entry then holds a key that
+//!   no endpoint ran, which the next open loads.
 //! - OpenSSL reads PKCS#8 v2 only from version 3.5 on; older versions (3.0 is common)
 //!   reject the crate's key files. [`encode_key`] with [`KeyFormat::Pkcs8PemV1`] (or
 //!   `iroh-identity export --format pkcs8-v1`) gives them a copy they read.
-//! - Locks are advisory `flock` locks, per host: two machines sharing a key over a
-//!   network file system are not kept apart. A lock belongs to an open file, so a child
-//!   made with `fork` and no `exec` shares its parent's: the identity stays held until
-//!   both have closed it or exited. Where the file system refuses locks, opening fails
-//!   with the system's reason.
+//! - The host lock is per host: two machines sharing a key over a network file system
+//!   are not kept apart; that is a lease's work (guarantee 12).
 //! - Stable addressing keeps ports, not IP addresses.
 //! - The checks of who may change the key trust root, the process's user and the
 //!   members of its groups. They see owners and modes, not ACLs. In a user namespace
 //!   (a rootless container), files of users it does not map, `/` among them, belong to
 //!   the overflow user (65534), and every key is refused: there, turn the checks off
-//!   with [`allow_insecure_permissions`](Builder::allow_insecure_permissions). A key
-//!   planted in a sticky directory as a hard link to a file of the user's is stopped by
-//!   the kernel's `fs.protected_hardlinks` (on by default), not by this crate.
+//!   with [`allow_insecure_permissions`](Builder::allow_insecure_permissions).
 //! - Unix (Linux above all) is what is tested. Elsewhere, files get no modes and no
 //!   owner checks, and keys are published with a hard link. On unixes other than Linux,
 //!   a key directory that may be written but not read (mode `0300`) cannot be used, and

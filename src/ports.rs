@@ -175,8 +175,8 @@ pub(crate) struct StableAddressing {
     name: OsString,
     file: PortsFile,
     asked: Ports,
-    /// Remembered ports that stayed in use, and whether this process had bound them.
-    taken: Vec<(Family, u16, bool)>,
+    /// Remembered ports that stayed in use, and who held them.
+    taken: Vec<(Family, u16, probe::Taker)>,
 }
 
 impl StableAddressing {
@@ -195,7 +195,7 @@ impl StableAddressing {
             };
             match probe::wait_until_free(family.all_interfaces(port), deadline).await {
                 probe::Free::Yes => addressing.asked.set(family, port),
-                probe::Free::No { here } => addressing.taken.push((family, port, here)),
+                probe::Free::No { whom } => addressing.taken.push((family, port, whom)),
                 probe::Free::Unusable => {}
             }
         }
@@ -288,23 +288,28 @@ impl StableAddressing {
             }
         }
         let path = self.dir.path().join(&self.name);
-        for &(family, old_port, here) in &self.taken {
+        for &(family, old_port, whom) in &self.taken {
             let new_port = bound.get(family);
             let path = path.display();
-            if here {
-                warn!(
+            match whom {
+                probe::Taker::ThisProcess => warn!(
                     %path, %family, old_port, new_port,
                     "the endpoint's port is still held by an endpoint of this process that \
                      is closed but not dropped, so it has a new port and tickets with the old \
                      one no longer reach it directly: drop every clone of an endpoint before \
                      opening its identity again"
-                );
-            } else {
-                warn!(
+                ),
+                probe::Taker::OtherUser(uid) => warn!(
+                    %path, %family, old_port, new_port, uid,
+                    "the endpoint's port of the last run is taken by a program of another \
+                     user, so it has a new port at once and tickets with the old one no longer \
+                     reach it directly"
+                ),
+                probe::Taker::Other => warn!(
                     %path, %family, old_port, new_port,
                     "the endpoint's port of the last run is in use by another program, so it \
                      has a new port and tickets with the old one no longer reach it directly"
-                );
+                ),
             }
         }
         probe::bound_here(

@@ -8,7 +8,7 @@ pub(crate) mod file;
 pub(crate) mod keychain;
 mod trust;
 
-use std::{fs::File, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use iroh::SecretKey;
 
@@ -53,9 +53,8 @@ impl FileLocation {
 pub(crate) struct Stored {
     pub(crate) key: SecretKey,
     pub(crate) source: KeySource,
-    /// For a key file: the file that was read, open (to lock exactly it), and its
-    /// directory (where its ports are remembered).
-    pub(crate) file: Option<(File, Arc<Dir>)>,
+    /// For a key file: its directory, where its ports are remembered.
+    pub(crate) dir: Option<Arc<Dir>>,
 }
 
 impl Location {
@@ -87,14 +86,14 @@ impl Location {
                 Ok(Stored {
                     key: loaded.key,
                     source: KeySource::File { path },
-                    file: Some((loaded.file, loaded.dir)),
+                    dir: Some(loaded.dir),
                 })
             }
             #[cfg(feature = "keyring")]
             Self::Keychain { service, account } => Ok(Stored {
                 key: keychain::open(service, account, options.create_if_missing, deadline).await?,
                 source: self.resolve()?,
-                file: None,
+                dir: None,
             }),
         }
     }

@@ -8,6 +8,11 @@ mod unix;
 #[cfg(unix)]
 pub(crate) use unix::*;
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod linux;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use linux::*;
+
 #[cfg(not(unix))]
 mod other;
 #[cfg(not(unix))]

@@ -37,6 +37,13 @@ impl Deadline {
         Self(Some(self.0.map_or(soon, |deadline| deadline.min(soon))))
     }
 
+    /// This deadline, or `floor` from now if that is later.
+    #[cfg(feature = "keyring")]
+    pub(crate) fn at_least(self, floor: Duration) -> Self {
+        let floor = Instant::now() + floor;
+        Self(self.0.map(|deadline| deadline.max(floor)))
+    }
+
     /// How long is left, or `None` for no end.
     pub(crate) fn left(self) -> Option<Duration> {
         self.0

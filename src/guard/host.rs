@@ -1,111 +1,180 @@
-//! The host lock: one live endpoint per identity on this host, whatever its key came
-//! from.
+//! The host lock: one live endpoint per identity on this host, whatever its key came from
+//! (a key file, a copy of it, an environment variable, the secret store).
 //!
-//! The key file's own lock keeps apart two endpoints that read the same file. This one
-//! keeps apart any two with the same identity: one from a key file, one from an
-//! environment variable or the secret store, or from a copy of the file. An identity is
-//! locked by its `EndpointId`: `ID.lock` in a directory of the user's that every process
-//! of the user finds in the same place, whatever its environment (`$XDG_RUNTIME_DIR`,
-//! `$HOME` and `$TMPDIR` differ between a shell, a service and a cron job, and two
-//! processes that looked in two places would not meet):
+//! An identity is locked by its secret, not by where the key was read: the lock's name is
+//! derived from the secret key with a keyed hash (BLAKE3's `derive_key`), so every process
+//! that holds the secret finds the same lock, whatever its user, groups, environment or
+//! working directory, and no one without the secret can know its name in advance. The
+//! secret itself never leaves the process.
 //!
-//! - root, on Linux: `/run/iroh-identity`;
-//! - a user with a home directory in the user database: `HOME/.local/state/iroh-identity`;
-//! - a user without one (a container's numeric user), or whose home cannot hold it:
-//!   `/tmp/iroh-identity-UID`, where another user could take the name first (then it is
-//!   refused, as any directory of another user's is);
-//! - elsewhere (Windows): `iroh-identity` in the user's local application data.
+//! - **Linux** ([`socket`]): an abstract unix socket. It is no file: nothing to create,
+//!   nothing an OS cleaner ages (`systemd-tmpfiles`), a logout removes (`/run/user`) or a
+//!   reboot wipes, nothing that piles up per identity; the kernel frees it the instant its
+//!   holder dies. Its namespace is the network namespace: every user's processes meet in
+//!   it, so two users running copies of one secret are kept apart too, and two containers
+//!   with network namespaces of their own are two hosts (as two machines, they need a
+//!   lease). Its weakness is that another user can see a holder's name (`/proc/net/unix`)
+//!   and take it after the holder exits; how that never stops or stalls an identity is the
+//!   module's business.
+//! - **Elsewhere** ([`file`]): a lock file in a private directory of the user's, found in
+//!   the user database, the same for every process of the user, and removed when it is
+//!   let go of.
 //!
-//! The directory is made and checked as the directories above a key are. Its files are
-//! only ever locked, never written, and never removed (removing a lock file while
-//! another process waits on it would let two hold it). Like every lock here it is per
-//! user: two users of one host are not kept apart.
+//! A process that cannot reach the lock fails with the reason: it never runs unguarded,
+//! and never falls back to a second place.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod file;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod responder;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod socket;
+
+use std::time::Duration;
+
+use iroh::{EndpointId, SecretKey};
+use tracing::info;
+use zeroize::Zeroizing;
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+use self::file as imp;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use self::socket as imp;
+use crate::{
+    Error,
+    wait::{self, Deadline, Waited},
 };
 
-use iroh::EndpointId;
+/// How often a held lock is tried again while waiting for it.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
-use super::lock::FileLock;
-use crate::{Error, Operation, store::file::private_dir, sys::Dir, wait::Deadline};
-
-/// The runtime directory this process has checked, kept open.
-static RUNTIME_DIR: Mutex<Option<Arc<Dir>>> = Mutex::new(None);
-
-/// Locks the identity `id` on this host, waiting until `deadline` for another holder.
-pub(crate) async fn lock_identity(id: EndpointId, deadline: Deadline) -> Result<FileLock, Error> {
-    let (file, path) = open(&lock_name(id))?;
-    FileLock::acquire(file, &path, deadline, Some(id)).await
+/// A lock this process holds on this host; dropping it lets go of it at once.
+#[derive(Debug)]
+pub(crate) struct HostLock {
+    _held: imp::Held,
 }
 
-/// Takes the host lock of `id` if no endpoint holds it: `None` while one does.
-#[cfg(feature = "keyring")]
-pub(crate) fn try_lock_identity(id: EndpointId) -> Result<Option<FileLock>, Error> {
-    try_lock(&lock_name(id))
+/// What a host lock is for.
+#[derive(Clone, Copy)]
+pub(crate) enum Scope<'a> {
+    /// An identity: every process on this host that holds `key`.
+    Identity(&'a SecretKey),
+    /// The creation of a keychain entry: this user's processes that create it (the secret
+    /// store is per user).
+    #[cfg_attr(not(feature = "keyring"), allow(dead_code))]
+    KeychainEntry { service: &'a str, account: &'a str },
 }
 
-/// The name of the host lock of `id`.
-fn lock_name(id: EndpointId) -> String {
-    format!("{id}.lock")
-}
-
-/// Takes the lock `name` if no one holds it: `None` while another does.
-#[cfg(feature = "keyring")]
-pub(crate) fn try_lock(name: &str) -> Result<Option<FileLock>, Error> {
-    let (file, path) = open(name)?;
-    FileLock::try_acquire(file, &path)
-}
-
-fn open(name: &str) -> Result<(std::fs::File, PathBuf), Error> {
-    let dir = runtime_dir()?;
-    let path = dir.path().join(name);
-    let file = dir
-        .open_lock_file(name.as_ref())
-        .map_err(|err| Error::io(Operation::OpenLockFile, &path, err))?;
-    Ok((file, path))
-}
-
-/// The user's directory of host locks, made and checked on first use.
-fn runtime_dir() -> Result<Arc<Dir>, Error> {
-    let mut cached = RUNTIME_DIR
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(dir) = cached.as_ref() {
-        return Ok(Arc::clone(dir));
-    }
-    let mut result = Err(Error::NoHomeDirectory);
-    for path in candidates() {
-        result = private_dir(&path);
-        if result.is_ok() {
-            break;
+impl Scope<'_> {
+    /// The key the lock is named with, and a holder proves itself with: derived, never
+    /// the secret itself.
+    fn lock_key(self) -> Zeroizing<[u8; 32]> {
+        match self {
+            Self::Identity(key) => {
+                let secret = Zeroizing::new(key.to_bytes());
+                Zeroizing::new(blake3::derive_key(
+                    "iroh-identity 2026-12-03 host lock of an identity",
+                    &secret[..],
+                ))
+            }
+            Self::KeychainEntry { service, account } => {
+                let user = crate::sys::process().uid.to_le_bytes();
+                let name = [&user[..], service.as_bytes(), &[0], account.as_bytes()].concat();
+                Zeroizing::new(blake3::derive_key(
+                    "iroh-identity 2026-12-03 host lock of a keychain entry",
+                    &name,
+                ))
+            }
         }
     }
-    let dir = result?;
-    *cached = Some(Arc::clone(&dir));
-    Ok(dir)
+
+    /// Whether a holder of another user can be told from a squatter by asking it to
+    /// prove it knows the lock's key: an identity's holders can; a keychain entry is this
+    /// user's alone.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn proves_itself(self) -> bool {
+        matches!(self, Self::Identity(_))
+    }
 }
 
-/// Where the host locks may be, in order: the same for every process of the user.
-fn candidates() -> Vec<PathBuf> {
-    #[cfg(unix)]
-    {
-        let uid = crate::sys::process().uid;
-        let mut candidates = Vec::new();
-        if uid == 0 && cfg!(target_os = "linux") {
-            candidates.push(PathBuf::from("/run/iroh-identity"));
-        } else if let Some(home) = crate::sys::home_of(uid).filter(|home| home.parent().is_some()) {
-            candidates.push(home.join(".local/state/iroh-identity"));
+/// What one attempt at a lock found.
+#[derive(Debug)]
+enum Attempt {
+    Taken(imp::Held),
+    /// Another process holds it: who, where that can be told.
+    Held(Option<Holder>),
+}
+
+/// The process that holds a lock, as this host tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) uid: u32,
+    /// Unknown (`None`) in another PID namespace, or where the host does not say.
+    pub(crate) pid: Option<u32>,
+}
+
+/// Locks the identity of `key` on this host, waiting until `deadline` for another holder.
+///
+/// # Errors
+///
+/// [`Error::InUse`] when another endpoint holds it for all of the wait; the errors of
+/// [`try_lock`] otherwise.
+pub(crate) async fn lock_identity(key: &SecretKey, deadline: Deadline) -> Result<HostLock, Error> {
+    let scope = Scope::Identity(key);
+    let mut holder = None;
+    let mut attempt = || {
+        Ok(match imp::attempt(scope)? {
+            Attempt::Taken(held) => Some(HostLock { _held: held }),
+            Attempt::Held(found) => {
+                holder = found;
+                None
+            }
+        })
+    };
+    let id = key.public();
+    let announce = || info!(%id, "identity in use by another endpoint; waiting for it to close");
+    // An endpoint of this process that was just closed releases its identity in a task of
+    // the runtime's: let it run before the first verdict.
+    let first = attempt()?;
+    let waited = match first {
+        Some(lock) => Waited::Done(lock),
+        None => {
+            tokio::task::yield_now().await;
+            wait::until(deadline, RETRY_INTERVAL, attempt, announce).await?
         }
-        candidates.push(PathBuf::from(format!("/tmp/iroh-identity-{uid}")));
-        candidates
+    };
+    match waited {
+        Waited::Done(lock) => Ok(lock),
+        Waited::TimedOut(waited) => Err(in_use(id, holder, waited)),
     }
-    #[cfg(not(unix))]
-    {
-        directories::BaseDirs::new()
-            .map(|dirs| dirs.data_local_dir().join("iroh-identity"))
-            .into_iter()
-            .collect()
+}
+
+/// Takes the lock of `scope` if no one holds it: `None` while another process does.
+#[cfg(feature = "keyring")]
+///
+/// # Errors
+///
+/// [`Error::HostLock`] when the lock cannot be reached, or [`Error::HostLockTaken`] when
+/// every name it may have is taken by other users.
+pub(crate) fn try_lock(scope: Scope<'_>) -> Result<Option<HostLock>, Error> {
+    Ok(match imp::attempt(scope)? {
+        Attempt::Taken(held) => Some(HostLock { _held: held }),
+        Attempt::Held(_) => None,
+    })
+}
+
+/// Whether an endpoint holds the identity of `key` on this host, found without taking the
+/// lock, so that looking never makes an open fail; `None` when it cannot be told.
+pub(crate) fn is_held(key: &SecretKey) -> Option<bool> {
+    imp::is_held(Scope::Identity(key))
+}
+
+/// The error of an open that waited for all of `waited` while `holder` held `id`.
+pub(crate) fn in_use(id: EndpointId, holder: Option<Holder>, waited: Duration) -> Error {
+    Error::InUse {
+        id,
+        pid: holder.and_then(|holder| holder.pid),
+        uid: holder.map(|holder| holder.uid),
+        waited,
     }
 }

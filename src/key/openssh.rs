@@ -43,7 +43,7 @@ pub(super) fn decode(blob: &[u8]) -> Result<SecretKey, KeyProblem> {
     let key_type = public_blob.string()?;
     if key_type != KEY_TYPE {
         return Err(KeyProblem::OtherAlgorithm {
-            algorithm: super::printable(key_type),
+            algorithm: algorithm_name(key_type),
         });
     }
     let public = public_blob.string()?;
@@ -68,6 +68,21 @@ pub(super) fn decode(blob: &[u8]) -> Result<SecretKey, KeyProblem> {
         return Err(KeyProblem::PublicKeyMismatch);
     }
     Ok(key)
+}
+
+/// The algorithms of the OpenSSH key types people have; `None` for any other (the type is
+/// not echoed: it comes from the key's bytes).
+fn algorithm_name(key_type: &[u8]) -> Option<&'static str> {
+    Some(match key_type {
+        b"ssh-rsa" => "RSA",
+        b"ssh-dss" => "DSA",
+        b"ecdsa-sha2-nistp256" | b"ecdsa-sha2-nistp384" | b"ecdsa-sha2-nistp521" => {
+            "elliptic-curve (ECDSA)"
+        }
+        b"sk-ssh-ed25519@openssh.com" => "Ed25519 on a security key (FIDO)",
+        b"sk-ecdsa-sha2-nistp256@openssh.com" => "ECDSA on a security key (FIDO)",
+        _ => return None,
+    })
 }
 
 /// Writes a key as OpenSSH does for `ssh-keygen -t ed25519 -N ""`, with an empty comment.

@@ -7,14 +7,20 @@
 //! its process exits. So a busy port is waited for until the lock wait ends,
 //! [`MAX_PORT_WAIT`](crate::MAX_PORT_WAIT) at most. When the port is held by an endpoint
 //! of this process that is closed but not dropped, the wait is [`WAIT_FOR_THIS_PROCESS`]
-//! at most: a clone still in scope never goes.
+//! at most: a clone still in scope never goes. When the kernel's tables say that only
+//! programs of other users hold it (Linux), it is not waited for at all: UDP ports are
+//! shared by every user of the host, and another user who took it (reading the new port
+//! from `/proc/net/udp` each time) would otherwise delay every restart by the whole wait.
 
 use std::{collections::BTreeSet, io, net::SocketAddr, sync::Mutex, time::Duration};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::debug;
 
-use crate::wait::{self, Deadline, Waited};
+use crate::{
+    sys,
+    wait::{self, Deadline, Waited},
+};
 
 /// The longest wait for a remembered port held by an endpoint of this process.
 ///
@@ -41,16 +47,29 @@ pub(super) fn bound_here(sockets: impl IntoIterator<Item = SocketAddr>) {
 #[derive(Debug)]
 pub(super) enum Free {
     Yes,
-    /// It stayed in use until the deadline; `here`: an endpoint of this process had
-    /// bound it.
+    /// It stayed in use, by `whom`.
     No {
-        here: bool,
+        whom: Taker,
     },
     /// It cannot be bound at all (no IPv6 on this host, say): iroh will not either.
     Unusable,
 }
 
-/// Binds `addr` and closes it again, trying again until `deadline` while it is in use.
+/// Who holds a remembered port that could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taker {
+    /// An endpoint of this process, closed but not dropped.
+    ThisProcess,
+    /// Another user's program: this uid.
+    OtherUser(u32),
+    /// A program of this user's, or one this host does not name.
+    Other,
+}
+
+/// Binds `addr` and closes it again, trying again until `deadline` while a program of
+/// this user's holds it: the last run of the identity, closing. A port that another
+/// user's program holds is not waited for (it would not be let go of; waiting would let
+/// any user delay every restart).
 pub(super) async fn wait_until_free(addr: SocketAddr, deadline: Deadline) -> Free {
     let here = BOUND_HERE.lock().is_ok_and(|here| here.contains(&addr));
     let deadline = if here {
@@ -58,15 +77,32 @@ pub(super) async fn wait_until_free(addr: SocketAddr, deadline: Deadline) -> Fre
     } else {
         deadline
     };
-    let attempt = || match try_bind(addr) {
-        Ok(()) => Ok(Some(())),
-        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Ok(None),
+    let me = sys::process().uid;
+    let mut other_user = None;
+    let mut attempt = || match try_bind(addr) {
+        Ok(()) => Ok(Some(true)),
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+            let users = sys::udp_port_users(addr.port()).unwrap_or_default();
+            other_user = users.iter().copied().find(|&uid| uid != me);
+            let ours = users.contains(&me);
+            Ok((!here && !ours && other_user.is_some()).then_some(false))
+        }
         Err(err) => Err(err),
     };
     let announce = || debug!(%addr, "the remembered port is in use; waiting for it");
-    match wait::until(deadline, RETRY_INTERVAL, attempt, announce).await {
-        Ok(Waited::Done(())) => Free::Yes,
-        Ok(Waited::TimedOut(_)) => Free::No { here },
+    let whom = |other_user: Option<u32>| match (here, other_user) {
+        (true, _) => Taker::ThisProcess,
+        (false, Some(uid)) => Taker::OtherUser(uid),
+        (false, None) => Taker::Other,
+    };
+    match wait::until(deadline, RETRY_INTERVAL, &mut attempt, announce).await {
+        Ok(Waited::Done(true)) => Free::Yes,
+        Ok(Waited::Done(false)) => Free::No {
+            whom: whom(other_user),
+        },
+        Ok(Waited::TimedOut(_)) => Free::No {
+            whom: whom(other_user),
+        },
         Err(err) => {
             debug!(%addr, %err, "cannot bind the remembered port");
             Free::Unusable

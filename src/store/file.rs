@@ -244,7 +244,7 @@ pub fn inspect_key(path: impl AsRef<Path>) -> Result<KeyReport, Error> {
         format: loaded.format,
         owner: sys::owner(&metadata).map(|owner| (owner.uid, owner.mode)),
         refused,
-        in_use: crate::guard::lock::is_held(&loaded.file),
+        in_use: crate::guard::host::is_held(&loaded.key),
     })
 }
 
@@ -413,7 +413,8 @@ fn create_missing(walk: &mut Walk<'_>, reached: &mut Reached) -> Result<(), Erro
 }
 
 /// The private directory at `path`, checked as the directories above a key are, and
-/// created (`0700`) if it is missing: where the host locks are.
+/// created (`0700`) if it is missing: where the host locks are, where they are files.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) fn private_dir(path: &Path) -> Result<Arc<Dir>, Error> {
     let mut walk = Walk::new(path, Checks::Enforce);
     let mut reached = walk.walk_to(path)?;

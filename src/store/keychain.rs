@@ -9,55 +9,125 @@
 //! names it, and is never replaced. A store that is missing, locked or refuses access is
 //! an error too, never a silent new key.
 //!
-//! The stores have no "create if absent", so creation is serialised with a lock of this
-//! user's ([`guard::host`](crate::guard::host)): the first creator stores a key; the
-//! others, once they hold the lock, read it back.
+//! The stores have no "create if absent", so creation is serialised with a host lock of
+//! this user's for the entry ([`guard::host`](crate::guard::host)): the first creator
+//! stores a key; the others, once they hold the lock, read it back.
+//!
+//! Every call into a store is waited for until the open's deadline at most (the key
+//! tool's, [`DEFAULT_LOCK_WAIT`]): a daemon that is stopped, a prompt nobody answers or a
+//! bus that vanished is an error then, never a hang.
+
+use std::time::Duration;
 
 use iroh::SecretKey;
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use crate::{
-    Error, KeyFormat, KeychainProblem,
-    guard::host,
+    DEFAULT_LOCK_WAIT, Error, KeyFormat, KeychainProblem,
+    guard::host::{self, Scope},
     key,
     wait::{Deadline, Waited, blocking_until},
 };
 
 /// How often the lock of a racing creator is tried again.
-const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+const LOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// The least time a store is given to answer, whatever the lock wait: an open that should
+/// not wait for another endpoint (a lock wait of zero) still lets the store answer once.
+const MIN_STORE_WAIT: Duration = Duration::from_secs(1);
 
 /// Loads the key of the entry `service`/`account`, or generates and stores one when
 /// there is none and `create` says so, waiting for a racing creator until `deadline`.
 ///
-/// All of it runs off the runtime's threads in one call, creation lock included: if the
-/// caller stops waiting, a write already under way still ends before the lock goes.
+/// All of it runs off the runtime's threads in one call, creation lock included, and is
+/// waited for until `deadline` at most ([`MIN_STORE_WAIT`] at least): a store that does
+/// not answer (a stopped daemon, an unlock prompt nobody answers) is an error then. No
+/// write is started after that; one the store is still carrying out then holds the lock
+/// until it ends.
 pub(crate) async fn open(
     service: &str,
     account: &str,
     create: bool,
     deadline: Deadline,
 ) -> Result<SecretKey, Error> {
-    blocking(service, account, move |service, account| {
-        if let Some(key) = load(service, account)? {
-            return Ok(key);
-        }
-        if !create {
-            return Err(problem(service, account, KeychainProblem::Missing));
-        }
-        // One creator at a time; the others read what it stored.
-        let key = creating(service, account, deadline, || match load(service, account)? {
+    let lock_deadline = deadline;
+    let deadline = deadline.at_least(MIN_STORE_WAIT);
+    let (service, account) = (service.to_owned(), account.to_owned());
+    let (task_service, task_account) = (service.clone(), account.clone());
+    // A thread of its own, not the runtime's blocking pool: a call that never returns
+    // must not hold up the runtime's shutdown, and with it the program's exit.
+    let (sender, call) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let (service, account) = (task_service.as_str(), task_account.as_str());
+        let _ = sender.send(load_or_create(
+            service,
+            account,
+            create,
+            lock_deadline,
+            deadline,
+        ));
+    });
+    let stopped = |_| {
+        let reason = "the call to the store stopped".to_owned();
+        problem(&service, &account, KeychainProblem::Failed(reason))
+    };
+    match deadline.left() {
+        None => call.await.map_err(stopped)?,
+        Some(left) => match tokio::time::timeout(left, call).await {
+            Ok(result) => result.map_err(stopped)?,
+            Err(_) => Err(no_answer(&service, &account)),
+        },
+    }
+}
+
+/// What [`open`] does on its thread.
+fn load_or_create(
+    service: &str,
+    account: &str,
+    create: bool,
+    lock_deadline: Deadline,
+    deadline: Deadline,
+) -> Result<SecretKey, Error> {
+    if let Some(key) = load(service, account)? {
+        return Ok(key);
+    }
+    if !create {
+        return Err(problem(service, account, KeychainProblem::Missing));
+    }
+    // One creator at a time; the others read what it stored.
+    creating(service, account, lock_deadline, || {
+        match load(service, account)? {
             Some(key) => Ok(key),
             None => {
+                if deadline.left() == Some(Duration::ZERO) {
+                    return Err(no_answer(service, account));
+                }
                 let key = SecretKey::generate();
                 set(service, account, &key)?;
                 info!(service, account, id = %key.public(), "generated a new endpoint key in the keychain");
                 Ok(key)
             }
-        })?;
-        Ok(key)
+        }
     })
-    .await
+}
+
+/// Runs `call` on a thread of its own and waits for it [`DEFAULT_LOCK_WAIT`] at most: the
+/// calls of the key tool, which block.
+fn bounded<T: Send + 'static>(
+    service: &str,
+    account: &str,
+    call: impl FnOnce(&str, &str, Deadline) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let deadline = Deadline::after(DEFAULT_LOCK_WAIT);
+    let (sender, answer) = std::sync::mpsc::channel();
+    let (task_service, task_account) = (service.to_owned(), account.to_owned());
+    std::thread::spawn(move || {
+        let _ = sender.send(call(&task_service, &task_account, deadline));
+    });
+    answer
+        .recv_timeout(DEFAULT_LOCK_WAIT)
+        .unwrap_or_else(|_| Err(no_answer(service, account)))
 }
 
 /// Runs `then` holding the lock that keeps creators of the entry in turn, waiting for it
@@ -68,8 +138,8 @@ fn creating<T>(
     deadline: Deadline,
     then: impl FnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let name = lock_name(service, account);
-    match blocking_until(deadline, LOCK_RETRY, || host::try_lock(&name), || {})? {
+    let scope = Scope::KeychainEntry { service, account };
+    match blocking_until(deadline, LOCK_RETRY, || host::try_lock(scope), || {})? {
         Waited::Done(_lock) => then(),
         Waited::TimedOut(waited) => Err(still_creating(service, account, waited)),
     }
@@ -79,92 +149,86 @@ fn creating<T>(
 ///
 /// For a tool that reports or moves a key (`iroh-identity keychain id`). To run an
 /// endpoint with it, take an [`Identity`](crate::Identity) with
-/// [`Builder::keychain`](crate::Builder::keychain). The call blocks on the store.
+/// [`Builder::keychain`](crate::Builder::keychain). The call blocks on the store,
+/// [`DEFAULT_LOCK_WAIT`] at most.
 ///
 /// # Errors
 ///
 /// - [`Error::Keychain`] with [`KeychainProblem::Missing`]: there is no such entry;
-///   with another problem: the store cannot be reached, is locked or failed.
+///   with another problem: the store cannot be reached, is locked, failed or did not
+///   answer in time.
 /// - [`Error::InvalidKeychainKey`]: the entry holds something that is not a key.
 pub fn load_keychain_key(service: &str, account: &str) -> Result<SecretKey, Error> {
-    load(service, account)?.ok_or_else(|| problem(service, account, KeychainProblem::Missing))
+    bounded(service, account, |service, account, _| {
+        load(service, account)?.ok_or_else(|| problem(service, account, KeychainProblem::Missing))
+    })
 }
 
 /// Stores `key` in a new keychain entry `service`/`account`, and reads it back to check
 /// that the store keeps it: how a key file's identity moves into the secret store. It
-/// holds the lock that keeps creators of the entry in turn, waiting for it
-/// [`DEFAULT_LOCK_WAIT`](crate::DEFAULT_LOCK_WAIT) at most. The call blocks.
+/// holds the lock that keeps creators of the entry in turn. The call blocks,
+/// [`DEFAULT_LOCK_WAIT`] at most.
 ///
 /// # Errors
 ///
 /// - [`Error::KeychainEntryExists`]: the entry exists; it is left unchanged.
-/// - [`Error::Keychain`]: the store cannot be reached, is locked or failed.
+/// - [`Error::Keychain`]: the store cannot be reached, is locked, failed or did not
+///   answer in time.
 pub fn store_new_keychain_key(service: &str, account: &str, key: &SecretKey) -> Result<(), Error> {
-    let deadline = Deadline::after(crate::DEFAULT_LOCK_WAIT);
-    creating(service, account, deadline, || {
-        if load(service, account)?.is_some() {
-            return Err(Error::KeychainEntryExists {
-                service: service.to_owned(),
-                account: account.to_owned(),
-            });
-        }
-        set(service, account, key)
-    })?;
-    info!(service, account, id = %key.public(), "stored an endpoint key in the keychain");
-    Ok(())
+    let key = key.clone();
+    bounded(service, account, move |service, account, deadline| {
+        creating(service, account, deadline, || {
+            if load(service, account)?.is_some() {
+                return Err(Error::KeychainEntryExists {
+                    service: service.to_owned(),
+                    account: account.to_owned(),
+                });
+            }
+            if deadline.left() == Some(Duration::ZERO) {
+                return Err(no_answer(service, account));
+            }
+            set(service, account, &key)
+        })?;
+        info!(service, account, id = %key.public(), "stored an endpoint key in the keychain");
+        Ok(())
+    })
 }
 
 /// Deletes the keychain entry `service`/`account`, and with it the identity it holds:
-/// there is no way back. The call blocks.
+/// there is no way back. The call blocks, [`DEFAULT_LOCK_WAIT`] at most.
 ///
 /// # Errors
 ///
-/// [`Error::Keychain`]: there is no such entry ([`KeychainProblem::Missing`]), or the
-/// store cannot be reached, is locked or failed.
+/// [`Error::Keychain`]: there is no such entry ([`KeychainProblem::Missing`]), an
+/// endpoint runs its identity now, or the store cannot be reached, is locked, failed or
+/// did not answer in time.
 pub fn delete_keychain_entry(service: &str, account: &str) -> Result<(), Error> {
-    // Not while an endpoint runs the identity: held here until the entry is gone.
-    let _held = match load(service, account) {
-        Ok(Some(key)) => {
-            let id = key.public();
-            match host::try_lock_identity(id)? {
+    bounded(service, account, |service, account, _| {
+        // Not while an endpoint runs the identity: held here until the entry is gone.
+        let _held = match load(service, account) {
+            Ok(Some(key)) => match host::try_lock(Scope::Identity(&key))? {
                 Some(lock) => Some(lock),
                 None => {
                     return Err(problem(
                         service,
                         account,
                         KeychainProblem::Failed(format!(
-                            "an endpoint runs its identity {id} now; close it first"
+                            "an endpoint runs its identity {} now; close it first",
+                            key.public()
                         )),
                     ));
                 }
+            },
+            _ => None,
+        };
+        match entry(service, account)?.delete_credential() {
+            Ok(()) => Ok(()),
+            Err(keyring::Error::NoEntry) => {
+                Err(problem(service, account, KeychainProblem::Missing))
             }
+            Err(err) => Err(store_error(service, account, err)),
         }
-        _ => None,
-    };
-    match entry(service, account)?.delete_credential() {
-        Ok(()) => Ok(()),
-        Err(keyring::Error::NoEntry) => Err(problem(service, account, KeychainProblem::Missing)),
-        Err(err) => Err(store_error(service, account, err)),
-    }
-}
-
-/// Runs a call to the store, which blocks, off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    service: &str,
-    account: &str,
-    call: impl FnOnce(&str, &str) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    let (service, account) = (service.to_owned(), account.to_owned());
-    let (task_service, task_account) = (service.clone(), account.clone());
-    tokio::task::spawn_blocking(move || call(&task_service, &task_account))
-        .await
-        .map_err(|err| {
-            problem(
-                &service,
-                &account,
-                KeychainProblem::Failed(format!("the call to the store stopped: {err}")),
-            )
-        })?
+    })
 }
 
 /// The key in the entry, or `None` if there is no entry.
@@ -266,17 +330,7 @@ fn still_creating(service: &str, account: &str, waited: std::time::Duration) -> 
     problem(service, account, KeychainProblem::Failed(reason))
 }
 
-/// The name of the lock file that keeps creators of an entry in turn.
-fn lock_name(service: &str, account: &str) -> String {
-    format!("keychain-{:016x}.lock", fnv1a(service, account))
-}
-
-/// A stable 64-bit hash of an entry's name (FNV-1a).
-fn fnv1a(service: &str, account: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in service.bytes().chain([0]).chain(account.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+/// The error when the store did not answer by the deadline.
+fn no_answer(service: &str, account: &str) -> Error {
+    problem(service, account, KeychainProblem::NoAnswer)
 }

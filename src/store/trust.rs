@@ -99,6 +99,8 @@ pub(crate) struct Walk<'a> {
     links: usize,
     /// The key is reached through a Kubernetes secret volume (a `..data` link).
     pub(crate) kubernetes_secret: bool,
+    /// The directory the key file was opened in.
+    key_dir: Option<Arc<Dir>>,
 }
 
 impl<'a> Walk<'a> {
@@ -109,6 +111,7 @@ impl<'a> Walk<'a> {
             checks,
             links: 0,
             kubernetes_secret: false,
+            key_dir: None,
         }
     }
 
@@ -167,7 +170,10 @@ impl<'a> Walk<'a> {
             let dir = Arc::clone(chain.last().expect("a walk starts at /"));
             let path = dir.path().join(&name);
             match dir.open_file_no_follow(&name) {
-                Ok(Some(file)) => return Ok(Some(file)),
+                Ok(Some(file)) => {
+                    self.key_dir = Some(dir);
+                    return Ok(Some(file));
+                }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     return match through_link {
                         Some(link) => Err(Error::DanglingSymlink { path: link }),
@@ -202,11 +208,26 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Checks the open key file: owner and mode.
+    /// Checks the open key file: owner, mode and links.
     pub(crate) fn check_key_file(&mut self, metadata: &Metadata) -> Result<(), Error> {
         let Some(owner) = sys::owner(metadata) else {
             return Ok(());
         };
+        let links = sys::links(metadata);
+        if links > 1 && self.key_dir_is_shared()? {
+            // In a directory where others may add names (a sticky `/tmp`, a group's),
+            // a second name may be another user's link to a file of this user's: a
+            // planted identity that passes every check of owner and mode.
+            return self.refuse(Error::UntrustedPath {
+                key: self.key.to_owned(),
+                path: self.key.to_owned(),
+                kind: PathKind::KeyFile,
+                owner: owner.uid,
+                group: owner.gid,
+                mode: owner.mode,
+                problem: TrustProblem::HardLinked { links },
+            });
+        }
         if owner.uid == self.process.uid && owner.mode & 0o077 != 0 {
             let exposed = Error::InsecurePermissions {
                 path: self.key.to_owned(),
@@ -230,6 +251,17 @@ impl<'a> Walk<'a> {
             );
         }
         self.judge(self.key, PathKind::KeyFile, owner)
+    }
+
+    /// Whether others than its owner may add names to the directory the key was opened in.
+    fn key_dir_is_shared(&self) -> Result<bool, Error> {
+        let Some(dir) = &self.key_dir else {
+            return Ok(false);
+        };
+        let stat = dir
+            .stat()
+            .map_err(|err| Error::io(Operation::CheckDirectory, dir.path(), err))?;
+        Ok(stat.owner.mode & 0o022 != 0)
     }
 
     /// Checks a directory that this process did not create and did not walk: one that a

@@ -31,6 +31,17 @@ pub(crate) fn owner(metadata: &Metadata) -> Option<Owner> {
     })
 }
 
+/// The users whose UDP sockets are bound to a port: not told on this system.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn udp_port_users(_port: u16) -> Option<Vec<u32>> {
+    None
+}
+
+/// How many names (hard links) the file of `metadata` has.
+pub(crate) fn links(metadata: &Metadata) -> u64 {
+    metadata.nlink()
+}
+
 /// Who this process acts as when it touches files: its effective user, and (asked only
 /// when a group's rights matter) its groups.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +79,7 @@ pub(crate) fn process() -> Process {
 
 /// The home directory of the user `uid` in the user database (`getpwuid_r`), whatever
 /// `$HOME` says; `None` when the user has no entry or no absolute home.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 #[allow(unsafe_code)]
 pub(crate) fn home_of(uid: u32) -> Option<PathBuf> {
     use std::ffi::CStr;
@@ -250,6 +262,7 @@ impl Dir {
 
     /// Opens the lock file `name`, creating it (`0600`) if it is missing; fails if it is
     /// a symbolic link. It is never written: only locked.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub(crate) fn open_lock_file(&self, name: &OsStr) -> io::Result<File> {
         let c_name = c_path(name)?;
         let flags = libc::O_RDONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
@@ -413,6 +426,14 @@ impl Dir {
         self.borrow_file().metadata()
     }
 
+    /// Whether `name` in this directory is the file `file` is open on.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(crate) fn is_same_file(&self, name: &OsStr, file: &File) -> io::Result<bool> {
+        let open = file.metadata()?;
+        let named = fs::symlink_metadata(self.path_of_fd().join(name))?;
+        Ok((open.dev(), open.ino()) == (named.dev(), named.ino()))
+    }
+
     /// Where the directory was opened.
     pub(crate) fn path(&self) -> &Path {
         &self.path
@@ -501,31 +522,4 @@ fn check(result: libc::c_int) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// Whether any process holds a `flock` on the file `file` is open on, read from the
-/// kernel's table of locks without taking one; `None` where there is no such table.
-#[cfg(target_os = "linux")]
-pub(crate) fn flock_held(file: &File) -> Option<bool> {
-    let metadata = file.metadata().ok()?;
-    let dev = metadata.dev();
-    // The table names a file as MAJOR:MINOR:INODE, the device numbers in hex.
-    let id = format!(
-        "{:02x}:{:02x}:{}",
-        libc::major(dev),
-        libc::minor(dev),
-        metadata.ino()
-    );
-    let table = fs::read_to_string("/proc/locks").ok()?;
-    Some(table.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // `N: FLOCK ADVISORY WRITE PID ID START END`; a waiter's line has `->` after N.
-        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str())
-    }))
-}
-
-/// Whether any process holds a `flock` on the file; not known here.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn flock_held(_file: &File) -> Option<bool> {
-    None
 }

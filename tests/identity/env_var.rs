@@ -59,7 +59,7 @@ fn the_variable_wins_and_the_key_file_is_not_created() {
 fn the_variable_wins_over_an_existing_key_file_which_stays_as_it_is() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let file_key = iroh::SecretKey::from_bytes(&[9; 32]);
+    let file_key = iroh::SecretKey::from_bytes(&std::array::from_fn(|i| 0x89 ^ i as u8));
     write_private(&path, &file_key.to_bytes());
     let env_key = known_key();
     let outcome = open_with_env(&path, Some(&HEXLOWER.encode(&env_key.to_bytes())));
@@ -140,4 +140,19 @@ fn two_processes_with_the_same_variable_are_kept_apart_and_a_kill_releases_it() 
     ));
     assert_eq!(after.expect_id(), key.public().to_string());
     assert!(!path.exists(), "no key file was created");
+}
+
+#[test]
+fn a_key_everyone_knows_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    for value in ["0".repeat(64), "f".repeat(64), "a".repeat(52)] {
+        let outcome = open_with_env(&path, Some(&value));
+        let error = outcome.expect_error();
+        assert!(
+            error.contains("everyone knows its secret"),
+            "{value}: {error}"
+        );
+        assert!(!path.exists(), "no key file instead");
+    }
 }

@@ -8,7 +8,7 @@ use ed25519_dalek::{
     SigningKey,
     ed25519::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes},
 };
-use iroh_identity::load_key;
+use iroh_identity::{Error, KeyFormat, KeyProblem, decode_key, encode_key, load_key};
 
 use crate::support::{identity_of, known_key, temp_dir, write_private};
 
@@ -218,5 +218,68 @@ fn errors_read_as_sentences_alone_and_as_causes() -> anyhow::Result<()> {
     );
     let chain = format!("{:#}", anyhow::Error::from(err));
     assert_eq!(chain.matches("Not a directory").count(), 1, "{chain}");
+    Ok(())
+}
+
+#[test]
+fn keys_everyone_knows_are_refused() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let zero = iroh::SecretKey::from_bytes(&[0; 32]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("32 zero bytes (a zeroed file)", vec![0; 32]),
+        ("32 bytes of 0xff", vec![0xff; 32]),
+        (
+            "the zero seed as this crate writes a key",
+            encode_key(&zero, KeyFormat::Pkcs8Pem).to_vec(),
+        ),
+        ("64 zeros of hex", b"0".repeat(64)),
+        (
+            "one byte repeated, as OpenSSH",
+            encode_key(
+                &iroh::SecretKey::from_bytes(&[0x41; 32]),
+                KeyFormat::OpenSsh,
+            )
+            .to_vec(),
+        ),
+    ];
+    for (name, content) in cases {
+        write_private(&path, &content);
+        let err = identity_of(&path).expect_err(name);
+        assert!(
+            matches!(
+                err,
+                Error::InvalidKey {
+                    problem: KeyProblem::KnownToEveryone,
+                    ..
+                }
+            ),
+            "{name}: {err:?}"
+        );
+        let message = crate::support::child::chain(&err);
+        assert!(
+            message.contains("everyone knows its secret"),
+            "{name}: {message}"
+        );
+        assert_eq!(
+            fs::read(&path)?,
+            content,
+            "{name}: the file is left as it was"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_raw_key_that_starts_like_a_byte_order_mark_is_a_raw_key() -> anyhow::Result<()> {
+    // One key in 2^24 starts with the bytes of a UTF-8 byte order mark.
+    let mut bytes: [u8; 32] = std::array::from_fn(|i| 0x80 | i as u8);
+    bytes[..3].copy_from_slice(b"\xef\xbb\xbf");
+    let key = iroh::SecretKey::from_bytes(&bytes);
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    write_private(&path, &bytes);
+    assert_eq!(identity_of(&path)?, key.public());
+    assert_eq!(decode_key(&bytes)?.1, KeyFormat::Raw);
     Ok(())
 }

@@ -206,3 +206,48 @@ fn pem_that_openssl_reads_we_read_to_the_id_openssl_prints() -> anyhow::Result<(
     }
     Ok(())
 }
+
+#[test]
+fn a_bundle_with_the_private_key_anywhere_reads_it_as_openssl_does() -> anyhow::Result<()> {
+    let dir = temp_dir();
+    let private = dir.path().join("private.pem");
+    run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            path_str(&private),
+        ],
+    );
+    let public = run("openssl", &["pkey", "-in", path_str(&private), "-pubout"]);
+    let private_pem = fs::read(&private)?;
+    let certificate =
+        b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
+    let bundles = [
+        ("the public key first", [&public[..], &private_pem].concat()),
+        (
+            "between a certificate and the public key",
+            [&certificate[..], &private_pem, &public].concat(),
+        ),
+    ];
+    for (name, bundle) in bundles {
+        let path = dir.path().join("bundle.pem");
+        write_private(&path, &bundle);
+        let openssl_id = spki_public(&run(
+            "openssl",
+            &["pkey", "-in", path_str(&path), "-pubout", "-outform", "DER"],
+        ));
+        let (ours, _) = decode_key(&bundle).unwrap_or_else(|problem| panic!("{name}: {problem}"));
+        assert_eq!(ours.public().as_bytes(), &openssl_id, "{name}");
+        assert_eq!(load_key(&path)?.public(), ours.public(), "{name}");
+    }
+    // Two private keys: which one is the identity is not guessed.
+    let second = encode_key(&SecretKey::generate(), KeyFormat::Pkcs8Pem);
+    let two = [&private_pem[..], &second].concat();
+    let problem = decode_key(&two).map(|_| ()).expect_err("two keys");
+    assert_eq!(problem, iroh_identity::KeyProblem::SeveralKeys { count: 2 });
+    assert!(problem.to_string().contains("2 private keys"), "{problem}");
+    Ok(())
+}

@@ -288,8 +288,8 @@ fn a_second_process_with_the_same_entry_waits_then_is_refused_and_a_kill_release
         "the error names the identity: {error}"
     );
     assert!(
-        error.contains(&format!("iroh-identity/{}.lock", holder.id)),
-        "the error names the lock: {error}"
+        error.contains(&format!("(process {}, uid 0)", holder.child.id())),
+        "the error names the holder: {error}"
     );
     let id = holder.id.clone();
     holder.kill();
@@ -315,4 +315,47 @@ fn the_entry_and_a_key_file_of_the_same_identity_are_kept_apart() {
     let mut after = Task::new(Action::Open, &copy).lock_wait_ms(0).command();
     service.env(&mut after);
     run_to_end(after).expect_id();
+}
+
+#[test]
+fn an_entry_holding_a_key_everyone_knows_is_refused_and_left_as_it_is() {
+    let service = SecretService::start();
+    let zero = encode_key(&SecretKey::from_bytes(&[0; 32]), KeyFormat::Pkcs8Pem);
+    service.store("zeroed", ACCOUNT, &zero);
+    let refused = run_to_end(task(&service, Action::Open, "zeroed"));
+    let error = refused.expect_error();
+    assert!(error.contains("everyone knows its secret"), "{error}");
+    assert_eq!(
+        service.lookup("zeroed", ACCOUNT).as_deref(),
+        Some(&zero[..])
+    );
+}
+
+#[test]
+fn a_store_that_does_not_answer_fails_by_the_deadline_and_writes_nothing() {
+    // gnome-keyring stopped (SIGSTOP), as a hung daemon: every call waits for ever.
+    let service = SecretService::start();
+    service.stop();
+    let wait = Duration::from_secs(1);
+    let start = Instant::now();
+    let outcome = crate::support::child::run_within(
+        task_waiting(&service, Action::Open, "stopped", wait.as_millis() as u64),
+        Duration::from_secs(20),
+    );
+    let took = start.elapsed();
+    let error = outcome.expect_error();
+    assert!(error.contains("did not answer in time"), "{error}");
+    assert!(took < wait + Duration::from_secs(2), "took {took:?}");
+    service.resume();
+    assert_eq!(
+        service.lookup("stopped", ACCOUNT),
+        None,
+        "nothing was written"
+    );
+    crate::campaigns::figure(
+        "keychain",
+        format_args!(
+            "a stopped gnome-keyring: the open failed in {took:?} with a lock wait of {wait:?}, nothing written"
+        ),
+    );
 }

@@ -13,6 +13,7 @@ mod endpoint;
 mod env_var;
 mod examples;
 mod format;
+mod host;
 mod interop;
 #[cfg(feature = "keyring")]
 mod keychain;

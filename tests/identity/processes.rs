@@ -15,13 +15,23 @@ async fn another_process_is_kept_out_while_the_identity_is_in_use() -> anyhow::R
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
     let endpoint = builder(&path).bind().await?;
+    let id = endpoint.id().to_string();
 
     let second = Task::new(Action::Open, &path).lock_wait_ms(500).command();
     let start = Instant::now();
     let refused = tokio::task::spawn_blocking(move || run_to_end(second)).await?;
     let error = refused.expect_error();
     assert!(error.contains("in use"), "{error}");
-    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(error.contains(&id), "the error names the identity: {error}");
+    let holder = format!(
+        "(process {}, uid {})",
+        std::process::id(),
+        crate::support::uid()
+    );
+    assert!(
+        error.contains(&holder),
+        "the error names its holder: {error}"
+    );
     assert!(start.elapsed() >= Duration::from_millis(500));
     assert!(
         refused.status.success(),

@@ -1,12 +1,16 @@
 //! Guarantee 8: no key material in any error, `Debug` output or log line, at any level.
 
-use std::time::Duration;
+use std::{fs, time::Duration};
 
 use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
 use iroh::SecretKey;
-use iroh_identity::{Identity, load_key};
+use iroh_identity::{Identity, KeyFormat, load_key};
 
-use crate::support::{LogCapture, assert_no_secret, builder, temp_dir, write_private};
+use crate::support::{
+    LogCapture, assert_no_secret, builder,
+    child::{Action, Task, run_to_end},
+    temp_dir, write_private,
+};
 
 #[tokio::test]
 async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> {
@@ -75,8 +79,6 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
 fn no_key_material_from_the_keychain_in_logs_or_errors() {
     use iroh_identity::decode_key;
 
-    use crate::support::child::{Action, Task, run_to_end};
-
     let service = crate::support::secret_service::SecretService::start();
     let child = |entry: &str, action: Action| {
         let mut command = Task::new(action, "/nonexistent/unused.key")
@@ -120,4 +122,122 @@ fn no_key_material_from_the_keychain_in_logs_or_errors() {
         "{refused}"
     );
     refused.assert_no_secret(&SecretKey::from_bytes(&damaged_secret));
+
+    // Every damaged form of the PEM an entry holds: pasted onto one line, cut short, a
+    // line lost. The error, in the child's report and its TRACE logs, repeats none of it.
+    let stored = SecretKey::generate();
+    let pem = iroh_identity::encode_key(&stored, KeyFormat::Pkcs8Pem);
+    let mut refused = 0;
+    for (index, (_, form)) in damaged_forms(&pem).into_iter().enumerate() {
+        if form.contains(&0) || std::str::from_utf8(&form).is_err() {
+            continue;
+        }
+        let entry = format!("damaged-{index}");
+        service.store(&entry, "endpoint", &form);
+        let outcome = child(&entry, Action::Open);
+        refused += usize::from(outcome.error().is_some());
+        outcome.assert_no_secret(&stored);
+    }
+    assert!(refused > 5, "only {refused} damaged entries were refused");
+}
+
+/// What pasting, a crash or a bad copy make of a key's `content`: each with a name.
+fn damaged_forms(content: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut forms = Vec::new();
+    let len = content.len();
+    for cut in [1, len / 4, len / 2, len * 3 / 4, len - 1] {
+        forms.push((format!("cut at {cut} bytes"), content[..cut].to_vec()));
+    }
+    for at in [len / 3, len / 2, len - 2] {
+        let mut flipped = content.to_vec();
+        flipped[at] ^= 0x01;
+        forms.push((format!("byte {at} flipped"), flipped));
+    }
+    forms.push(("a byte more".into(), [content, b"!"].concat()));
+    if let Ok(text) = std::str::from_utf8(content) {
+        let text = text.trim_end();
+        for (name, joint) in [("spaces", " "), ("carriage returns", "\r"), ("nothing", "")] {
+            let joined = text.lines().collect::<Vec<_>>().join(joint);
+            forms.push((format!("line breaks made {name}"), joined.into_bytes()));
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        for skipped in 0..lines.len() {
+            let mut kept = lines.clone();
+            kept.remove(skipped);
+            forms.push((format!("line {skipped} lost"), kept.join("\n").into_bytes()));
+        }
+        if lines.len() > 2 {
+            // The body run into the armour's label, as a bad paste leaves it.
+            let label = format!("-----BEGIN {}-----\n", lines[1]);
+            let rest = lines[2..].join("\n");
+            forms.push(("the body in the label".into(), (label + &rest).into_bytes()));
+        }
+    }
+    forms
+}
+
+#[test]
+fn no_key_material_in_any_refusal_of_a_damaged_key() -> anyhow::Result<()> {
+    let key = SecretKey::generate();
+    let secret = key.to_bytes();
+    let dir = temp_dir();
+    let path = dir.path().join("endpoint.key");
+    let (mut refused, mut read) = (0, 0);
+    for format in crate::support::ALL_FORMATS {
+        let content = iroh_identity::encode_key(&key, format);
+        for (name, form) in damaged_forms(&content) {
+            let what = format!("{format}, {name}");
+            // In memory, and as a key file: the error, its causes and its Debug output.
+            if let Err(problem) = iroh_identity::decode_key(&form) {
+                let said = format!("{problem}\n{problem:?}");
+                assert_no_secret(said.as_bytes(), &secret, &what);
+            }
+            write_private(&path, &form);
+            match load_key(&path) {
+                Ok(_) => read += 1,
+                Err(err) => {
+                    refused += 1;
+                    let said = format!("{}\n{err:?}", crate::support::child::chain(&err));
+                    assert_no_secret(said.as_bytes(), &secret, &what);
+                }
+            }
+            fs::remove_file(&path)?;
+        }
+    }
+    assert!(refused > 50, "only {refused} damaged forms were refused");
+    crate::campaigns::figure(
+        "secrets",
+        format_args!(
+            "{refused} damaged forms of a key in every format refused without a piece of it \
+             in the error, its causes or its Debug output ({read} still read as a key)"
+        ),
+    );
+    Ok(())
+}
+
+#[test]
+fn no_key_material_from_a_damaged_environment_variable() {
+    let key = SecretKey::generate();
+    let mut tried = 0;
+    for format in [KeyFormat::Hex, KeyFormat::Base32] {
+        let content = iroh_identity::encode_key(&key, format);
+        for (_, form) in damaged_forms(&content) {
+            let Ok(value) = String::from_utf8(form) else {
+                continue;
+            };
+            if value.contains('\0') {
+                continue;
+            }
+            let mut task = Task::new(Action::Open, "/nonexistent/unused.key").trace();
+            task.key_env = Some("TEST_IROH_SECRET".to_owned());
+            let mut command = task.command();
+            command.env("TEST_IROH_SECRET", &value);
+            let outcome = run_to_end(command);
+            if outcome.error().is_some() {
+                tried += 1;
+            }
+            outcome.assert_no_secret(&key);
+        }
+    }
+    assert!(tried > 10, "only {tried} damaged values were refused");
 }

@@ -47,10 +47,12 @@ pub(crate) const ALL_FORMATS: [KeyFormat; 7] = [
     KeyFormat::OpenSsh,
 ];
 
-/// A fixed key, so that tests know which id to expect. Its bytes are binary (0x9c is
-/// not UTF-8 on its own), so that written raw it is read as a raw key, not as text.
+/// A fixed key, so that tests know which id to expect. Its bytes are binary (it starts
+/// with 0x9c, which is not UTF-8 on its own), so that written raw it is read as a raw key,
+/// not as text; and they are not one byte repeated, which is refused as a key everyone
+/// knows.
 pub(crate) fn known_key() -> SecretKey {
-    SecretKey::from_bytes(&[0x9c; 32])
+    SecretKey::from_bytes(&std::array::from_fn(|i| 0x9c ^ i as u8))
 }
 
 /// Takes the identity at `path` as an application does (the key loaded, or generated
@@ -222,8 +224,13 @@ pub(crate) fn example(name: &str) -> PathBuf {
 
 /// Whether the tests run as root, who can read and write any file regardless of mode.
 pub(crate) fn is_root() -> bool {
+    uid() == 0
+}
+
+/// The user the tests run as.
+pub(crate) fn uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
 }
 
 /// A child process that is killed and waited for when dropped: on every way out of a
@@ -295,13 +302,24 @@ pub(crate) const SHARED_GROUP: u32 = 61100;
 /// Makes `command` run as `uid` (its group the same number) with the supplementary
 /// `groups`, as a process of that user would. Root only.
 pub(crate) fn as_user<'a>(command: &'a mut Command, uid: u32, groups: &[u32]) -> &'a mut Command {
+    as_user_in(command, uid, uid, groups)
+}
+
+/// Makes `command` run as `uid` with the primary group `gid` and the supplementary
+/// `groups`: as systemd's `Group=`, or `sg`, start a process of the user. Root only.
+pub(crate) fn as_user_in<'a>(
+    command: &'a mut Command,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> &'a mut Command {
     let groups: Vec<libc::gid_t> = groups.to_vec();
     // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) between fork and
     // exec, on memory moved into the closure.
     unsafe {
         command.pre_exec(move || {
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(uid) != 0
+                || libc::setgid(gid) != 0
                 || libc::setuid(uid) != 0
             {
                 return Err(io::Error::last_os_error());
@@ -333,6 +351,100 @@ pub(crate) fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// A place for one test that acts as several users: a root-owned directory every user may
+/// enter, and this test binary where every user can run it.
+pub(crate) struct Site {
+    pub(crate) root: tempfile::TempDir,
+    exe: PathBuf,
+}
+
+impl Site {
+    pub(crate) fn new() -> Self {
+        let root = temp_dir();
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let exe = runnable_by_others(root.path());
+        Self { root, exe }
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// A child doing `task` as `uid` with `groups`.
+    pub(crate) fn child(&self, task: &child::Task, uid: u32, groups: &[u32]) -> Command {
+        self.child_in(task, uid, uid, groups)
+    }
+
+    /// A child doing `task` as `uid` in the primary group `gid`, with `groups`.
+    pub(crate) fn child_in(
+        &self,
+        task: &child::Task,
+        uid: u32,
+        gid: u32,
+        groups: &[u32],
+    ) -> Command {
+        let mut command = task.command_at(&self.exe);
+        as_user_in(&mut command, uid, gid, groups);
+        command
+    }
+}
+
+/// A user in the user database, with a home directory: made with the real `useradd`, and
+/// removed with `userdel` when dropped.
+pub(crate) struct Account {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    /// The user's own group.
+    pub(crate) gid: u32,
+    pub(crate) home: PathBuf,
+}
+
+impl Account {
+    /// Makes the user `name` (its own group of the same name) with the home `home`, which
+    /// is made too: the user's and its group's, with `mode`.
+    pub(crate) fn create(name: &str, home: &Path, mode: u32) -> Self {
+        let _ = Command::new("userdel").arg(name).output();
+        let output = Command::new("useradd")
+            .args([
+                "--no-create-home",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg("--home-dir")
+            .arg(home)
+            .arg(name)
+            .output()
+            .expect("run useradd");
+        assert!(output.status.success(), "useradd {name}: {output:?}");
+        let id = |flag: &str| -> u32 {
+            let output = Command::new("id")
+                .args([flag, name])
+                .output()
+                .expect("run id");
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .expect("an id")
+        };
+        let account = Self {
+            name: name.to_owned(),
+            uid: id("-u"),
+            gid: id("-g"),
+            home: home.to_owned(),
+        };
+        make_dir(home, account.uid, account.gid, mode);
+        account
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
 /// This test binary, or a copy of it in `dir` when another user could not run it where
 /// it is (a checkout under `/root`, say).
 pub(crate) fn runnable_by_others(dir: &Path) -> PathBuf {
@@ -353,41 +465,65 @@ pub(crate) fn runnable_by_others(dir: &Path) -> PathBuf {
     copy
 }
 
-/// Every way a 32-byte secret is commonly written down, and the body of its key file.
-fn renderings(secret: &[u8; 32]) -> Vec<Vec<u8>> {
-    let text = [
+/// How many characters of a secret's text, or bytes of it, in a row give it away: the
+/// first refusal of a PEM whose line breaks were gone once quoted 26 base64 characters,
+/// 154 of its 256 bits.
+const GIVEAWAY: usize = 8;
+
+/// Every way a 32-byte secret is commonly written down as text, and the base64 of its key
+/// files in every PEM format this crate writes.
+fn renderings(secret: &[u8; 32]) -> Vec<String> {
+    let mut all = vec![
         HEXLOWER.encode(secret),
         HEXUPPER.encode(secret),
         BASE32_NOPAD.encode(secret),
         BASE32_NOPAD.encode(secret).to_lowercase(),
         BASE64.encode(secret),
         BASE64URL_NOPAD.encode(secret),
-        format!("{secret:?}"),
+        secret.escape_ascii().to_string(),
     ];
-    let mut all: Vec<Vec<u8>> = text.into_iter().map(String::into_bytes).collect();
-    all.push(secret.to_vec());
-    // The lines of the key file this crate writes.
-    let pem = encode_key(&SecretKey::from_bytes(secret), KeyFormat::Pkcs8Pem);
-    let pem = String::from_utf8_lossy(&pem).into_owned();
-    all.extend(
-        pem.lines()
+    let key = SecretKey::from_bytes(secret);
+    for format in [
+        KeyFormat::Pkcs8Pem,
+        KeyFormat::Pkcs8PemV1,
+        KeyFormat::OpenSsh,
+    ] {
+        let pem = encode_key(&key, format);
+        let body: String = String::from_utf8_lossy(&pem)
+            .lines()
             .filter(|line| !line.starts_with("-----"))
-            .map(|line| line.as_bytes().to_vec()),
-    );
+            .collect();
+        all.push(body);
+    }
     all
 }
 
-/// Fails if `haystack` holds the secret key in any of its common renderings.
+/// Fails if `haystack` holds [`GIVEAWAY`] characters in a row of any text rendering of
+/// the secret, as many of its raw bytes, or its bytes as Rust prints an array.
 pub(crate) fn assert_no_secret(haystack: &[u8], secret: &[u8; 32], what: &str) {
     for rendering in renderings(secret) {
+        for fragment in rendering.as_bytes().windows(GIVEAWAY) {
+            assert!(
+                !haystack.windows(GIVEAWAY).any(|window| window == fragment),
+                "{what} contains a piece of the secret key ({}): {}",
+                String::from_utf8_lossy(fragment),
+                String::from_utf8_lossy(haystack)
+            );
+        }
+    }
+    for fragment in secret.windows(GIVEAWAY) {
         assert!(
-            !haystack
-                .windows(rendering.len())
-                .any(|window| window == rendering),
-            "{what} contains the secret key ({})",
-            String::from_utf8_lossy(&rendering)
+            !haystack.windows(GIVEAWAY).any(|window| window == fragment),
+            "{what} contains raw bytes of the secret key"
         );
     }
+    let debug = format!("{secret:?}");
+    assert!(
+        !haystack
+            .windows(debug.len())
+            .any(|window| window == debug.as_bytes()),
+        "{what} contains the secret key as an array"
+    );
 }
 
 /// Every log line at TRACE, iroh's included, written on this thread while the guard

@@ -18,10 +18,10 @@ use iroh_identity::PersistentEndpoint;
 use iroh_tickets::endpoint::EndpointTicket;
 
 use crate::support::{
-    LogCapture,
-    child::{Action, Holder, Task},
-    echo, echo_within, list, loopback, loopback_ticket, relay_only, stable_builder, temp_dir,
-    write_private,
+    LogCapture, NOBODY, SERVICE_USER, Site,
+    child::{Action, Holder, Task, run_to_end},
+    echo, echo_within, list, loopback, loopback_ticket, make_dir, relay_only, stable_builder,
+    temp_dir, write_private,
 };
 
 /// How soon the old ticket must reach a restarted server.
@@ -657,4 +657,49 @@ async fn identity_bind_never_waits_for_ports_it_does_not_ask_for() -> anyhow::Re
     endpoint.close().await;
     drop(squatter);
     Ok(())
+}
+
+#[test]
+fn a_remembered_port_another_user_took_costs_no_wait() {
+    if crate::support::skip_unless_root("act as several users") {
+        return;
+    }
+    // Another user reads the service's ports from /proc/net/udp and binds them while it
+    // restarts: the restart gets fresh ports at once, instead of waiting for them.
+    let site = Site::new();
+    let home = site.path("home");
+    make_dir(&home, SERVICE_USER, SERVICE_USER, 0o700);
+    let key = home.join("endpoint.key");
+    let run = |wait_ms| {
+        let task = Task::new(Action::Open, &key)
+            .all_interfaces()
+            .lock_wait_ms(wait_ms)
+            .trace();
+        run_to_end(site.child(&task, SERVICE_USER, &[]))
+    };
+    run(0).expect_id();
+    let old_port = remembered_ipv4(&home.join("endpoint.key.ports"));
+    let mut squat = Task::new(Action::BindUdp, "/nonexistent");
+    squat.ports = vec![old_port];
+    let squatter = Holder::until_ready(site.child(&squat, NOBODY, &[]));
+    let start = Instant::now();
+    let restarted = run(10_000);
+    let took = start.elapsed();
+    restarted.expect_id();
+    assert!(took < Duration::from_secs(2), "the restart took {took:?}");
+    assert!(
+        restarted
+            .stderr
+            .contains("taken by a program of another user"),
+        "{restarted}"
+    );
+    assert!(restarted.stderr.contains("uid=65534"), "{restarted}");
+    drop(squatter);
+    crate::campaigns::figure(
+        "stable addressing",
+        format_args!(
+            "a remembered port taken by another user: the restart, with a lock wait of 10 s, \
+             bound fresh ports in {took:?}"
+        ),
+    );
 }

@@ -12,7 +12,6 @@ use std::{
     fs,
     os::unix::fs::{MetadataExt, PermissionsExt, symlink},
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use iroh::SecretKey;
@@ -20,41 +19,14 @@ use iroh_identity::{Error, KeyFormat, PathKind, TrustProblem, encode_key, load_k
 
 use crate::campaigns::figure;
 use crate::support::{
-    NOBODY, SERVICE_USER, SHARED_GROUP, as_user, builder,
+    NOBODY, SERVICE_USER, SHARED_GROUP, Site, builder,
     child::{self, Action, Outcome, Task, run_to_end},
-    identity_of, known_key, list, make_dir, runnable_by_others, shell_as, temp_dir, write_private,
+    identity_of, known_key, list, make_dir, shell_as, temp_dir, write_private,
 };
-
-/// A place for one test: a root-owned directory every user may enter, and this test
-/// binary where every user can run it.
-struct Site {
-    root: tempfile::TempDir,
-    exe: PathBuf,
-}
-
-impl Site {
-    fn new() -> Self {
-        let root = temp_dir();
-        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        let exe = runnable_by_others(root.path());
-        Self { root, exe }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.path().join(name)
-    }
-
-    /// A child doing `task` as `uid` with `groups`.
-    fn child(&self, task: &Task, uid: u32, groups: &[u32]) -> Command {
-        let mut command = task.command_at(&self.exe);
-        as_user(&mut command, uid, groups);
-        command
-    }
-}
 
 /// The attacker's key: one whose secret the attacker knows.
 fn attackers_key() -> SecretKey {
-    SecretKey::from_bytes(&[0xa7; 32])
+    SecretKey::from_bytes(&std::array::from_fn(|i| 0xa7 ^ i as u8))
 }
 
 /// Writes the attacker's key at `path` as the attacker (`nobody`, in `groups`) would.
@@ -593,7 +565,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
     let site = Site::new();
     let shared = site.path("shared");
     make_dir(&shared, 0, 0, 0o1777);
-    let mut holder = Command::new("flock");
+    let mut holder = std::process::Command::new("flock");
     holder
         .args([
             "--exclusive",
@@ -603,7 +575,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
             "60",
         ])
         .stdout(std::process::Stdio::null());
-    as_user(&mut holder, NOBODY, &[]);
+    crate::support::as_user(&mut holder, NOBODY, &[]);
     let holder = crate::support::Killed::new(holder.spawn().expect("run flock"));
     let locked = std::time::Instant::now();
     while !lock_is_held(&shared) {
@@ -639,7 +611,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
     );
     let generated = shared.join("generated.key");
     let start = std::time::Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_iroh-identity"))
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iroh-identity"))
         .args(["generate", &generated.display().to_string()])
         .output()
         .expect("run iroh-identity");
@@ -684,65 +656,64 @@ fn lock_is_held(dir: &Path) -> bool {
     }
 }
 
+/// A kernel setting changed for one test, and set back when dropped.
+struct Sysctl {
+    path: PathBuf,
+    was: String,
+}
+
+impl Sysctl {
+    fn set(name: &str, value: &str) -> Self {
+        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+        let was = fs::read_to_string(&path).expect("read the setting");
+        fs::write(&path, value).expect("change the setting");
+        Self { path, was }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, self.was.trim());
+    }
+}
+
 #[test]
-fn a_host_lock_directory_planted_by_another_user_is_never_used() {
+fn a_hard_link_planted_in_a_sticky_directory_is_refused() {
     if skip_unless_root() {
         return;
     }
-    // A user with no home in the user database (a container's numeric user) keeps its
-    // host locks in `/tmp/iroh-identity-UID`, where nobody takes the name first. Its own
-    // uid, so that no other test meets this directory.
-    const HOMELESS: u32 = 61002;
+    // Where `fs.protected_hardlinks` is 0 (an older kernel, some containers), a user may
+    // link any file it can reach, even one it cannot read. The attacker links the
+    // victim's other identity where the victim's service looks for its key, before its
+    // first start: every check of owner and mode passes, and the service would run an
+    // identity the attacker chose.
+    let _unprotected = Sysctl::set("fs.protected_hardlinks", "0");
     let site = Site::new();
+    let shared = site.path("shared");
+    make_dir(&shared, 0, 0, 0o1777);
     let home = site.path("home");
-    make_dir(&home, HOMELESS, HOMELESS, 0o700);
-    let planted = PathBuf::from(format!("/tmp/iroh-identity-{HOMELESS}"));
-    let _ = fs::remove_dir_all(&planted);
+    make_dir(&home, SERVICE_USER, SERVICE_USER, 0o711);
+    let other = home.join("other.key");
+    write_private(&other, &encode_key(&attackers_key(), KeyFormat::Pkcs8Pem));
+    std::os::unix::fs::chown(&other, Some(SERVICE_USER), Some(SERVICE_USER)).expect("chown");
+    let key = shared.join("endpoint.key");
     shell_as(
         NOBODY,
         &[],
-        &format!("mkdir -m 777 '{}'", planted.display()),
+        &format!("ln '{}' '{}'", other.display(), key.display()),
     );
-    let key = SecretKey::generate();
-    let hex = String::from_utf8(encode_key(&key, KeyFormat::Hex).to_vec()).expect("hex");
-    let child = |mut task: Task, from_env: bool| {
-        if from_env {
-            task.key_env = Some("TEST_IROH_SECRET".to_owned());
-        }
-        let mut command = site.child(&task.trace(), HOMELESS, &[]);
-        // Where the lock goes depends on nothing in the environment.
-        command
-            .env("TEST_IROH_SECRET", hex.trim())
-            .env("TMPDIR", &home)
-            .env("XDG_RUNTIME_DIR", &home)
-            .env("HOME", &home);
-        run_to_end(command)
-    };
-
-    // A key from the variable has no other lock: refused, with the planted directory.
-    let refused = child(Task::new(Action::Open, home.join("unused.key")), true);
-    let error = refused.expect_error();
-    assert!(error.contains(&planted.display().to_string()), "{error}");
-    assert!(error.contains("uid 65534"), "{error}");
-    attack("a host lock directory planted by nobody", &error, &site);
-    // A key file keeps its own lock: it opens, and says why the host lock is missing.
-    let file = home.join("endpoint.key");
-    let opened = child(Task::new(Action::Open, &file), false);
-    opened.expect_id();
-    assert!(
-        opened.stderr.contains("cannot take the host lock"),
-        "{opened}"
+    let refused = run_to_end(site.child(&Task::new(Action::Open, &key), SERVICE_USER, &[]));
+    assert_child_refused(
+        &refused,
+        &["2 names (hard links)", &key.display().to_string()],
     );
-    assert!(
-        list(&planted).is_empty(),
-        "nothing was put in the planted directory"
+    attack(
+        "a hard link planted in a sticky directory",
+        &refused.expect_error(),
+        &site,
     );
-
-    // Once it is gone, the user makes its own, private, and nothing in its home.
-    fs::remove_dir(&planted).expect("rmdir");
-    child(Task::new(Action::Open, home.join("unused.key")), true).expect_id();
-    let made = fs::metadata(&planted).expect("the host lock directory");
-    assert_eq!((made.uid(), made.mode() & 0o7777), (HOMELESS, 0o700));
-    assert_eq!(list(&planted), [format!("{}.lock", key.public())]);
-    fs::remove_dir_all(&planted).expect("clean up");
+    // A hard link the user made in a private directory is the user's business.
+    let private = home.join("backup.key");
+    fs::hard_link(&other, &private).expect("link");
+    run_to_end(site.child(&Task::new(Action::Open, &private), SERVICE_USER, &[])).expect_id();
 }

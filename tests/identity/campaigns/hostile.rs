@@ -94,16 +94,15 @@ fn invalid(problem: KeyProblem) -> impl Fn(&Error) -> bool {
     move |err| matches!(err, Error::InvalidKey { problem: p, .. } if *p == problem)
 }
 
-fn other_pem(label: &str) -> KeyProblem {
-    KeyProblem::OtherPem {
-        label: label.into(),
-    }
+/// PEM of a kind the crate names when it knows it (`None`: the file's words are not
+/// repeated).
+fn other_pem(label: Option<&'static str>) -> KeyProblem {
+    KeyProblem::OtherPem { label }
 }
 
-fn other_algorithm(algorithm: &str) -> KeyProblem {
-    KeyProblem::OtherAlgorithm {
-        algorithm: algorithm.into(),
-    }
+/// A key of an algorithm the crate names when it knows it.
+fn other_algorithm(algorithm: Option<&'static str>) -> KeyProblem {
+    KeyProblem::OtherAlgorithm { algorithm }
 }
 
 /// Bytes that look random: neither UTF-8 nor DER, and the same in every run.
@@ -261,32 +260,32 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
         (
             "RSA, openssl genpkey",
             include_bytes!("../corpus/rsa-pkcs8.pem").to_vec(),
-            other_algorithm("RSA"),
+            other_algorithm(Some("RSA")),
         ),
         (
             "RSA, openssl genrsa -traditional",
             include_bytes!("../corpus/rsa-traditional.pem").to_vec(),
-            other_pem("RSA PRIVATE KEY"),
+            other_pem(Some("RSA PRIVATE KEY")),
         ),
         (
             "P-256, openssl genpkey",
             include_bytes!("../corpus/p256-pkcs8.pem").to_vec(),
-            other_algorithm("elliptic-curve (ECDSA)"),
+            other_algorithm(Some("elliptic-curve (ECDSA)")),
         ),
         (
             "P-256, openssl ecparam",
             include_bytes!("../corpus/p256-sec1.pem").to_vec(),
-            other_pem("EC PRIVATE KEY"),
+            other_pem(Some("EC PRIVATE KEY")),
         ),
         (
             "X25519, openssl genpkey",
             include_bytes!("../corpus/x25519.pem").to_vec(),
-            other_algorithm("X25519"),
+            other_algorithm(Some("X25519")),
         ),
         (
             "Ed448, openssl genpkey",
             include_bytes!("../corpus/ed448.pem").to_vec(),
-            other_algorithm("Ed448"),
+            other_algorithm(Some("Ed448")),
         ),
         (
             "encrypted Ed25519 PKCS#8, openssl genpkey -aes-256-cbc",
@@ -301,7 +300,7 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
         (
             "OpenSSH RSA key, ssh-keygen -t rsa",
             include_bytes!("../corpus/openssh-rsa").to_vec(),
-            other_algorithm("ssh-rsa"),
+            other_algorithm(Some("RSA")),
         ),
         (
             "encrypted OpenSSH Ed25519 key, ssh-keygen -N",
@@ -341,18 +340,18 @@ fn bad_contents() -> Vec<(&'static str, Vec<u8>, KeyProblem)> {
         (
             "an OpenSSH key whose key type holds terminal escapes",
             openssh_with_key_type(b"ssh-\x1b]0;owned\x07\x1b[2J"),
-            other_algorithm("ssh-\\x1b]0;owned\\x07\\x1b[2J"),
+            other_algorithm(None),
         ),
         (
             "a PEM label with a terminal escape",
             b"-----BEGIN \x1b[31mKEY-----\nAAAA\n-----END \x1b[31mKEY-----\n".to_vec(),
-            other_pem("\\x1b[31mKEY"),
+            other_pem(None),
         ),
         (
             "certificate",
             b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
                 .to_vec(),
-            other_pem("CERTIFICATE"),
+            other_pem(Some("CERTIFICATE")),
         ),
     ]
 }

@@ -57,6 +57,15 @@ pub(crate) enum Action {
     /// can: a directory of its own that every user may write on even runs, a link to
     /// `targets[0]` on odd ones; reports `Swapped`.
     Toggle,
+    /// The squatter of the host lock: binds each abstract unix socket name of `names` and
+    /// listens on it, never accepting; reports `Ready` and keeps them until killed.
+    Squat,
+    /// The squatter of remembered ports: binds UDP on every interface, IPv4 and IPv6, on
+    /// each of `ports`; reports `Ready` and keeps them until killed.
+    BindUdp,
+    /// Takes `runs` identities of new keys one after the other, each from the variable
+    /// `key_env`, and lets each go; reports `Opened`.
+    OpenKeys,
 }
 
 /// Everything a child needs to know: what to do, to which key, and how.
@@ -96,6 +105,10 @@ pub(crate) struct Task {
     pub etcd: Vec<String>,
     /// The lease's TTL in seconds; the crate's default when `None`.
     pub lease_ttl_s: Option<u64>,
+    /// The abstract socket names a `Squat` child binds.
+    pub names: Vec<String>,
+    /// The UDP ports a `BindUdp` child binds.
+    pub ports: Vec<u16>,
 }
 
 impl Task {
@@ -118,6 +131,8 @@ impl Task {
             keychain: None,
             etcd: Vec::new(),
             lease_ttl_s: None,
+            names: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -351,7 +366,15 @@ pub(crate) struct Holder {
 
 impl Holder {
     /// Starts a `Hold` or `Serve` child and waits until its endpoint is open.
-    pub(crate) fn start(mut command: Command) -> Self {
+    pub(crate) fn start(command: Command) -> Self {
+        let holder = Self::until_ready(command);
+        assert!(!holder.id.is_empty(), "holder exited before it was ready");
+        holder
+    }
+
+    /// Starts a child that holds something (`Squat`, `BindUdp`, or a holder) and waits
+    /// until it says it is ready; `id` is empty unless it said one.
+    pub(crate) fn until_ready(mut command: Command) -> Self {
         let mut child = super::Killed::new(command.spawn().expect("spawn child"));
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let (mut id, mut ticket) = (None, None);
@@ -369,7 +392,7 @@ impl Holder {
                 None => {}
             }
         }
-        let id = id.unwrap_or_else(|| panic!("holder exited before it was ready"));
+        let id = id.unwrap_or_default();
         Self {
             child: child.into_inner(),
             id,
@@ -465,6 +488,9 @@ pub(crate) fn run() {
             Action::Swap => swap(&task),
             Action::OpenMany => open_many(&task).await,
             Action::Toggle => toggle(&task),
+            Action::Squat => squat(&task),
+            Action::BindUdp => bind_udp(&task),
+            Action::OpenKeys => open_keys(&task).await,
         }
     });
 }
@@ -740,6 +766,67 @@ fn toggle(task: &Task) {
         }
     }
     say(Report::Swapped(swapped));
+}
+
+/// The squatter of the host lock's names.
+fn squat(task: &Task) {
+    use std::os::{
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr, UnixListener},
+    };
+
+    let held: Vec<UnixListener> = task
+        .names
+        .iter()
+        .map(|name| {
+            let address = SocketAddr::from_abstract_name(name).expect("an abstract name");
+            UnixListener::bind_addr(&address).expect("bind the name")
+        })
+        .collect();
+    say(Report::Ready);
+    std::thread::sleep(HOLD_AT_MOST);
+    drop(held);
+}
+
+/// The squatter of remembered ports.
+fn bind_udp(task: &Task) {
+    use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+
+    let mut held = Vec::new();
+    for &port in &task.ports {
+        held.push(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind IPv4"));
+        // IPv6 only, as iroh binds it; a host without IPv6 has nothing to take.
+        let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)
+            .expect("an IPv6 socket");
+        v6.set_only_v6(true).expect("IPv6 only");
+        if v6
+            .bind(&std::net::SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())
+            .is_ok()
+        {
+            held.push(v6.into());
+        }
+    }
+    say(Report::Ready);
+    std::thread::sleep(HOLD_AT_MOST);
+    drop(held);
+}
+
+/// Takes the identities of `runs` new keys one after the other.
+async fn open_keys(task: &Task) {
+    let variable = task.key_env.as_deref().expect("a variable for the keys");
+    let (mut ids, mut refused) = (Vec::new(), 0);
+    for _ in 0..task.runs {
+        let key = iroh::SecretKey::generate();
+        let hex = data_encoding::HEXLOWER.encode(&key.to_bytes());
+        // SAFETY: this child runs one test on one thread, and nothing else of it reads the
+        // environment meanwhile.
+        unsafe { std::env::set_var(variable, hex) };
+        match builder(task).identity().await {
+            Ok(identity) => ids.push(identity.id().to_string()),
+            Err(_) => refused += 1,
+        }
+    }
+    say(Report::Opened { ids, refused });
 }
 
 /// An error and its causes, `: `-separated, as `anyhow` prints them with `{:#}`.

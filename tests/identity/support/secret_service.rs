@@ -32,11 +32,23 @@ pub(crate) struct SecretService {
     _bus: Killed,
     address: String,
     dir: tempfile::TempDir,
+    /// The user whose session it is; this process's when `None`.
+    user: Option<u32>,
 }
 
 impl SecretService {
     /// Starts the bus and the keyring and waits until the keyring serves.
     pub(crate) fn start() -> Self {
+        Self::start_for(None)
+    }
+
+    /// The same, as the user `uid` (whose group is the same number): its session, which
+    /// its processes reach whatever their groups. Root only.
+    pub(crate) fn start_as(uid: u32) -> Self {
+        Self::start_for(Some(uid))
+    }
+
+    fn start_for(user: Option<u32>) -> Self {
         let dir = super::temp_dir();
         for sub in ["home", "run", "data"] {
             fs::create_dir(dir.path().join(sub)).expect("mkdir");
@@ -45,31 +57,44 @@ impl SecretService {
             .expect("chmod");
         let config = dir.path().join("bus.conf");
         fs::write(&config, bus_config(&dir.path().join("run"))).expect("write bus config");
-        let mut bus = Killed::new(spawn(
-            Command::new("dbus-daemon")
-                .arg(format!("--config-file={}", config.display()))
-                .args(["--nofork", "--print-address=1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped()),
-        ));
+        if let Some(uid) = user {
+            for path in ["", "home", "run", "data"] {
+                std::os::unix::fs::chown(dir.path().join(path), Some(uid), Some(uid))
+                    .expect("chown");
+            }
+        }
+        let as_user = |command: &mut Command| {
+            if let Some(uid) = user {
+                super::as_user(command, uid, &[]);
+            }
+        };
+        let mut bus = Command::new("dbus-daemon");
+        bus.arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        as_user(&mut bus);
+        let mut bus = Killed::new(spawn(&mut bus));
         let mut address = String::new();
         BufReader::new(bus.stdout.take().expect("piped"))
             .read_line(&mut address)
             .expect("read the bus address");
         let address = address.trim().to_owned();
         assert!(!address.is_empty(), "dbus-daemon printed no address");
+        let mut keyring = Command::new("gnome-keyring-daemon");
+        keyring
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(session_env(dir.path(), &address))
+            .stdin(Stdio::piped());
+        as_user(&mut keyring);
         let mut service = Self {
-            keyring: Killed::new(spawn(
-                Command::new("gnome-keyring-daemon")
-                    .args(["--foreground", "--unlock", "--components=secrets"])
-                    .env_clear()
-                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                    .envs(session_env(dir.path(), &address))
-                    .stdin(Stdio::piped()),
-            )),
+            keyring: Killed::new(spawn(&mut keyring)),
             _bus: bus,
             address,
             dir,
+            user,
         };
         // The password of the new login keyring, which is then unlocked.
         let mut password = service.keyring.stdin.take().expect("piped");
@@ -87,11 +112,30 @@ impl SecretService {
         command.envs(session_env(self.dir.path(), &self.address))
     }
 
-    /// A command that runs `program` in this session.
+    /// A command that runs `program` in this session, as its user.
     pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         self.env(&mut command);
+        if let Some(uid) = self.user {
+            super::as_user(&mut command, uid, &[]);
+        }
         command
+    }
+
+    /// Stops the keyring (SIGSTOP), as a hung daemon: it answers nothing until
+    /// [`resume`](Self::resume).
+    pub(crate) fn stop(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub(crate) fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.keyring.id()).expect("a pid");
+        // SAFETY: a signal to our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill");
     }
 
     /// What `secret-tool` finds in the entry `service`/`account`, byte for byte; `None`
