@@ -45,45 +45,63 @@ pub(crate) struct Peer {
     pub(crate) pid: u32,
 }
 
-/// Connects to the abstract name `name` without waiting: a full queue is an answer, not
-/// a wait.
-#[allow(unsafe_code)]
-pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<Reached> {
-    let (raw, len) = raw_address(name)?;
-    // SAFETY: socket takes no pointers; a negative result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a valid descriptor, and an address of the length given that outlives the call.
-    let result = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&raw as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    };
-    if result != 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ECONNREFUSED | libc::ENOENT) => Ok(Reached::Nothing),
-            Some(libc::EAGAIN) => Ok(Reached::QueueFull),
-            Some(libc::EPROTOTYPE) => Ok(Reached::OtherType),
-            _ => Err(err),
+/// Connects to abstract names without waiting: a full queue is an answer, not a wait.
+/// A socket whose connection failed is used for the next name (making one costs more
+/// than connecting).
+#[derive(Debug, Default)]
+pub(crate) struct Prober {
+    spare: Option<OwnedFd>,
+}
+
+impl Prober {
+    /// Who has the abstract name `name`, as a connection to it tells.
+    #[allow(unsafe_code)]
+    pub(crate) fn connect(&mut self, name: &[u8]) -> io::Result<Reached> {
+        let (raw, len) = raw_address(name)?;
+        let fd = match self.spare.take() {
+            Some(fd) => fd,
+            None => {
+                // SAFETY: socket takes no pointers; a negative result is checked.
+                let fd = unsafe {
+                    libc::socket(
+                        libc::AF_UNIX,
+                        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                        0,
+                    )
+                };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: a new descriptor that nothing else owns.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            }
         };
+        // SAFETY: a valid descriptor, and an address of the length given that outlives
+        // the call.
+        let result = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&raw as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        if result != 0 {
+            let err = io::Error::last_os_error();
+            let reached = match err.raw_os_error() {
+                Some(libc::ECONNREFUSED | libc::ENOENT) => Reached::Nothing,
+                Some(libc::EAGAIN) => Reached::QueueFull,
+                Some(libc::EPROTOTYPE) => Reached::OtherType,
+                _ => return Err(err),
+            };
+            // Still unconnected: good for the next name.
+            self.spare = Some(fd);
+            return Ok(reached);
+        }
+        let peer = peer_of(&fd)?;
+        let stream = UnixStream::from(fd);
+        stream.set_nonblocking(false)?;
+        Ok(Reached::Listener { stream, peer })
     }
-    let peer = peer_of(&fd)?;
-    let stream = UnixStream::from(fd);
-    stream.set_nonblocking(false)?;
-    Ok(Reached::Listener { stream, peer })
 }
 
 /// The credentials the kernel recorded for the other end of a connected socket.
@@ -270,15 +288,16 @@ fn attribute(bytes: &[u8]) -> Option<(u16, &[u8], &[u8])> {
     Some((kind, value, &bytes[next..]))
 }
 
-/// A descriptor that can be polled until [`wake`](Self::wake) is called (an `eventfd`).
+/// An `epoll` set: descriptors watched for reading, each with a token. It keeps no
+/// reference to them: a descriptor closed elsewhere leaves the set by itself.
 #[derive(Debug)]
-pub(crate) struct Waker(OwnedFd);
+pub(crate) struct Epoll(OwnedFd);
 
-impl Waker {
+impl Epoll {
     #[allow(unsafe_code)]
     pub(crate) fn new() -> io::Result<Self> {
-        // SAFETY: eventfd takes no pointers; a negative result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // SAFETY: epoll_create1 takes no pointers; a negative result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -286,54 +305,52 @@ impl Waker {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// Makes the descriptor readable until [`clear`](Self::clear).
+    /// Watches `fd` for reading (and hang-ups), reported as `token`.
     #[allow(unsafe_code)]
-    pub(crate) fn wake(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: a valid descriptor, and 8 bytes to write from. It cannot fail but by
-        // overflowing a counter that `clear` empties.
-        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    pub(crate) fn add(&self, fd: i32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: token,
+        };
+        // SAFETY: valid descriptors and an event that outlives the call.
+        let result =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
+    /// Waits until something is ready or `timeout` passes (`None`: no end), and returns
+    /// the tokens of what is.
     #[allow(unsafe_code)]
-    pub(crate) fn clear(&self) {
-        let mut count = [0u8; 8];
-        // SAFETY: a valid descriptor, and 8 bytes to read into; it does not block.
-        unsafe { libc::read(self.0.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-    }
-
-    pub(crate) fn fd(&self) -> i32 {
-        self.0.as_raw_fd()
-    }
-}
-
-/// Waits until one of `fds` is readable (or in error), or `timeout` passes (`None`: no
-/// end); sets each one's `readable`.
-#[allow(unsafe_code)]
-pub(crate) fn poll_readable(fds: &mut [(i32, bool)], timeout: Option<Duration>) -> io::Result<()> {
-    let mut polled: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, _)| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let timeout = timeout.map_or(-1, |timeout| {
-        i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX)
-    });
-    // SAFETY: a valid array of `pollfd` of the length given, for the call's duration.
-    let result = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout) };
-    if result < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<Vec<u64>> {
+        const MAX_EVENTS: usize = 64;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let timeout = timeout.map_or(-1, |timeout| {
+            i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX)
+        });
+        // SAFETY: a valid descriptor, and an array of the length given to write into.
+        let count = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                MAX_EVENTS as i32,
+                timeout,
+            )
+        };
+        match usize::try_from(count) {
+            Ok(count) => Ok(events[..count].iter().map(|event| event.u64).collect()),
+            Err(_) => {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    Ok(Vec::new())
+                } else {
+                    Err(err)
+                }
+            }
         }
     }
-    for (fd, polled) in fds.iter_mut().zip(&polled) {
-        fd.1 = polled.revents != 0;
-    }
-    Ok(())
 }
 
 /// The users whose UDP sockets (IPv4 or IPv6) are bound to `port`, from the kernel's

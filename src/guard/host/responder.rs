@@ -3,17 +3,19 @@
 //! process of another user that asks a holder to prove it knows the lock's key.
 //!
 //! One thread for the whole process, outside any async runtime: a holder answers even
-//! when the application's runtime is busy or stalled. A lock is let go of at once when its
-//! [`Served`] is dropped: its socket is closed before `drop` returns, once the thread no
-//! longer waits on it (a socket being polled stays open until the poll returns).
+//! when the application's runtime is busy or stalled. It waits with `epoll`, which holds
+//! no reference to what it watches: a lock is let go of the instant its [`Served`] is
+//! dropped, which closes its socket (the kernel then forgets it in the `epoll` set too),
+//! without waiting for the thread.
 
 use std::{
+    collections::HashMap,
     io::{self, Read, Write},
     os::{
         fd::AsRawFd,
         unix::net::{UnixListener, UnixStream},
     },
-    sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -21,11 +23,14 @@ use tracing::debug;
 use zeroize::Zeroizing;
 
 use super::socket::{PROOF_LEN, PROOF_WAIT, answer};
-use crate::sys::{self, Waker};
+use crate::sys::Epoll;
 
 /// How many connections may wait for their question at once; beyond that the oldest is
 /// dropped (a flood by another user costs it nothing but its own connections).
 const MAX_WAITING: usize = 64;
+
+/// Tokens of the `epoll` set: a socket's is its id; a waiting connection's has this bit.
+const CONNECTION: u64 = 1 << 63;
 
 /// A lock's socket, served until this is dropped.
 #[derive(Debug)]
@@ -35,23 +40,17 @@ pub(super) struct Served {
 
 /// What the thread and the holders share.
 struct Shared {
-    state: Mutex<State>,
-    /// Signalled each time the thread comes back from waiting.
-    returned: Condvar,
-    waker: Waker,
+    sockets: Mutex<Sockets>,
+    epoll: Epoll,
 }
 
 #[derive(Default)]
-struct State {
-    sockets: Vec<Socket>,
+struct Sockets {
+    by_id: HashMap<u64, Socket>,
     next_id: u64,
-    /// Whether the thread waits on the sockets now, and how many waits it has ended.
-    polling: bool,
-    polls: u64,
 }
 
 struct Socket {
-    id: u64,
     listener: UnixListener,
     proof: Arc<Proof>,
 }
@@ -82,49 +81,23 @@ pub(super) fn serve(
     key: Option<Zeroizing<[u8; 32]>>,
 ) -> io::Result<Served> {
     let shared = shared()?;
-    let mut state = lock(shared);
-    let id = state.next_id;
-    state.next_id += 1;
-    state.sockets.push(Socket {
-        id,
-        listener,
-        proof: Arc::new(Proof { name, key }),
-    });
-    drop(state);
-    shared.waker.wake();
+    let mut sockets = lock(shared);
+    let id = sockets.next_id;
+    sockets.next_id += 1;
+    shared.epoll.add(listener.as_raw_fd(), id)?;
+    let proof = Arc::new(Proof { name, key });
+    sockets.by_id.insert(id, Socket { listener, proof });
     Ok(Served { id })
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let Some(Ok(shared)) = SHARED.get() else {
-            return;
-        };
-        let mut state = lock(shared);
-        let Some(index) = state.sockets.iter().position(|socket| socket.id == self.id) else {
-            return;
-        };
-        let socket = state.sockets.swap_remove(index);
-        if state.polling {
-            let polls = state.polls;
-            shared.waker.wake();
-            // Within microseconds; the bound is for a thread that is gone.
-            let until = Instant::now() + Duration::from_secs(1);
-            while state.polling && state.polls == polls {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = shared
-                    .returned
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0;
-            }
+        if let Some(Ok(shared)) = SHARED.get() {
+            // Closed under the lock: the thread touches a socket only under it, and only
+            // one it finds there.
+            let mut sockets = lock(shared);
+            drop(sockets.by_id.remove(&self.id));
         }
-        // The thread no longer has it: closing it frees the name now.
-        drop(state);
-        drop(socket);
     }
 }
 
@@ -132,9 +105,8 @@ fn shared() -> io::Result<&'static Arc<Shared>> {
     SHARED
         .get_or_init(|| {
             let shared = Arc::new(Shared {
-                state: Mutex::default(),
-                returned: Condvar::new(),
-                waker: Waker::new()?,
+                sockets: Mutex::default(),
+                epoll: Epoll::new()?,
             });
             let thread = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -146,67 +118,65 @@ fn shared() -> io::Result<&'static Arc<Shared>> {
         .map_err(|err| io::Error::new(err.kind(), err.to_string()))
 }
 
-fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+fn lock(shared: &Shared) -> MutexGuard<'_, Sockets> {
     shared
-        .state
+        .sockets
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn run(shared: &Shared) {
-    let mut waiting: Vec<Waiting> = Vec::new();
+    let mut waiting: HashMap<u64, Waiting> = HashMap::new();
+    let mut next_connection = 0u64;
     loop {
-        let mut state = lock(shared);
-        // What to wait on: the waker, every socket, every connection that owes a question.
-        let mut fds: Vec<(i32, bool)> = vec![(shared.waker.fd(), false)];
-        let ids: Vec<u64> = state.sockets.iter().map(|socket| socket.id).collect();
-        fds.extend(
-            state
-                .sockets
-                .iter()
-                .map(|socket| (socket.listener.as_raw_fd(), false)),
-        );
-        fds.extend(waiting.iter().map(|one| (one.stream.as_raw_fd(), false)));
         let now = Instant::now();
         let timeout = waiting
-            .iter()
+            .values()
             .map(|one| one.until.saturating_duration_since(now))
             .min();
-        state.polling = true;
-        drop(state);
-        let polled = sys::poll_readable(&mut fds, timeout);
-        let mut state = lock(shared);
-        state.polling = false;
-        state.polls += 1;
-        shared.returned.notify_all();
-        if let Err(err) = polled {
-            debug!(%err, "the host lock's thread cannot wait; trying again");
-            drop(state);
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        if fds[0].1 {
-            shared.waker.clear();
-        }
-        // New connections, on the sockets still held (by id: one may be gone meanwhile).
-        let mut accepted = Vec::new();
-        for (&id, _) in ids.iter().zip(&fds[1..]).filter(|(_, (_, ready))| *ready) {
-            let Some(socket) = state.sockets.iter().find(|socket| socket.id == id) else {
+        let ready = match shared.epoll.wait(timeout) {
+            Ok(ready) => ready,
+            Err(err) => {
+                debug!(%err, "the host lock's thread cannot wait; trying again");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        for token in ready {
+            if token & CONNECTION != 0 {
+                if let Some(one) = waiting.get_mut(&token)
+                    && !one.hear()
+                {
+                    waiting.remove(&token);
+                }
+                continue;
+            }
+            // A socket still held (one let go of meanwhile is no longer there): accept.
+            let sockets = lock(shared);
+            let Some(socket) = sockets.by_id.get(&token) else {
                 continue;
             };
             loop {
                 match socket.listener.accept() {
                     // A lock whose holders need not prove themselves has nothing to say.
                     Ok((stream, _)) if socket.proof.key.is_some() => {
-                        if stream.set_nonblocking(true).is_ok() {
-                            accepted.push(Waiting {
+                        let token = CONNECTION | next_connection;
+                        next_connection = (next_connection + 1) & !CONNECTION;
+                        if stream.set_nonblocking(true).is_err()
+                            || shared.epoll.add(stream.as_raw_fd(), token).is_err()
+                        {
+                            continue;
+                        }
+                        waiting.insert(
+                            token,
+                            Waiting {
                                 stream,
                                 proof: Arc::clone(&socket.proof),
                                 question: [0; PROOF_LEN],
                                 read: 0,
                                 until: Instant::now() + PROOF_WAIT,
-                            });
-                        }
+                            },
+                        );
                     }
                     Ok(_) => {}
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
@@ -217,23 +187,17 @@ fn run(shared: &Shared) {
                 }
             }
         }
-        drop(state);
-        // Questions, answered; connections that said nothing in time, dropped.
-        let ready = fds[1 + ids.len()..].iter().map(|&(_, ready)| ready);
+        // Connections that said nothing in time are dropped, and the oldest beyond the
+        // most that may wait.
         let now = Instant::now();
-        let mut still = Vec::with_capacity(waiting.len() + accepted.len());
-        for (mut one, ready) in waiting.drain(..).zip(ready) {
-            if ready && !one.hear() {
-                continue;
-            }
-            if one.until > now {
-                still.push(one);
-            }
+        waiting.retain(|_, one| one.until > now);
+        while waiting.len() > MAX_WAITING {
+            let oldest = waiting
+                .iter()
+                .min_by_key(|(_, one)| one.until)
+                .map(|(&token, _)| token);
+            oldest.map(|token| waiting.remove(&token));
         }
-        still.extend(accepted);
-        let excess = still.len().saturating_sub(MAX_WAITING);
-        still.drain(..excess);
-        waiting = still;
     }
 }
 

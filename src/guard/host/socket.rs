@@ -46,10 +46,11 @@ pub(super) struct Held {
     _served: responder::Served,
 }
 
-/// The names of a lock.
+/// The names of a lock, and a socket to look at them with.
 struct Names {
     key: Zeroizing<[u8; 32]>,
     prefix: String,
+    prober: sys::Prober,
 }
 
 impl Names {
@@ -60,7 +61,11 @@ impl Names {
             "iroh-identity/1/{}/",
             data_encoding::HEXLOWER.encode(&tag.as_bytes()[..16])
         );
-        Self { key, prefix }
+        Self {
+            key,
+            prefix,
+            prober: sys::Prober::default(),
+        }
     }
 
     fn name(&self, slot: u8) -> Vec<u8> {
@@ -103,7 +108,7 @@ struct Question {
 }
 
 pub(super) fn attempt(scope: Scope<'_>) -> Result<Attempt, Error> {
-    let names = Names::of(scope);
+    let mut names = Names::of(scope);
     let mut squatters = Vec::new();
     let mut asked = Vec::new();
     for slot in 0..SLOTS {
@@ -111,7 +116,7 @@ pub(super) fn attempt(scope: Scope<'_>) -> Result<Attempt, Error> {
         let listener = match sys::listen_abstract(&name) {
             Ok(listener) => listener,
             Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
-                match look(scope, &names, &name).map_err(unreachable)? {
+                match look(scope, &mut names, &name).map_err(unreachable)? {
                     Found::Holder(holder) => return Ok(Attempt::Held(holder)),
                     // Bound, and no one listens: a squatter's, or a holder's in the instant
                     // before it listens, which looks at this slot's successor (where this
@@ -125,7 +130,7 @@ pub(super) fn attempt(scope: Scope<'_>) -> Result<Attempt, Error> {
             }
             Err(err) => return Err(unreachable(err)),
         };
-        return keep_unless_held(scope, &names, slot, listener);
+        return keep_unless_held(scope, &mut names, slot, listener);
     }
     let (holder, unproven) = settle(asked);
     if let Some(holder) = holder {
@@ -141,13 +146,14 @@ pub(super) fn attempt(scope: Scope<'_>) -> Result<Attempt, Error> {
 /// any.
 fn keep_unless_held(
     scope: Scope<'_>,
-    names: &Names,
+    names: &mut Names,
     slot: u8,
     listener: UnixListener,
 ) -> Result<Attempt, Error> {
     let mut asked = Vec::new();
     for other in (0..SLOTS).filter(|&other| other != slot) {
-        match look(scope, names, &names.name(other)).map_err(unreachable)? {
+        let name = names.name(other);
+        match look(scope, names, &name).map_err(unreachable)? {
             // Dropping the listener lets go of the name at once.
             Found::Holder(holder) => return Ok(Attempt::Held(holder)),
             Found::Asked(question) => asked.push(question),
@@ -165,10 +171,10 @@ fn keep_unless_held(
 }
 
 /// Who has `name`.
-fn look(scope: Scope<'_>, names: &Names, name: &[u8]) -> io::Result<Found> {
+fn look(scope: Scope<'_>, names: &mut Names, name: &[u8]) -> io::Result<Found> {
     let me = sys::process().uid;
     let trusted = |uid| uid == me || uid == 0;
-    match sys::connect_abstract(name)? {
+    match names.prober.connect(name)? {
         Reached::Nothing => Ok(Found::Nobody),
         Reached::Listener { mut stream, peer } => {
             let holder = Holder {
@@ -248,10 +254,11 @@ fn read_by(stream: &mut UnixStream, buffer: &mut [u8], deadline: Instant) -> io:
 
 /// Whether a holder listens on any name of the lock.
 pub(super) fn is_held(scope: Scope<'_>) -> Option<bool> {
-    let names = Names::of(scope);
+    let mut names = Names::of(scope);
     let mut asked = Vec::new();
     for slot in 0..SLOTS {
-        match look(scope, &names, &names.name(slot)).ok()? {
+        let name = names.name(slot);
+        match look(scope, &mut names, &name).ok()? {
             Found::Holder(_) => return Some(true),
             Found::Asked(question) => asked.push(question),
             Found::Nobody | Found::Squatter(_) => {}
