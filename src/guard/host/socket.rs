@@ -137,9 +137,10 @@ pub(super) fn attempt(scope: Scope<'_>) -> Result<Attempt, Error> {
         return Ok(Attempt::Held(Some(holder)));
     }
     squatters.extend(unproven.into_iter().map(Some));
-    Err(Error::HostLockTaken {
-        squatters: squatters.into_iter().flatten().collect(),
-    })
+    let mut squatters: Vec<u32> = squatters.into_iter().flatten().collect();
+    squatters.sort_unstable();
+    squatters.dedup();
+    Err(Error::HostLockTaken { squatters })
 }
 
 /// Having the name of `slot`, looks at every other: keeps the lock if no holder listens on
