@@ -93,16 +93,21 @@
 //!    unix socket named by a keyed hash of the secret: no file, and no name anyone without
 //!    the secret can know in advance. It holds to these (`tests/identity/host.rs`,
 //!    `campaigns::lock`):
-//!    - **R1: one lock for every holder.** Every process on this host that holds the
-//!      secret meets the same lock, whatever its user, groups, environment, working
-//!      directory or errors along the way; one that cannot reach it fails
-//!      ([`Error::HostLock`]): it never runs unguarded, and there is no second place.
+//!    - **R1: one lock for every holder.** Every process of a user on this host that
+//!      holds the secret meets the same lock, whatever its groups, environment, working
+//!      directory or errors along the way, and whatever the holder's state (stopped,
+//!      starved, flooded: the kernel names a listener's user); one that cannot reach the
+//!      lock fails ([`Error::HostLock`]): it never runs unguarded, and there is no second
+//!      place. A process of another user with a copy of the secret meets it too, and is
+//!      kept out while the holder proves, within 100 ms, that it knows the secret (see
+//!      *Limitations*).
 //!    - **R2: no other user can stop it, or make it wait.** Another user can read a
 //!      holder's socket name (`/proc/net/unix`) and take it once the holder is gone; the
-//!      lock then takes the next of its 8 names, at a cost of at most 100 ms per open, in
-//!      which a listener of another user is asked to prove it knows the secret. When all 8
-//!      are taken, the open fails at once with [`Error::HostLockTaken`], which names the
-//!      squatters' uids and how an administrator finds their processes.
+//!      lock then takes the next of its 8 names, each derived on its own from the secret,
+//!      at a cost of at most 100 ms per open (the time listeners of other users have, all
+//!      together, to prove they know the secret). When all 8 are taken, the open fails at
+//!      once with [`Error::HostLockTaken`], which names the squatters' uids and how an
+//!      administrator finds their processes.
 //!    - **R3: nothing an OS cleaner removes is a lock.** On Linux there is no file:
 //!      `systemd-tmpfiles`, a logout's removal of `/run/user/UID` and a reboot's `/tmp`
 //!      wipe have nothing to take.
@@ -130,7 +135,8 @@
 //!    again: what is planted on it after it was checked is never followed. A key file
 //!    with more than one name (hard link) in a directory where others may add names is
 //!    refused: another user may have linked a file of the user's there (where the kernel's
-//!    `fs.protected_hardlinks` is off). New
+//!    `fs.protected_hardlinks` is off; there, another user can also make a key that is
+//!    already in such a directory refused, by linking it: keep keys out of them). New
 //!    directories and files are made through the descriptor of their directory, never
 //!    through a link, with random temporary names; the directory lock that keeps
 //!    creators in turn is waited for no longer than the lock wait, 5 s at most. All of
@@ -214,11 +220,19 @@
 //!
 //! - On Linux the host lock's namespace is the network namespace: two containers (or
 //!   services with `PrivateNetwork=`) with network namespaces of their own are two hosts,
-//!   as two machines are, and need a lease (guarantee 12) to be kept apart. A child made
-//!   with `fork` and no `exec` shares its parent's lock, until both have let go. Elsewhere
-//!   (macOS, the BSDs, Windows) the host lock is a lock file in a private directory of the
-//!   user's (`~/.local/state/iroh-identity`), per user: two users of one host are not kept
-//!   apart there, and that lock has not been run here.
+//!   as two machines are, and need a lease (guarantee 12) to be kept apart. Two users of
+//!   one host with copies of one secret are kept apart only while the holder answers the
+//!   other's question within 100 ms: a holder of another user that is stopped or starved
+//!   that long, or that a third user floods with connections, is taken for a squatter,
+//!   since letting an unanswering listener count as a holder would let any user stall any
+//!   identity. A child made with `fork` and no `exec` keeps its parent's lock for the
+//!   parent's user, until both have let go, but answers no other user. Elsewhere (macOS,
+//!   the BSDs, Windows) the host lock is a lock file in a private directory of the user's
+//!   (`~/.local/state/iroh-identity`), per user: two users of one host are not kept apart
+//!   there, and that lock has not been run here. The creation of a keychain entry is kept
+//!   to one process at a time with such a file on every system, so it needs the user's
+//!   home; a process that does not trust that directory (its group may write it, and the
+//!   process is not in the group) cannot create an entry, and says why.
 //! - A lease (guarantee 12) cannot stop a process that does not run. A holder that was
 //!   paused (SIGSTOP, a long GC pause, a VM migrated or suspended) for longer than the TTL
 //!   has lost its lease when it resumes, and a standby may hold it; the holder closes its

@@ -11,39 +11,47 @@
 //!   nothing an OS cleaner ages (`systemd-tmpfiles`), a logout removes (`/run/user`) or a
 //!   reboot wipes, nothing that piles up per identity; the kernel frees it the instant its
 //!   holder dies. Its namespace is the network namespace: every user's processes meet in
-//!   it, so two users running copies of one secret are kept apart too, and two containers
-//!   with network namespaces of their own are two hosts (as two machines, they need a
-//!   lease). Its weakness is that another user can see a holder's name (`/proc/net/unix`)
-//!   and take it after the holder exits; how that never stops or stalls an identity is the
-//!   module's business.
+//!   it, and two containers with network namespaces of their own are two hosts (as two
+//!   machines, they need a lease). Another user can see a holder's name
+//!   (`/proc/net/unix`) and take it after the holder exits; how that never stops or
+//!   stalls an identity is the module's business.
 //! - **Elsewhere** ([`file`]): a lock file in a private directory of the user's, found in
 //!   the user database, the same for every process of the user, and removed when it is
 //!   let go of.
 //!
 //! A process that cannot reach the lock fails with the reason: it never runs unguarded,
 //! and never falls back to a second place.
+//!
+//! The creation of a keychain entry is kept to one process of the user at a time with a
+//! lock file too ([`lock_keychain_entry`]), on every system: its name is the entry's, which
+//! any user could compute, so it must be in a directory only the user can write.
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+// Used on Linux only for the keychain's creation lock.
+#[cfg_attr(
+    all(
+        any(target_os = "linux", target_os = "android"),
+        not(feature = "keyring")
+    ),
+    allow(dead_code)
+)]
 mod file;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod responder;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod socket;
 
-use std::time::Duration;
+use std::{
+    ffi::OsString,
+    time::{Duration, Instant},
+};
 
 use iroh::{EndpointId, SecretKey};
 use tracing::info;
 use zeroize::Zeroizing;
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-use self::file as imp;
-#[cfg(any(target_os = "linux", target_os = "android"))]
-use self::socket as imp;
-use crate::{
-    Error,
-    wait::{self, Deadline, Waited},
-};
+#[cfg(feature = "keyring")]
+use crate::wait::{self, Waited};
+use crate::{Error, wait::Deadline};
 
 /// How often a held lock is tried again while waiting for it.
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
@@ -51,58 +59,39 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(20);
 /// A lock this process holds on this host; dropping it lets go of it at once.
 #[derive(Debug)]
 pub(crate) struct HostLock {
-    _held: imp::Held,
+    _held: Held,
 }
 
-/// What a host lock is for.
-#[derive(Clone, Copy)]
-pub(crate) enum Scope<'a> {
-    /// An identity: every process on this host that holds `key`.
-    Identity(&'a SecretKey),
-    /// The creation of a keychain entry: this user's processes that create it (the secret
-    /// store is per user).
-    #[cfg_attr(not(feature = "keyring"), allow(dead_code))]
-    KeychainEntry { service: &'a str, account: &'a str },
-}
-
-impl Scope<'_> {
-    /// The key the lock is named with, and a holder proves itself with: derived, never
-    /// the secret itself.
-    fn lock_key(self) -> Zeroizing<[u8; 32]> {
-        match self {
-            Self::Identity(key) => {
-                let secret = Zeroizing::new(key.to_bytes());
-                Zeroizing::new(blake3::derive_key(
-                    "iroh-identity 2026-12-03 host lock of an identity",
-                    &secret[..],
-                ))
-            }
-            Self::KeychainEntry { service, account } => {
-                let user = crate::sys::process().uid.to_le_bytes();
-                let name = [&user[..], service.as_bytes(), &[0], account.as_bytes()].concat();
-                Zeroizing::new(blake3::derive_key(
-                    "iroh-identity 2026-12-03 host lock of a keychain entry",
-                    &name,
-                ))
-            }
-        }
-    }
-
-    /// Whether a holder of another user can be told from a squatter by asking it to
-    /// prove it knows the lock's key: an identity's holders can; a keychain entry is this
-    /// user's alone.
+/// A lock of either kind.
+#[derive(Debug)]
+enum Held {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn proves_itself(self) -> bool {
-        matches!(self, Self::Identity(_))
-    }
+    Socket(#[allow(dead_code)] socket::Held),
+    #[cfg_attr(
+        all(
+            any(target_os = "linux", target_os = "android"),
+            not(feature = "keyring")
+        ),
+        allow(dead_code)
+    )]
+    File(#[allow(dead_code)] file::Held),
 }
 
 /// What one attempt at a lock found.
 #[derive(Debug)]
-enum Attempt {
-    Taken(imp::Held),
-    /// Another process holds it: who, where that can be told.
+enum Attempt<H> {
+    Taken(H),
+    /// Another process holds it: who, where it can be told.
     Held(Option<Holder>),
+}
+
+impl<H> Attempt<H> {
+    fn map<G>(self, taken: impl FnOnce(H) -> G) -> Attempt<G> {
+        match self {
+            Self::Taken(held) => Attempt::Taken(taken(held)),
+            Self::Held(holder) => Attempt::Held(holder),
+        }
+    }
 }
 
 /// The process that holds a lock, as this host tells it.
@@ -113,51 +102,84 @@ pub(crate) struct Holder {
     pub(crate) pid: Option<u32>,
 }
 
+/// The key the lock of the identity of `key` is named with, and a holder proves itself
+/// with: derived, never the secret itself.
+fn lock_key(key: &SecretKey) -> Zeroizing<[u8; 32]> {
+    let secret = Zeroizing::new(key.to_bytes());
+    Zeroizing::new(blake3::derive_key(
+        "iroh-identity 2026-12-03 host lock of an identity",
+        &secret[..],
+    ))
+}
+
+/// One attempt at the lock of the identity of `key`.
+async fn attempt(key: &SecretKey) -> Result<Attempt<Held>, Error> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return Ok(socket::look(key)?.settle().await?.map(Held::Socket));
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return Ok(file::attempt(&identity_file_name(key))?.map(Held::File));
+}
+
+/// The same, for code that is not async.
+#[cfg(feature = "keyring")]
+fn attempt_blocking(key: &SecretKey) -> Result<Attempt<Held>, Error> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return Ok(socket::look(key)?.settle_blocking()?.map(Held::Socket));
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return Ok(file::attempt(&identity_file_name(key))?.map(Held::File));
+}
+
+/// The name of an identity's lock file, where it is a file.
+#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+fn identity_file_name(key: &SecretKey) -> OsString {
+    let tag = blake3::keyed_hash(&lock_key(key), b"name");
+    format!(
+        "{}.lock",
+        data_encoding::HEXLOWER.encode(&tag.as_bytes()[..16])
+    )
+    .into()
+}
+
 /// Locks the identity of `key` on this host, waiting until `deadline` for another holder.
 ///
 /// # Errors
 ///
-/// [`Error::InUse`] when another endpoint holds it for all of the wait; the errors of
-/// [`try_lock`] otherwise.
+/// [`Error::InUse`] when another endpoint holds it for all of the wait;
+/// [`Error::HostLock`] when the lock cannot be reached; [`Error::HostLockTaken`] when
+/// other users have taken every name it may have.
 pub(crate) async fn lock_identity(key: &SecretKey, deadline: Deadline) -> Result<HostLock, Error> {
-    let scope = Scope::Identity(key);
-    let mut holder = None;
-    let mut attempt = || {
-        Ok(match imp::attempt(scope)? {
-            Attempt::Taken(held) => Some(HostLock { _held: held }),
-            Attempt::Held(found) => {
-                holder = found;
-                None
-            }
-        })
-    };
     let id = key.public();
-    let announce = || info!(%id, "identity in use by another endpoint; waiting for it to close");
-    // An endpoint of this process that was just closed releases its identity in a task of
-    // the runtime's: let it run before the first verdict.
-    let first = attempt()?;
-    let waited = match first {
-        Some(lock) => Waited::Done(lock),
-        None => {
-            tokio::task::yield_now().await;
-            wait::until(deadline, RETRY_INTERVAL, attempt, announce).await?
+    let start = Instant::now();
+    let mut holder = None;
+    let mut announced = false;
+    loop {
+        match attempt(key).await? {
+            Attempt::Taken(held) => return Ok(HostLock { _held: held }),
+            Attempt::Held(found) => holder = found.or(holder),
         }
-    };
-    match waited {
-        Waited::Done(lock) => Ok(lock),
-        Waited::TimedOut(waited) => Err(in_use(id, holder, waited)),
+        if deadline.left() == Some(Duration::ZERO) {
+            return Err(in_use(id, holder, start));
+        }
+        if !announced {
+            announced = true;
+            info!(%id, "identity in use by another endpoint; waiting for it to close");
+            // An endpoint of this process that was just closed releases its identity in a
+            // task of the runtime's: let it run before the next look.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let pause = deadline
+            .left()
+            .map_or(RETRY_INTERVAL, |left| left.min(RETRY_INTERVAL));
+        tokio::time::sleep(pause).await;
     }
 }
 
-/// Takes the lock of `scope` if no one holds it: `None` while another process does.
+/// Takes the lock of the identity of `key` if no one holds it: `None` while another
+/// process does.
 #[cfg(feature = "keyring")]
-///
-/// # Errors
-///
-/// [`Error::HostLock`] when the lock cannot be reached, or [`Error::HostLockTaken`] when
-/// every name it may have is taken by other users.
-pub(crate) fn try_lock(scope: Scope<'_>) -> Result<Option<HostLock>, Error> {
-    Ok(match imp::attempt(scope)? {
+pub(crate) fn try_lock_identity(key: &SecretKey) -> Result<Option<HostLock>, Error> {
+    Ok(match attempt_blocking(key)? {
         Attempt::Taken(held) => Some(HostLock { _held: held }),
         Attempt::Held(_) => None,
     })
@@ -166,15 +188,49 @@ pub(crate) fn try_lock(scope: Scope<'_>) -> Result<Option<HostLock>, Error> {
 /// Whether an endpoint holds the identity of `key` on this host, found without taking the
 /// lock, so that looking never makes an open fail; `None` when it cannot be told.
 pub(crate) fn is_held(key: &SecretKey) -> Option<bool> {
-    imp::is_held(Scope::Identity(key))
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket::is_held(key);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return file::is_held(&identity_file_name(key));
 }
 
-/// The error of an open that waited for all of `waited` while `holder` held `id`.
-pub(crate) fn in_use(id: EndpointId, holder: Option<Holder>, waited: Duration) -> Error {
+/// Locks the creation of the keychain entry `service`/`account` among this user's
+/// processes, waiting until `deadline`; `None` when another held it all that time.
+#[cfg(feature = "keyring")]
+pub(crate) fn lock_keychain_entry(
+    service: &str,
+    account: &str,
+    deadline: Deadline,
+) -> Result<Option<HostLock>, Error> {
+    let name = [service.as_bytes(), &[0], account.as_bytes()].concat();
+    let tag = blake3::derive_key("iroh-identity 2026-12-03 keychain entry", &name);
+    let name: OsString = format!(
+        "keychain-{}.lock",
+        data_encoding::HEXLOWER.encode(&tag[..16])
+    )
+    .into();
+    let attempt = || {
+        Ok::<_, Error>(match file::attempt(&name)? {
+            Attempt::Taken(held) => Some(HostLock {
+                _held: Held::File(held),
+            }),
+            Attempt::Held(_) => None,
+        })
+    };
+    Ok(
+        match wait::blocking_until(deadline, RETRY_INTERVAL, attempt, || {})? {
+            Waited::Done(lock) => Some(lock),
+            Waited::TimedOut(_) => None,
+        },
+    )
+}
+
+/// The error of an open that waited since `start` while `holder` held `id`.
+fn in_use(id: EndpointId, holder: Option<Holder>, start: Instant) -> Error {
     Error::InUse {
         id,
         pid: holder.and_then(|holder| holder.pid),
         uid: holder.map(|holder| holder.uid),
-        waited,
+        waited: Duration::from_millis(start.elapsed().as_millis() as u64),
     }
 }

@@ -414,7 +414,13 @@ fn create_missing(walk: &mut Walk<'_>, reached: &mut Reached) -> Result<(), Erro
 
 /// The private directory at `path`, checked as the directories above a key are, and
 /// created (`0700`) if it is missing: where the host locks are, where they are files.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg_attr(
+    all(
+        any(target_os = "linux", target_os = "android"),
+        not(feature = "keyring")
+    ),
+    allow(dead_code)
+)]
 pub(crate) fn private_dir(path: &Path) -> Result<Arc<Dir>, Error> {
     let mut walk = Walk::new(path, Checks::Enforce);
     let mut reached = walk.walk_to(path)?;

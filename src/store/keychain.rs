@@ -24,14 +24,8 @@ use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use crate::{
-    DEFAULT_LOCK_WAIT, Error, KeyFormat, KeychainProblem,
-    guard::host::{self, Scope},
-    key,
-    wait::{Deadline, Waited, blocking_until},
+    DEFAULT_LOCK_WAIT, Error, KeyFormat, KeychainProblem, guard::host, key, wait::Deadline,
 };
-
-/// How often the lock of a racing creator is tried again.
-const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// The least time a store is given to answer, whatever the lock wait: an open that should
 /// not wait for another endpoint (a lock wait of zero) still lets the store answer once.
@@ -138,10 +132,10 @@ fn creating<T>(
     deadline: Deadline,
     then: impl FnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let scope = Scope::KeychainEntry { service, account };
-    match blocking_until(deadline, LOCK_RETRY, || host::try_lock(scope), || {})? {
-        Waited::Done(_lock) => then(),
-        Waited::TimedOut(waited) => Err(still_creating(service, account, waited)),
+    let start = std::time::Instant::now();
+    match host::lock_keychain_entry(service, account, deadline)? {
+        Some(_lock) => then(),
+        None => Err(still_creating(service, account, start.elapsed())),
     }
 }
 
@@ -206,7 +200,7 @@ pub fn delete_keychain_entry(service: &str, account: &str) -> Result<(), Error> 
     bounded(service, account, |service, account, _| {
         // Not while an endpoint runs the identity: held here until the entry is gone.
         let _held = match load(service, account) {
-            Ok(Some(key)) => match host::try_lock(Scope::Identity(&key))? {
+            Ok(Some(key)) => match host::try_lock_identity(&key)? {
                 Some(lock) => Some(lock),
                 None => {
                     return Err(problem(

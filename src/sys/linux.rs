@@ -152,13 +152,18 @@ fn raw_address(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> 
     Ok((raw, len as libc::socklen_t))
 }
 
-/// The user that owns the socket that has the abstract name `name`, from the kernel's
-/// table of unix sockets (`sock_diag`); `None` when no socket has it. Linux 5.3 or later.
+/// The users that own the sockets that have the abstract names `names`, from the kernel's
+/// table of unix sockets (`sock_diag`); `None` for a name no socket has. Linux 5.3 or
+/// later.
 ///
-/// It lists every unix socket of the network namespace, so it is only asked when a
-/// connection cannot tell (a full queue, a socket that does not listen).
+/// It lists every unix socket of the network namespace, which another user can make long,
+/// so it is read for `limit` at most (then [`io::ErrorKind::TimedOut`]), and only asked
+/// when a connection cannot tell.
 #[allow(unsafe_code)]
-pub(crate) fn abstract_name_owner(name: &[u8]) -> io::Result<Option<u32>> {
+pub(crate) fn abstract_name_owners(
+    names: &[&[u8]],
+    limit: Duration,
+) -> io::Result<Vec<Option<u32>>> {
     // From <linux/sock_diag.h> and <linux/unix_diag.h>.
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const UDIAG_SHOW_NAME: u32 = 0x01;
@@ -180,6 +185,11 @@ pub(crate) fn abstract_name_owner(name: &[u8]) -> io::Result<Option<u32>> {
         cookie: [u32; 2],
     }
 
+    let mut owners = vec![None; names.len()];
+    if names.is_empty() {
+        return Ok(owners);
+    }
+    let deadline = std::time::Instant::now() + limit;
     // SAFETY: socket takes no pointers; a negative result is checked.
     let fd = unsafe {
         libc::socket(
@@ -221,11 +231,27 @@ pub(crate) fn abstract_name_owner(name: &[u8]) -> io::Result<Option<u32>> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut wanted = Vec::with_capacity(name.len() + 1);
-    wanted.push(0);
-    wanted.extend_from_slice(name);
+    let wanted: Vec<Vec<u8>> = names.iter().map(|name| [&[0][..], name].concat()).collect();
     let mut buffer = vec![0u8; 32 * 1024];
     loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or(io::ErrorKind::TimedOut)?;
+        let timeout = libc::timeval {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_usec: left.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a valid descriptor, and a `timeval` of the length given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
         // SAFETY: a valid descriptor, and a buffer of the length given to write into.
         let received =
             unsafe { libc::recv(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
@@ -234,7 +260,7 @@ pub(crate) fn abstract_name_owner(name: &[u8]) -> io::Result<Option<u32>> {
         while let Some((kind, payload, rest)) = netlink_message(messages) {
             messages = rest;
             match kind {
-                k if k == libc::NLMSG_DONE as u16 => return Ok(None),
+                k if k == libc::NLMSG_DONE as u16 => return Ok(owners),
                 k if k == libc::NLMSG_ERROR as u16 => {
                     let code = payload.get(..4).map_or(0, |bytes| {
                         i32::from_ne_bytes(bytes.try_into().unwrap_or([0; 4]))
@@ -257,14 +283,17 @@ pub(crate) fn abstract_name_owner(name: &[u8]) -> io::Result<Option<u32>> {
                     _ => {}
                 }
             }
-            if found_name == Some(wanted.as_slice()) {
-                return uid.map(Some).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "the kernel does not tell a unix socket's owner (Linux 5.3 or later does)",
-                    )
-                });
-            }
+            let Some(index) =
+                found_name.and_then(|found| wanted.iter().position(|want| want == found))
+            else {
+                continue;
+            };
+            owners[index] = Some(uid.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the kernel does not tell a unix socket's owner (Linux 5.3 or later does)",
+                )
+            })?);
         }
     }
 }

@@ -79,8 +79,14 @@ pub(crate) fn process() -> Process {
 
 /// The home directory of the user `uid` in the user database (`getpwuid_r`), whatever
 /// `$HOME` says; `None` when the user has no entry or no absolute home.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
 #[allow(unsafe_code)]
+#[cfg_attr(
+    all(
+        any(target_os = "linux", target_os = "android"),
+        not(feature = "keyring")
+    ),
+    allow(dead_code)
+)]
 pub(crate) fn home_of(uid: u32) -> Option<PathBuf> {
     use std::ffi::CStr;
 
@@ -262,7 +268,13 @@ impl Dir {
 
     /// Opens the lock file `name`, creating it (`0600`) if it is missing; fails if it is
     /// a symbolic link. It is never written: only locked.
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg_attr(
+        all(
+            any(target_os = "linux", target_os = "android"),
+            not(feature = "keyring")
+        ),
+        allow(dead_code)
+    )]
     pub(crate) fn open_lock_file(&self, name: &OsStr) -> io::Result<File> {
         let c_name = c_path(name)?;
         let flags = libc::O_RDONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
@@ -427,7 +439,13 @@ impl Dir {
     }
 
     /// Whether `name` in this directory is the file `file` is open on.
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg_attr(
+        all(
+            any(target_os = "linux", target_os = "android"),
+            not(feature = "keyring")
+        ),
+        allow(dead_code)
+    )]
     pub(crate) fn is_same_file(&self, name: &OsStr, file: &File) -> io::Result<bool> {
         let open = file.metadata()?;
         let named = fs::symlink_metadata(self.path_of_fd().join(name))?;

@@ -610,7 +610,6 @@ pub(crate) async fn echo_within(
 }
 
 /// Sends `signal` to the process `pid`, a child of this test.
-#[cfg(feature = "etcd")]
 pub(crate) fn signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("a pid");
     // SAFETY: sends a signal to a child of ours that has not been reaped.

@@ -1,9 +1,10 @@
-//! The host lock where there are no abstract sockets (macOS, the BSDs, Windows): an OS
-//! lock on a file, `NAME.lock`, in a private directory of the user's that every process
-//! of the user finds in the same place, whatever its groups or environment: `HOME/.local/
-//! state/iroh-identity` from the user database on unix, `iroh-identity` in the local
-//! application data on Windows. When it cannot be made or is not private, opening fails:
-//! there is no second place.
+//! Host locks that are files: an identity's where there are no abstract sockets (macOS,
+//! the BSDs, Windows), and a keychain entry's creation lock everywhere. An OS lock on a
+//! file, `NAME.lock`, in a private directory of the user's that every process of the user
+//! finds in the same place, whatever its groups or environment: `HOME/.local/state/
+//! iroh-identity` from the user database on unix, `iroh-identity` in the local application
+//! data on Windows. When it cannot be made or is not private, taking the lock fails: there
+//! is no second place.
 //!
 //! A lock file is removed by its holder when it lets go, so that nothing piles up; the one
 //! that a waiter locks is checked to still be the one with the name, or it tries again.
@@ -18,7 +19,7 @@ use std::{
 
 use tracing::debug;
 
-use super::{Attempt, Scope};
+use super::Attempt;
 use crate::{Error, store::file::private_dir, sys::Dir};
 
 /// A lock this process holds: its file, locked, removed when dropped.
@@ -62,18 +63,10 @@ fn path() -> Result<PathBuf, Error> {
         .ok_or(Error::NoHomeDirectory)
 }
 
-fn name(scope: Scope<'_>) -> OsString {
-    let tag = blake3::keyed_hash(&scope.lock_key(), b"name");
-    format!(
-        "{}.lock",
-        data_encoding::HEXLOWER.encode(&tag.as_bytes()[..16])
-    )
-    .into()
-}
-
-pub(super) fn attempt(scope: Scope<'_>) -> Result<Attempt, Error> {
+/// One attempt at the lock file `name`.
+pub(super) fn attempt(name: &OsString) -> Result<Attempt<Held>, Error> {
     let dir = dir()?;
-    let name = name(scope);
+    let name = name.clone();
     let unreachable = |source| Error::HostLock {
         path: Some(dir.path().join(&name)),
         source,
@@ -95,9 +88,11 @@ pub(super) fn attempt(scope: Scope<'_>) -> Result<Attempt, Error> {
     }))
 }
 
-pub(super) fn is_held(scope: Scope<'_>) -> Option<bool> {
+/// Whether a process holds the lock file `name`.
+#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+pub(super) fn is_held(name: &OsString) -> Option<bool> {
     let dir = dir().ok()?;
-    let file = match dir.open_file_no_follow(&name(scope)) {
+    let file = match dir.open_file_no_follow(name) {
         Ok(Some(file)) => file,
         Ok(None) => return None,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Some(false),

@@ -15,7 +15,7 @@ use std::{
         fd::AsRawFd,
         unix::net::{UnixListener, UnixStream},
     },
-    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -25,9 +25,13 @@ use zeroize::Zeroizing;
 use super::socket::{PROOF_LEN, PROOF_WAIT, answer};
 use crate::sys::Epoll;
 
-/// How many connections may wait for their question at once; beyond that the oldest is
-/// dropped (a flood by another user costs it nothing but its own connections).
+/// How many connections may wait for their question at once; one more is closed at once,
+/// and a flood by another user costs the holder no more descriptors than this.
 const MAX_WAITING: usize = 64;
+
+/// How many connections are accepted on one socket before the next wait: the lock the
+/// holders take to let go of a socket is held no longer than that.
+const ACCEPT_BURST: usize = 16;
 
 /// Tokens of the `epoll` set: a socket's is its id; a waiting connection's has this bit.
 const CONNECTION: u64 = 1 << 63;
@@ -55,11 +59,10 @@ struct Socket {
     proof: Arc<Proof>,
 }
 
-/// What a holder answers with: the name it listens on, and the lock's key (none for a lock
-/// whose holders need not prove themselves).
+/// What a holder answers with: the name it listens on, and the lock's key.
 struct Proof {
     name: Vec<u8>,
-    key: Option<Zeroizing<[u8; 32]>>,
+    key: Zeroizing<[u8; 32]>,
 }
 
 /// A connection accepted, waiting for its question.
@@ -71,17 +74,19 @@ struct Waiting {
     until: Instant,
 }
 
-static SHARED: OnceLock<io::Result<Arc<Shared>>> = OnceLock::new();
+/// The thread and what it shares, made on first use; made again if that failed (no
+/// descriptor or thread to be had then).
+static SHARED: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
 
-/// Serves `listener`, listening on `name`, until the result is dropped; with `key`, a
-/// question is answered.
+/// Serves `listener`, listening on `name`, until the result is dropped: a question is
+/// answered with `key`.
 pub(super) fn serve(
     listener: UnixListener,
     name: Vec<u8>,
-    key: Option<Zeroizing<[u8; 32]>>,
+    key: Zeroizing<[u8; 32]>,
 ) -> io::Result<Served> {
     let shared = shared()?;
-    let mut sockets = lock(shared);
+    let mut sockets = lock(&shared);
     let id = sockets.next_id;
     sockets.next_id += 1;
     shared.epoll.add(listener.as_raw_fd(), id)?;
@@ -92,30 +97,36 @@ pub(super) fn serve(
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if let Some(Ok(shared)) = SHARED.get() {
+        let shared = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(shared) = shared {
             // Closed under the lock: the thread touches a socket only under it, and only
             // one it finds there.
-            let mut sockets = lock(shared);
+            let mut sockets = lock(&shared);
             drop(sockets.by_id.remove(&self.id));
         }
     }
 }
 
-fn shared() -> io::Result<&'static Arc<Shared>> {
-    SHARED
-        .get_or_init(|| {
-            let shared = Arc::new(Shared {
-                sockets: Mutex::default(),
-                epoll: Epoll::new()?,
-            });
-            let thread = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("iroh-identity host lock".into())
-                .spawn(move || run(&thread))?;
-            Ok(shared)
-        })
-        .as_ref()
-        .map_err(|err| io::Error::new(err.kind(), err.to_string()))
+fn shared() -> io::Result<Arc<Shared>> {
+    let mut slot = SHARED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(shared) = slot.as_ref() {
+        return Ok(Arc::clone(shared));
+    }
+    let shared = Arc::new(Shared {
+        sockets: Mutex::default(),
+        epoll: Epoll::new()?,
+    });
+    let thread = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("iroh-identity host lock".into())
+        .spawn(move || run(&thread))?;
+    *slot = Some(Arc::clone(&shared));
+    Ok(shared)
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Sockets> {
@@ -156,10 +167,11 @@ fn run(shared: &Shared) {
             let Some(socket) = sockets.by_id.get(&token) else {
                 continue;
             };
-            loop {
+            for _ in 0..ACCEPT_BURST {
                 match socket.listener.accept() {
-                    // A lock whose holders need not prove themselves has nothing to say.
-                    Ok((stream, _)) if socket.proof.key.is_some() => {
+                    // Closed at once when too many wait already.
+                    Ok(_) if waiting.len() >= MAX_WAITING => {}
+                    Ok((stream, _)) => {
                         let token = CONNECTION | next_connection;
                         next_connection = (next_connection + 1) & !CONNECTION;
                         if stream.set_nonblocking(true).is_err()
@@ -178,7 +190,6 @@ fn run(shared: &Shared) {
                             },
                         );
                     }
-                    Ok(_) => {}
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) => {
                         debug!(%err, "cannot accept a connection to a host lock");
@@ -187,17 +198,9 @@ fn run(shared: &Shared) {
                 }
             }
         }
-        // Connections that said nothing in time are dropped, and the oldest beyond the
-        // most that may wait.
+        // Connections that said nothing in time are dropped.
         let now = Instant::now();
         waiting.retain(|_, one| one.until > now);
-        while waiting.len() > MAX_WAITING {
-            let oldest = waiting
-                .iter()
-                .min_by_key(|(_, one)| one.until)
-                .map(|(&token, _)| token);
-            oldest.map(|token| waiting.remove(&token));
-        }
     }
 }
 
@@ -214,10 +217,8 @@ impl Waiting {
         if self.read < PROOF_LEN {
             return true;
         }
-        if let Some(key) = &self.proof.key {
-            let proof = answer(key, &self.proof.name, &self.question);
-            let _ = self.stream.write_all(proof.as_bytes());
-        }
+        let proof = answer(&self.proof.key, &self.proof.name, &self.question);
+        let _ = self.stream.write_all(proof.as_bytes());
         false
     }
 }

@@ -63,6 +63,13 @@ pub(crate) enum Action {
     /// The squatter of remembered ports: binds UDP on every interface, IPv4 and IPv6, on
     /// each of `ports`; reports `Ready` and keeps them until killed.
     BindUdp,
+    /// The flooder of the host lock: connects to each of `names` and lets go, as fast as
+    /// it can, on 4 threads, for `runs` milliseconds, keeping each connection open for a
+    /// while; reports `Ready` once it started.
+    Flood,
+    /// Makes `runs` unix sockets, bound to nothing, and keeps them until killed: a long
+    /// table of unix sockets; reports `Ready`.
+    Sockets,
     /// Takes `runs` identities of new keys one after the other, each from the variable
     /// `key_env`, and lets each go; reports `Opened`.
     OpenKeys,
@@ -490,6 +497,8 @@ pub(crate) fn run() {
             Action::Toggle => toggle(&task),
             Action::Squat => squat(&task),
             Action::BindUdp => bind_udp(&task),
+            Action::Flood => flood(&task),
+            Action::Sockets => sockets(&task),
             Action::OpenKeys => open_keys(&task).await,
         }
     });
@@ -771,17 +780,100 @@ fn toggle(task: &Task) {
 /// The squatter of the host lock's names.
 fn squat(task: &Task) {
     use std::os::{
+        fd::{FromRawFd, OwnedFd},
         linux::net::SocketAddrExt,
         unix::net::{SocketAddr, UnixListener},
     };
 
-    let held: Vec<UnixListener> = task
+    // A name ending in `!` is bound by a stream socket that does not listen.
+    let held: Vec<OwnedFd> = task
         .names
         .iter()
-        .map(|name| {
-            let address = SocketAddr::from_abstract_name(name).expect("an abstract name");
-            UnixListener::bind_addr(&address).expect("bind the name")
+        .map(|name| match name.strip_suffix('!') {
+            Some(name) => {
+                // SAFETY: plain calls on a new descriptor of ours and an address that
+                // outlives them.
+                unsafe {
+                    let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                    assert!(fd >= 0, "socket");
+                    let mut raw: libc::sockaddr_un = std::mem::zeroed();
+                    raw.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                    for (slot, byte) in raw.sun_path[1..].iter_mut().zip(name.bytes()) {
+                        *slot = byte as libc::c_char;
+                    }
+                    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len();
+                    let bound = libc::bind(
+                        fd,
+                        (&raw as *const libc::sockaddr_un).cast(),
+                        len as libc::socklen_t,
+                    );
+                    assert_eq!(bound, 0, "bind the name");
+                    OwnedFd::from_raw_fd(fd)
+                }
+            }
+            None => {
+                let address = SocketAddr::from_abstract_name(name).expect("an abstract name");
+                UnixListener::bind_addr(&address)
+                    .expect("bind the name")
+                    .into()
+            }
         })
+        .collect();
+    say(Report::Ready);
+    std::thread::sleep(HOLD_AT_MOST);
+    drop(held);
+}
+
+/// The flooder of the host lock.
+fn flood(task: &Task) {
+    use std::os::{
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr, UnixStream},
+    };
+
+    let until = Instant::now() + Duration::from_millis(task.runs as u64);
+    let addresses: Vec<SocketAddr> = task
+        .names
+        .iter()
+        .map(|name| SocketAddr::from_abstract_name(name).expect("an abstract name"))
+        .collect();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let addresses = addresses.clone();
+            std::thread::spawn(move || {
+                let mut open = std::collections::VecDeque::new();
+                while Instant::now() < until {
+                    for address in &addresses {
+                        if let Ok(stream) = UnixStream::connect_addr(address) {
+                            open.push_back(stream);
+                        }
+                        // Each connection kept open for a while, as long as 256 more.
+                        if open.len() > 256 {
+                            open.pop_front();
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    say(Report::Ready);
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+/// A long table of unix sockets.
+fn sockets(task: &Task) {
+    use std::os::unix::net::UnixDatagram;
+
+    let limit = libc::rlimit {
+        rlim_cur: task.runs as u64 + 100,
+        rlim_max: task.runs as u64 + 100,
+    };
+    // SAFETY: valid arguments; this child runs one test on one thread.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    let held: Vec<UnixDatagram> = (0..task.runs)
+        .filter_map(|_| UnixDatagram::unbound().ok())
         .collect();
     say(Report::Ready);
     std::thread::sleep(HOLD_AT_MOST);
