@@ -233,12 +233,13 @@ fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
     }
     let mut etcd = crate::support::etcd::Etcd::single();
     let machines = Machines::new();
+    let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
     let serve = |m: usize| {
         let mut command = machines.command(m, &example("echo"));
         command
             .arg("serve")
             .arg(machines.key(m))
-            .args(["--etcd", &etcd.endpoints().join(","), "--lease-ttl", "2"])
+            .args(["--etcd", &links[m].urls().join(","), "--lease-ttl", "2"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -28,6 +28,10 @@ pub(crate) mod child;
 pub(crate) mod echo;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
+#[cfg(feature = "etcd")]
+pub(crate) mod net;
+#[cfg(feature = "etcd")]
+pub(crate) mod proxy;
 #[cfg(feature = "keyring")]
 pub(crate) mod secret_service;
 

@@ -322,6 +322,22 @@ pub(crate) fn run_to_end(mut command: Command) -> Outcome {
     outcome(command.spawn().expect("spawn child"))
 }
 
+/// Waits for a started child and collects its output, killing it after `limit` (its
+/// output then ends there).
+#[cfg(feature = "etcd")]
+pub(crate) fn wait_within(child: Child, limit: Duration) -> std::process::Output {
+    let mut child = super::Killed::new(child);
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    child
+        .into_inner()
+        .wait_with_output()
+        .expect("the child's output")
+}
+
 /// Runs a child to the end, killing it and failing the test if it takes longer than
 /// `limit`: for what must not hang.
 pub(crate) fn run_within(mut command: Command, limit: Duration) -> Outcome {
