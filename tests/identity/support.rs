@@ -22,6 +22,8 @@ use iroh::{
 use iroh_identity::{KeyFormat, encode_key};
 use iroh_tickets::endpoint::EndpointTicket;
 
+#[cfg(feature = "etcd")]
+pub(crate) mod cgroup;
 pub(crate) mod child;
 /// The echo protocol of the `echo` example: one implementation for both.
 #[path = "../../examples/echo/protocol.rs"]

@@ -94,6 +94,17 @@ impl Proxy {
         self.addr
     }
 
+    /// Changes the faults; bytes already read keep the delay they were read with.
+    pub(crate) fn set(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut self.shared.lock().faults);
+        self.shared.changed.notify_all();
+    }
+
+    /// Sets a delay each way, so that a round trip takes `round_trip` more.
+    pub(crate) fn add_round_trip(&self, round_trip: Duration) {
+        self.set(|faults| faults.delay = [round_trip / 2; 2]);
+    }
+
     /// Closes every open connection at once.
     pub(crate) fn cut(&self) {
         for stream in self.shared.lock().streams.drain(..) {
