@@ -260,6 +260,17 @@ pub enum Error {
         cause: LeaseLoss,
     },
 
+    /// The lease's prefix does not end in `/` (feature `etcd`): `/iroh-identity` would
+    /// name another key than the `/iroh-identity/` of another machine, and both would hold.
+    #[error(
+        "the lease prefix {prefix:?} does not end in '/'; give every machine the same prefix, \
+         ending in '/' (/iroh-identity/ unless set)"
+    )]
+    LeasePrefix {
+        /// The prefix given.
+        prefix: String,
+    },
+
     /// The default per-user location cannot be determined (no home directory).
     #[error("no home directory to hold the default key file; give a key path instead")]
     NoHomeDirectory,

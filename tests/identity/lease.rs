@@ -948,6 +948,27 @@ fn an_unreachable_etcd_is_a_clear_error_after_the_wait() {
     );
 }
 
+/// Finding 8: a prefix without its trailing `/` would be another key than every other
+/// machine's: it is refused.
+#[test]
+fn a_prefix_without_a_trailing_slash_is_refused() {
+    if skip_unless_root() {
+        return;
+    }
+    let etcd = Etcd::single();
+    let machines = Machines::new();
+    let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
+    let holder = machines.serve(1, &links[1]);
+    holder.holding(Duration::from_secs(10)).expect("holds");
+    let other = machines.start(
+        0,
+        hold(&links[0]).lease_prefix(PREFIX.trim_end_matches('/')),
+    );
+    let error = refused(&other);
+    assert!(error.contains("end in '/'"), "{error}");
+    assert!(other.holding(Duration::ZERO).is_none());
+}
+
 /// Finding 7: a holder starved of CPU (1 ms per 100 ms, Kubernetes' `cpu: 10m`, with busy
 /// threads beside it) and cut off from etcd fences itself late: as late as the kernel
 /// gives a woken thread of it the CPU. How late, against the standby's bind, is measured;

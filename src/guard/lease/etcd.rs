@@ -231,8 +231,10 @@ impl EtcdLease {
         self
     }
 
-    /// The key is `PREFIX` followed by the `EndpointId`; `/iroh-identity/` unless set. A
-    /// user's role must be allowed to read and write it.
+    /// The key is `PREFIX` followed by the `EndpointId`; `/iroh-identity/` unless set. It
+    /// must end in `/` (an open fails with [`Error::LeasePrefix`] otherwise), and be the
+    /// same on every machine: another prefix is another key, which another machine holds
+    /// at the same time. A user's role must be allowed to read and write it.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -318,6 +320,11 @@ impl EtcdLease {
     }
 
     async fn take(&self, id: EndpointId, deadline: Deadline) -> Result<Box<dyn Held>, Error> {
+        if !self.prefix.ends_with('/') {
+            return Err(Error::LeasePrefix {
+                prefix: self.prefix.clone(),
+            });
+        }
         if self.endpoints.is_empty() {
             return Err(Error::LeaseRefused {
                 endpoint: String::new(),
