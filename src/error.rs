@@ -2,7 +2,10 @@
 
 use std::{fmt, io, path::PathBuf, time::Duration};
 
-use crate::KeyFormat;
+use crate::{
+    KeyFormat,
+    guard::lease::{LeaseLoss, LeaseRefusal},
+};
 
 /// Everything that can go wrong while loading, creating or locking a key, or binding.
 ///
@@ -245,8 +248,9 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// The lease store could not be reached, or refused, for all of the wait (feature
-    /// `etcd`). Nothing was bound.
+    /// The lease store could not be reached, or answered with errors that may pass (a
+    /// member down, no leader, a timeout), for all of the wait (feature `etcd`). Nothing
+    /// was bound.
     #[error(
         "cannot take the identity's lease from etcd at {endpoints} (waited {waited:?}): {reason}"
     )]
@@ -255,21 +259,45 @@ pub enum Error {
         endpoints: String,
         /// How long this open tried, to the millisecond.
         waited: Duration,
-        /// The store's words.
+        /// The last error, in the store's (or the connection's) words.
         reason: String,
     },
 
-    /// The identity's lease may have been lost, so its endpoint was closed before another
-    /// could take over (feature `etcd`).
+    /// The lease store refuses the lease in a way that waiting does not mend: a mistake in
+    /// the configuration or the cluster, reported at once whatever the lock wait (feature
+    /// `etcd`). Nothing was bound.
+    #[error("etcd at {endpoint} refuses the identity's lease ({said}): {refusal}")]
+    LeaseRefused {
+        /// The endpoint that refused.
+        endpoint: String,
+        /// What is wrong, and what to do.
+        refusal: LeaseRefusal,
+        /// The store's (or the TLS library's) own words.
+        said: String,
+    },
+
+    /// The identity's lease was lost, or may have been, so its endpoint was closed before
+    /// another could take over (feature `etcd`).
     #[error(
-        "the identity's lease {key} may be lost ({reason}); the endpoint was closed so that \
+        "the identity's lease {key} is lost: {cause}; the endpoint was closed so that \
          another can take over"
     )]
     LeaseLost {
         /// The lease's key.
         key: String,
-        /// Why it may be lost.
-        reason: String,
+        /// How it was lost.
+        cause: LeaseLoss,
+    },
+
+    /// The lease's prefix does not end in `/` (feature `etcd`): `/iroh-identity` would
+    /// name another key than the `/iroh-identity/` of another machine, and both would hold.
+    #[error(
+        "the lease prefix {prefix:?} does not end in '/'; give every machine the same prefix, \
+         ending in '/' (/iroh-identity/ unless set)"
+    )]
+    LeasePrefix {
+        /// The prefix given.
+        prefix: String,
     },
 
     /// The default per-user location cannot be determined (no home directory).

@@ -294,8 +294,14 @@ mod wait;
 
 pub use endpoint::{Builder, KeyLocation, NoKeyLocation, PersistentEndpoint};
 pub use error::{Error, FileKind, KeyProblem, KeychainProblem, Operation, PathKind, TrustProblem};
+/// The etcd client the lease is built on (feature `etcd`): its
+/// [`ConnectOptions`](etcd_client::ConnectOptions) (TLS, a user) are what
+/// [`EtcdLease::connect_options`] takes.
 #[cfg(feature = "etcd")]
-pub use guard::lease::etcd::{DEFAULT_LEASE_TTL, EtcdLease};
+pub use etcd_client;
+#[cfg(feature = "etcd")]
+pub use guard::lease::etcd::{DEFAULT_LEASE_TTL, EtcdLease, LeaseWait};
+pub use guard::lease::{LeaseLoss, LeaseRefusal};
 pub use identity::{Identity, KeySource};
 pub use key::{KeyFormat, decode_key, encode_key};
 pub use store::file::{

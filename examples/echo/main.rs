@@ -14,7 +14,7 @@
 //!
 //! With `--features etcd`, `serve KEY_PATH --etcd URL[,URL...] [--lease-ttl SECONDS]`
 //! runs the identity on one machine at a time: a second server with a copy of the key
-//! prints `waiting for the identity lease` and takes over when the first stops, or
+//! prints `waiting for the identity lease: ...` and takes over when the first stops, or
 //! within the TTL when it dies. A server that loses the lease exits with an error.
 
 mod protocol;
@@ -89,7 +89,7 @@ async fn serve(path: PathBuf, lease: Lease) -> anyhow::Result<()> {
     #[cfg(feature = "etcd")]
     {
         let mut etcd = iroh_identity::EtcdLease::new(urls.split(','))
-            .on_wait(|| eprintln!("waiting for the identity lease"));
+            .on_wait(|why| eprintln!("waiting for the identity lease: {why}"));
         if let Some(ttl) = lease.ttl {
             etcd = etcd.ttl(ttl);
         }

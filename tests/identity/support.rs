@@ -22,12 +22,18 @@ use iroh::{
 use iroh_identity::{KeyFormat, encode_key};
 use iroh_tickets::endpoint::EndpointTicket;
 
+#[cfg(feature = "etcd")]
+pub(crate) mod cgroup;
 pub(crate) mod child;
 /// The echo protocol of the `echo` example: one implementation for both.
 #[path = "../../examples/echo/protocol.rs"]
 pub(crate) mod echo;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
+#[cfg(feature = "etcd")]
+pub(crate) mod net;
+#[cfg(feature = "etcd")]
+pub(crate) mod proxy;
 #[cfg(feature = "keyring")]
 pub(crate) mod secret_service;
 

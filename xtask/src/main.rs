@@ -35,7 +35,8 @@ struct Need {
 const SUITE: &[Need] = &[
     Need {
         what: "openssl",
-        why: "the interop tests read keys with the real tool",
+        why: "the interop tests read keys with the real tool; the lease tests make etcd's TLS \
+              certificates with it",
         debian: "openssl",
         fedora: "openssl",
         arch: "openssl",

@@ -4,14 +4,21 @@
 //! - **Taking it.** A lease of the TTL is granted, then `put KEY` runs if the key's
 //!   create revision is 0 (it does not exist); the revision of that transaction is the
 //!   fencing token. When the key exists, the lease is revoked and the key watched until
-//!   it is deleted, then taken again; the wait ends at the caller's deadline.
-//! - **Keeping it.** A keep-alive is sent every third of the TTL. etcd counts the TTL
-//!   from when it receives one, so a keep-alive confirmed by a response keeps the lease
-//!   at least until its *sending* plus the TTL. When none has been confirmed for the TTL
-//!   less a margin ([`fence_margin`](keeper::fence_margin)), measured on the monotonic
-//!   clock, the lease may be about to expire: the holder closes its endpoint
-//!   (self-fencing) and reports the loss ([`keeper`]).
+//!   it is deleted, then taken again; the wait ends at the caller's deadline. A refusal
+//!   that waiting does not mend ends it at once ([`members::Failure`]).
+//! - **Keeping it.** One keep-alive stream, a keep-alive every sixth of the TTL, and a
+//!   watch on the key ([`keeper`]). etcd counts the TTL from when it receives a
+//!   keep-alive, so one that etcd confirmed keeps the lease at least until its *sending*
+//!   plus the TTL. When none has been confirmed for the TTL less a margin, measured on the
+//!   monotonic clock, the lease may be about to expire: the holder closes its endpoint
+//!   (self-fencing) from a thread of its own ([`fence`]). A deleted key, a revoked lease
+//!   or a key bound to another lease fences it as soon as the watch or a keep-alive says
+//!   so.
 //! - **Talking to etcd.** One member at a time ([`members`]).
+//! - **History.** Revisions grow while etcd keeps its data. A take that finds them gone
+//!   back (a member wiped, a snapshot restored) holds the lease for a TTL before it binds:
+//!   a holder of the lost history cannot renew in the new one, and has fenced itself by
+//!   then.
 //! - **Letting go.** When the endpoint closes, the lease is revoked: etcd deletes the key
 //!   and a waiting standby takes it at once. A crashed holder's lease expires after the
 //!   TTL.
@@ -23,28 +30,32 @@ use std::{
 };
 
 use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Compare, CompareOp, ConnectOptions, EventType, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use iroh::EndpointId;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+mod fence;
 mod keeper;
 mod members;
 
 use self::{
+    fence::Fence,
     keeper::{EtcdHeld, Keeper, Latest, Record, State},
-    members::Members,
+    members::{Failure, History, Members, Seen},
 };
-use super::{Held, Lease, Pending};
+use super::{Held, Lease, LeaseRefusal, Pending};
 use crate::{Error, wait::Deadline};
 
-/// The lease's time to live unless [`EtcdLease::ttl`] sets another: how long a crashed
-/// holder keeps the identity from a standby.
+/// The lease's time to live unless [`EtcdLease::ttl`] sets another, and the shortest
+/// there is: how long a crashed holder keeps the identity from a standby.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 
-/// The shortest TTL: etcd raises shorter ones to its minimum anyway.
-const MIN_TTL: Duration = Duration::from_secs(2);
+/// The shortest TTL: what a leader change with etcd's default election timeout and a
+/// round trip of a quarter of the TTL need (see [`keeper::patience`]).
+const MIN_TTL: Duration = Duration::from_secs(5);
 
 /// The longest TTL: a day.
 const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -52,8 +63,8 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Where the keys are, unless [`EtcdLease::prefix`] sets another.
 const DEFAULT_PREFIX: &str = "/iroh-identity/";
 
-/// How long a connection to etcd may take to open, and a request to be answered.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection to etcd may take to open (and log in), and a request to be
+/// answered, while taking the lease.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a standby looks at the key again when its watch says nothing (a watch on an
@@ -67,24 +78,66 @@ const RETRY: Duration = Duration::from_millis(200);
 /// identity's lease after the host's locks, waiting for another holder (on any machine)
 /// for up to the [lock wait](crate::Builder::lock_wait) (`Duration::MAX`: a hot standby
 /// that waits for ever). The endpoint binds only once it holds the lease; the lease is
-/// kept alive in the background and revoked when the endpoint closes. When etcd has
-/// confirmed no keep-alive for the TTL less a margin (etcd unreachable), the endpoint is
-/// closed before the lease can expire, [`lost`](Self::lost) says why, and an error is
-/// logged. A process that was paused past the TTL (SIGSTOP, a long GC pause, a VM
-/// migrated or suspended) cannot act while paused: it closes its endpoint when it
-/// resumes, possibly after a standby has taken over (see
-/// [*Limitations*](crate#limitations)).
+/// kept alive in the background and revoked when the endpoint closes.
+///
+/// # Connecting
+///
+/// [`new`](Self::new) takes every member's client URL; [`connect_options`](Self::connect_options)
+/// takes etcd-client's own [`ConnectOptions`](etcd_client::ConnectOptions) (re-exported as
+/// [`crate::etcd_client`]): TLS with a CA and a client certificate (`https://` URLs), a
+/// user and password. TLS is rustls with ring, the crypto library iroh uses. The lease
+/// bounds each of its requests itself, and talks to one member at a time, turning to the
+/// next when one fails or hangs.
+///
+/// What waiting does not mend fails the open at once, whatever the lock wait, with
+/// [`Error::LeaseRefused`]: a refused user or password, a user whose roles may not write
+/// the key, a TLS failure (a certificate refused either way), endpoints of two clusters.
+/// What may pass (a member down, no leader yet, a timeout) is tried again until the lock
+/// wait ends ([`Error::LeaseUnavailable`]); meanwhile it is logged and
+/// [`on_wait`](Self::on_wait) is told, so that even a wait without end is never silent.
+///
+/// # Keeping
+///
+/// A keep-alive goes out every sixth of the TTL on one long-lived stream; each costs one
+/// round trip. When etcd has confirmed none for the TTL less a margin (a fifth of it), the
+/// lease may be about to expire: the endpoint is closed before it can, from a thread of
+/// the lease's own (a runtime busy with other work does not delay it), [`lost`](Self::lost)
+/// says why, and an error is logged. The holder also watches its key: an operator's
+/// `etcdctl del KEY` or `etcdctl lease revoke ID` (the documented way to force a
+/// failover), or a put that binds the key to another lease, closes the endpoint within a
+/// round trip, before a standby can bind. A TTL of 5 s (the shortest) holds through a
+/// round trip of 1.25 s to etcd, and through a leader change with etcd's default election
+/// timeout of 1 s.
+///
+/// A process that was paused past the TTL (SIGSTOP, a long GC pause, a VM migrated or
+/// suspended) cannot act while paused: it closes its endpoint when it resumes, possibly
+/// after a standby has taken over (see [*Limitations*](crate#limitations)).
 ///
 /// The endpoint is held by the lease until it is closed, so that it can be closed on a
 /// loss: close it to let the identity go (dropping its clones does not), and await
 /// [`released`](Self::released) before the process ends, so that a standby takes over at
 /// once rather than after the TTL.
 ///
+/// Every machine must use the same endpoints' cluster and the same
+/// [`prefix`](Self::prefix): the key is the prefix and the id, and two keys are two
+/// leases.
+///
 /// ```no_run
 /// # async fn run() -> anyhow::Result<()> {
-/// use iroh_identity::{EtcdLease, PersistentEndpoint};
+/// use iroh_identity::{
+///     EtcdLease, PersistentEndpoint,
+///     etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions},
+/// };
 ///
-/// let lease = EtcdLease::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+/// let tls = TlsOptions::new()
+///     .ca_certificate(Certificate::from_pem(std::fs::read("/etc/etcd/ca.pem")?))
+///     .identity(Identity::from_pem(
+///         std::fs::read("/etc/etcd/client.pem")?,
+///         std::fs::read("/etc/etcd/client.key")?,
+///     ));
+/// let password = std::env::var("ETCD_PASSWORD")?;
+/// let lease = EtcdLease::new(["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
+///     .connect_options(ConnectOptions::new().with_tls(tls).with_user("iroh", password));
 /// let endpoint = PersistentEndpoint::builder()
 ///     .key_path("/run/secrets/endpoint.key")
 ///     .lease(lease.clone())
@@ -100,20 +153,64 @@ const RETRY: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct EtcdLease {
     endpoints: Vec<String>,
+    /// Never shown: it may hold a password.
+    options: Option<ConnectOptions>,
     prefix: String,
     ttl: Duration,
-    on_wait: Option<Arc<dyn Fn() + Send + Sync>>,
+    on_wait: Option<Arc<OnWait>>,
     /// What the last lease taken with this value (or a clone) is doing.
     latest: Arc<watch::Sender<Latest>>,
 }
 
+/// What [`EtcdLease::on_wait`] calls.
+type OnWait = dyn Fn(&LeaseWait) + Send + Sync;
+
+/// Why an open waits for the identity's lease: what [`EtcdLease::on_wait`] is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseWait {
+    /// Another endpoint holds the lease. `holder` is what it wrote into the key: its
+    /// process and host.
+    Held {
+        /// Who holds it.
+        holder: String,
+    },
+    /// etcd could not be asked, or answered with an error that may pass (a member down,
+    /// no leader yet, a timeout): the open tries the next member, then again.
+    Unavailable {
+        /// The member that failed.
+        endpoint: String,
+        /// Its error, in etcd's (or the connection's) words.
+        reason: String,
+    },
+    /// etcd's history went back (its data lost, or restored from a snapshot): the lease,
+    /// taken in the new history, is held for a TTL before the endpoint binds, so that a
+    /// holder of the old history has closed its own by then.
+    Rewound,
+}
+
+impl fmt::Display for LeaseWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Held { holder } => write!(f, "the identity's lease is held by {holder}"),
+            Self::Unavailable { endpoint, reason } => {
+                write!(f, "etcd at {endpoint} is unavailable: {reason}")
+            }
+            Self::Rewound => f.write_str(
+                "etcd's history went back; the lease is held a TTL before the endpoint binds",
+            ),
+        }
+    }
+}
+
 impl EtcdLease {
-    /// A lease in the etcd cluster at `endpoints` (`http://HOST:PORT`; give every member,
-    /// so that losing one is no outage), under the prefix `/iroh-identity/` with a TTL of
-    /// [`DEFAULT_LEASE_TTL`].
+    /// A lease in the etcd cluster at `endpoints` (`http://HOST:PORT`, or `https://` with
+    /// TLS [options](Self::connect_options); give every member, so that losing one is no
+    /// outage), under the prefix `/iroh-identity/` with a TTL of [`DEFAULT_LEASE_TTL`].
     pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
+            options: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             ttl: DEFAULT_LEASE_TTL,
             on_wait: None,
@@ -124,30 +221,55 @@ impl EtcdLease {
         }
     }
 
-    /// The key is `PREFIX` followed by the `EndpointId`; `/iroh-identity/` unless set.
+    /// How to connect to every member: etcd-client's own options, for TLS
+    /// ([`with_tls`](etcd_client::ConnectOptions::with_tls): a CA, a client certificate)
+    /// and a user ([`with_user`](etcd_client::ConnectOptions::with_user)). Timeouts may be
+    /// left unset: the lease bounds each request itself. A user is logged in again when a
+    /// member has forgotten its token (a restart).
+    pub fn connect_options(mut self, options: ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// The key is `PREFIX` followed by the `EndpointId`; `/iroh-identity/` unless set. It
+    /// must end in `/` (an open fails with [`Error::LeasePrefix`] otherwise), and be the
+    /// same on every machine: another prefix is another key, which another machine holds
+    /// at the same time. A user's role must be allowed to read and write it.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// The lease's time to live, in whole seconds, 2 s at least and a day at most: a
+    /// The lease's time to live, in whole seconds, 5 s at least and a day at most: a
     /// crashed holder keeps a standby waiting this long, and a holder that cannot reach
-    /// etcd closes its endpoint after it, less a margin (a fifth of it, 500 ms at least).
-    /// [`DEFAULT_LEASE_TTL`] unless set.
+    /// etcd closes its endpoint after it, less a fifth. [`DEFAULT_LEASE_TTL`] (5 s) unless
+    /// set. Below 5 s, a leader change with etcd's default election timeout (1 s), which
+    /// leaves etcd without a leader for up to three seconds, would fence a healthy holder.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Duration::from_secs(ttl.as_secs_f64().ceil() as u64).clamp(MIN_TTL, MAX_TTL);
         self
     }
 
-    /// Calls `waiting` once when an open finds the lease held by another and starts
-    /// waiting for it (to tell a user, say).
-    pub fn on_wait(mut self, waiting: impl Fn() + Send + Sync + 'static) -> Self {
+    /// Calls `waiting` when an open starts waiting for the lease, and each time the
+    /// reason changes: held by another, etcd unavailable (with its error), or the
+    /// history gone back. Each is logged too.
+    pub fn on_wait(mut self, waiting: impl Fn(&LeaseWait) + Send + Sync + 'static) -> Self {
         self.on_wait = Some(Arc::new(waiting));
         self
     }
 
-    /// The fencing token of the lease held now: the etcd revision at which it was taken,
-    /// larger for every later holder. `None` while none is held.
+    /// The fencing token of the lease held now: etcd's revision when it was taken.
+    /// `None` while none is held.
+    ///
+    /// While etcd keeps its data, every later holder's token is larger, whichever member
+    /// answers: work that checks the token where it lands refuses an earlier holder's.
+    /// When etcd loses its data (a member started again on an empty data directory) or is
+    /// restored from a snapshot, revisions start again from where that left them, under
+    /// the same cluster id: a later holder's token may then be smaller than an earlier
+    /// one's, or equal to it. The lease still keeps two holders apart then (a holder
+    /// that sees the history go back closes its endpoint, and a standby that saw the old
+    /// history holds the lease a TTL before it binds), but whatever checks tokens must be
+    /// told that the history started again.
     pub fn fencing_token(&self) -> Option<i64> {
         match &self.latest.borrow().state {
             State::Held { token } => Some(*token),
@@ -160,7 +282,8 @@ impl EtcdLease {
     /// (etcd not answering the revoke, it expires after its TTL), or lost. It lets go
     /// in the background when the endpoint closes: a program that ends right after
     /// closing should await this first, or the lease may be left to expire. It waits
-    /// at most a couple of seconds per etcd member after the close.
+    /// at most a couple of seconds per etcd member after the close. It returns at once
+    /// if no lease was taken.
     pub async fn released(&self) {
         let mut latest = self.latest.subscribe();
         loop {
@@ -179,10 +302,10 @@ impl EtcdLease {
     pub async fn lost(&self) -> Error {
         let mut latest = self.latest.subscribe();
         loop {
-            if let State::Lost { key, reason } = &latest.borrow_and_update().state {
+            if let State::Lost { key, cause } = &latest.borrow_and_update().state {
                 return Error::LeaseLost {
                     key: key.clone(),
-                    reason: reason.clone(),
+                    cause: cause.clone(),
                 };
             }
             if latest.changed().await.is_err() {
@@ -197,6 +320,18 @@ impl EtcdLease {
     }
 
     async fn take(&self, id: EndpointId, deadline: Deadline) -> Result<Box<dyn Held>, Error> {
+        if !self.prefix.ends_with('/') {
+            return Err(Error::LeasePrefix {
+                prefix: self.prefix.clone(),
+            });
+        }
+        if self.endpoints.is_empty() {
+            return Err(Error::LeaseRefused {
+                endpoint: String::new(),
+                refusal: LeaseRefusal::InvalidEndpoint,
+                said: "no etcd endpoint was given".into(),
+            });
+        }
         let key = self.key(id);
         let start = Instant::now();
         let unavailable = |reason: String| Error::LeaseUnavailable {
@@ -204,33 +339,52 @@ impl EtcdLease {
             waited: waited(start),
             reason,
         };
-        let mut members = Members::connect(&self.endpoints)
-            .await
-            .map_err(|err| unavailable(err.to_string()))?;
-        let mut announced = false;
+        let mut members = Members::new(&self.endpoints, self.options.clone().unwrap_or_default());
+        let mut history = History::default();
+        history.set_cluster(members.check_cluster().await.map_err(refused)?);
+        let mut waiting = Waiting {
+            key: &key,
+            on_wait: self.on_wait.as_deref(),
+            last: None,
+        };
         let mut failures = 0;
         let mut orphans = Vec::new();
         loop {
             let sent = Instant::now();
-            match try_take(&mut members, &key, self.ttl, &mut orphans).await {
-                Ok(Taken::Ours { lease, token }) => {
+            match try_take(&mut members, &key, self.ttl, &mut orphans, &mut history).await {
+                Ok(Taken::Ours {
+                    lease,
+                    token,
+                    rewound,
+                }) => {
                     info!(%key, token, "took the identity's lease");
                     let record = Record::new(&self.latest, token);
+                    let fence = Fence::start(key.clone(), self.ttl, record.clone(), sent);
                     let (to_keeper, endpoints) = mpsc::unbounded_channel();
                     let keeper = Keeper {
                         members,
                         lease,
                         key: key.clone(),
+                        token,
                         ttl: self.ttl,
-                        confirmed: sent,
+                        cluster: history.cluster(),
+                        fence: Arc::clone(&fence),
                         record: record.clone(),
                     };
                     tokio::spawn(keeper.run(endpoints));
-                    return Ok(Box::new(EtcdHeld {
-                        key,
+                    let held = EtcdHeld {
+                        key: key.clone(),
                         record,
+                        fence,
                         to_keeper,
-                    }));
+                    };
+                    if rewound {
+                        // A holder of the old history renews nowhere now: by a TTL after
+                        // its etcd went away, which was before this, it has fenced itself.
+                        waiting.report(LeaseWait::Rewound);
+                        tokio::time::sleep(self.ttl).await;
+                    }
+                    return Ok(Box::new(held));
                 }
                 Ok(Taken::Theirs { holder, revision }) => {
                     failures = 0;
@@ -242,29 +396,34 @@ impl EtcdLease {
                             waited: waited(start),
                         });
                     }
-                    if !announced {
-                        announced = true;
-                        info!(%key, %holder, "the identity's lease is held; waiting for it");
-                        if let Some(waiting) = &self.on_wait {
-                            waiting();
-                        }
+                    waiting.report(LeaseWait::Held { holder });
+                    if let Err(failure) =
+                        wait_for_delete(&mut members, &key, revision, deadline).await
+                    {
+                        members.revoke_in_background(orphans);
+                        return Err(refused(failure));
                     }
-                    wait_for_delete(&mut members, &key, revision, deadline).await;
                 }
-                Err(err) => {
-                    debug!(%key, %err, "cannot take the identity's lease yet");
+                Err(failure @ Failure::Refused { .. }) => {
+                    members.revoke_in_background(orphans);
+                    return Err(refused(failure));
+                }
+                Err(Failure::Transient { endpoint, reason }) => {
                     members.next();
                     failures += 1;
                     match deadline.left() {
                         Some(Duration::ZERO) => {
                             members.revoke_in_background(orphans);
-                            return Err(unavailable(err.to_string()));
+                            return Err(unavailable(reason));
                         }
-                        // Every member failed in turn: give them a moment.
-                        left if failures % members.count() == 0 => {
-                            tokio::time::sleep(left.map_or(RETRY, |left| left.min(RETRY))).await
+                        left => {
+                            waiting.report(LeaseWait::Unavailable { endpoint, reason });
+                            // Every member failed in turn: give them a moment.
+                            if failures % members.count() == 0 {
+                                tokio::time::sleep(left.map_or(RETRY, |left| left.min(RETRY)))
+                                    .await;
+                            }
                         }
-                        _ => {}
                     }
                 }
             }
@@ -286,6 +445,7 @@ impl fmt::Debug for EtcdLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdLease")
             .field("endpoints", &self.endpoints)
+            .field("connect_options", &self.options.as_ref().map(|_| ".."))
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
             .field("state", &self.latest.borrow().state)
@@ -293,10 +453,69 @@ impl fmt::Debug for EtcdLease {
     }
 }
 
+/// Tells `on_wait`, and the log, why an open waits, each time that changes.
+struct Waiting<'a> {
+    key: &'a str,
+    on_wait: Option<&'a OnWait>,
+    last: Option<std::mem::Discriminant<LeaseWait>>,
+}
+
+impl Waiting<'_> {
+    fn report(&mut self, wait: LeaseWait) {
+        let kind = std::mem::discriminant(&wait);
+        if self.last == Some(kind) {
+            debug!(key = self.key, %wait, "still waiting for the identity's lease");
+            return;
+        }
+        self.last = Some(kind);
+        match &wait {
+            LeaseWait::Held { .. } => {
+                info!(key = self.key, %wait, "waiting for the identity's lease")
+            }
+            LeaseWait::Unavailable { .. } | LeaseWait::Rewound => {
+                warn!(key = self.key, %wait, "waiting for the identity's lease");
+            }
+        }
+        if let Some(on_wait) = self.on_wait {
+            on_wait(&wait);
+        }
+    }
+}
+
+/// The error of a refusal.
+fn refused(failure: Failure) -> Error {
+    match failure {
+        Failure::Refused {
+            endpoint,
+            refusal,
+            said,
+        } => Error::LeaseRefused {
+            endpoint,
+            refusal,
+            said,
+        },
+        // Only refusals are passed on; a transient failure is never an end in itself.
+        Failure::Transient { endpoint, reason } => Error::LeaseUnavailable {
+            endpoints: endpoint,
+            waited: Duration::ZERO,
+            reason,
+        },
+    }
+}
+
 /// Who has the key after an attempt to take it.
 enum Taken {
-    Ours { lease: i64, token: i64 },
-    Theirs { holder: String, revision: i64 },
+    /// This process, at revision `token`, on a history that went back (`rewound`) since
+    /// the last answer.
+    Ours {
+        lease: i64,
+        token: i64,
+        rewound: bool,
+    },
+    Theirs {
+        holder: String,
+        revision: i64,
+    },
 }
 
 /// Grants a lease and creates the key with it if the key is absent; revokes the lease
@@ -311,9 +530,14 @@ async fn try_take(
     key: &str,
     ttl: Duration,
     orphans: &mut Vec<i64>,
-) -> Result<Taken, etcd_client::Error> {
-    let client = members.client();
-    let grant = client.lease_grant(ttl.as_secs() as i64, None).await?;
+    history: &mut History,
+) -> Result<Taken, Failure> {
+    let endpoint = members.endpoint().to_owned();
+    let failed = |err: etcd_client::Error| Failure::of(&endpoint, &err);
+    let mut client = members.client().await?.clone();
+    let grant = within(client.lease_grant(ttl.as_secs() as i64, None))
+        .await
+        .map_err(failed)?;
     let lease = grant.id();
     if grant.ttl() > ttl.as_secs() as i64 {
         warn!(
@@ -326,28 +550,35 @@ async fn try_take(
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key, holder(), Some(put))])
         .or_else([TxnOp::get(key, None)]);
-    let response = match client.txn(txn).await {
+    let response = match within(client.txn(txn)).await {
         Ok(response) => response,
         Err(err) => {
             if members.revoke(lease).await.is_err() {
                 orphans.push(lease);
             }
-            return Err(err);
+            return Err(failed(err));
         }
+    };
+    let seen = if response.succeeded() {
+        history.observe_write(response.header())
+    } else {
+        history.observe(response.header())
     };
     let revision = response
         .header()
         .map(|header| header.revision())
-        .ok_or_else(|| {
-            etcd_client::Error::InvalidArgs("etcd answered without a revision".into())
+        .ok_or_else(|| Failure::Transient {
+            endpoint: endpoint.clone(),
+            reason: "etcd answered without a revision".into(),
         })?;
     if response.succeeded() {
         return Ok(Taken::Ours {
             lease,
             token: revision,
+            rewound: seen != Seen::Forward,
         });
     }
-    let _ = members.client().lease_revoke(lease).await;
+    let _ = members.revoke(lease).await;
     let existing = response.op_responses().into_iter().find_map(|op| match op {
         TxnOpResponse::Get(get) => get.kvs().first().cloned(),
         _ => None,
@@ -358,7 +589,10 @@ async fn try_take(
             members
                 .revoke(orphan)
                 .await
-                .map_err(etcd_client::Error::InvalidArgs)?;
+                .map_err(|reason| Failure::Transient {
+                    endpoint: endpoint.clone(),
+                    reason,
+                })?;
             orphans.retain(|&lease| lease != orphan);
             Taken::Theirs {
                 holder: "this process, in an attempt whose answer was lost".to_owned(),
@@ -381,16 +615,24 @@ async fn try_take(
 }
 
 /// Waits until `key` is deleted after `revision`, the deadline passes, or a while passes
-/// (to look at the key again).
-async fn wait_for_delete(members: &mut Members, key: &str, revision: i64, deadline: Deadline) {
+/// (to look at the key again). Fails only on a refusal.
+async fn wait_for_delete(
+    members: &mut Members,
+    key: &str,
+    revision: i64,
+    deadline: Deadline,
+) -> Result<(), Failure> {
     if revision == 0 {
-        return;
+        return Ok(());
     }
-    let client = members.client();
+    let endpoint = members.endpoint().to_owned();
+    let limit = deadline.left().map_or(RECHECK, |left| left.min(RECHECK));
     let watch = async {
+        let client = members.client().await?;
         let options = WatchOptions::new().with_start_revision(revision + 1);
-        let mut stream = client.watch(key, Some(options)).await?;
-        while let Some(response) = stream.message().await? {
+        let failed = |err: etcd_client::Error| Failure::of(&endpoint, &err);
+        let mut stream = client.watch(key, Some(options)).await.map_err(failed)?;
+        while let Some(response) = stream.message().await.map_err(failed)? {
             if response.canceled() {
                 // Compacted past the revision, say: look again after a pause.
                 return Ok(false);
@@ -403,18 +645,35 @@ async fn wait_for_delete(members: &mut Members, key: &str, revision: i64, deadli
                 return Ok(true);
             }
         }
-        Ok::<_, etcd_client::Error>(false)
+        Ok::<_, Failure>(false)
     };
-    let limit = deadline.left().map_or(RECHECK, |left| left.min(RECHECK));
     match tokio::time::timeout(limit, watch).await {
-        Ok(Ok(true)) | Err(_) => {}
-        Ok(Ok(false)) => tokio::time::sleep(RETRY.min(limit)).await,
-        Ok(Err(err)) => {
-            debug!(%key, %err, "the watch of the identity's lease failed");
+        Ok(Ok(true)) | Err(_) => Ok(()),
+        Ok(Ok(false)) => {
+            tokio::time::sleep(RETRY.min(limit)).await;
+            Ok(())
+        }
+        Ok(Err(refused @ Failure::Refused { .. })) => Err(refused),
+        Ok(Err(failure)) => {
+            debug!(%key, reason = failure.reason(), "the watch of the identity's lease failed");
             members.next();
             tokio::time::sleep(RETRY.min(limit)).await;
+            Ok(())
         }
     }
+}
+
+/// `request`, or an error if etcd does not answer it in time.
+async fn within<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(etcd_client::Error::Internal(format!(
+                "no answer within {REQUEST_TIMEOUT:?}"
+            )))
+        })
 }
 
 /// What the key holds: who took it, for the error of the next one who tries.

@@ -1,6 +1,6 @@
 //! Failover campaign (guarantee 12): rounds in which the holder of an identity's etcd
 //! lease goes away, by a graceful close, a SIGKILL or a SIGSTOP, and a standby on the
-//! other machine takes over. Each holder records its fencing token and the wall-clock
+//! other machine (a network namespace of its own, see `lease`) takes over. Each holder records its fencing token and the wall-clock
 //! window in which it held; two windows must never overlap, except for the paused
 //! holder's moment after it resumes, which is measured.
 
@@ -22,8 +22,9 @@ fn failovers_never_run_two_holders_at_once() {
     let rounds = size(3, 102);
     let etcd = Etcd::single();
     let machines = Machines::new();
+    let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
     let mut machine = 0;
-    let mut holder = machines.serve(machine, &etcd);
+    let mut holder = machines.serve(machine, &links[machine]);
     let (_, mut token, _) = holder
         .holding(Duration::from_secs(10))
         .expect("the first holds");
@@ -33,7 +34,7 @@ fn failovers_never_run_two_holders_at_once() {
     for round in 0..rounds {
         let kind = KINDS[round % KINDS.len()];
         machine = 1 - machine;
-        let standby = machines.serve(machine, &etcd);
+        let standby = machines.serve(machine, &links[machine]);
         // Until it waits on the lease (it finds the key held within milliseconds).
         assert!(
             standby.holding(Duration::from_millis(300)).is_none(),

@@ -116,6 +116,29 @@ pub(crate) struct Task {
     pub names: Vec<String>,
     /// The UDP ports a `BindUdp` child binds.
     pub ports: Vec<u16>,
+    /// The lease's prefix; the crate's default when `None`.
+    pub lease_prefix: Option<String>,
+    /// TLS to etcd: the CA's certificate, and the client's certificate and key if any.
+    pub etcd_tls: Option<EtcdTls>,
+    /// The etcd user and password of the lease.
+    pub etcd_user: Option<(String, String)>,
+    /// Threads that spin for ever beside the holder once it holds (a busy program).
+    pub busy_threads: usize,
+    /// Log WARN and ERROR lines to stderr, each starting with milliseconds since the
+    /// epoch.
+    pub log: bool,
+    /// How long a `Hold` child keeps its endpoint if nobody stops it; `HOLD_AT_MOST`
+    /// unless set.
+    pub hold_ms: Option<u64>,
+    /// Once it holds, a task of the application's blocks the runtime's thread this long.
+    pub block_runtime_ms: Option<u64>,
+}
+
+/// The files of a TLS connection to etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EtcdTls {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl Task {
@@ -140,6 +163,13 @@ impl Task {
             lease_ttl_s: None,
             names: Vec::new(),
             ports: Vec::new(),
+            lease_prefix: None,
+            etcd_tls: None,
+            etcd_user: None,
+            busy_threads: 0,
+            log: false,
+            hold_ms: None,
+            block_runtime_ms: None,
         }
     }
 
@@ -148,6 +178,42 @@ impl Task {
     pub(crate) fn lease(mut self, endpoints: Vec<String>, ttl_s: u64) -> Self {
         self.etcd = endpoints;
         self.lease_ttl_s = Some(ttl_s);
+        self
+    }
+
+    /// Talks to etcd over TLS: `ca` verifies etcd, `identity` (a certificate and its key)
+    /// is the client's.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn etcd_tls(mut self, ca: PathBuf, identity: Option<(PathBuf, PathBuf)>) -> Self {
+        self.etcd_tls = Some(EtcdTls { ca, identity });
+        self
+    }
+
+    /// Authenticates to etcd as `user`.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn etcd_user(mut self, user: &str, password: &str) -> Self {
+        self.etcd_user = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Keeps the lease's key under `prefix`.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn lease_prefix(mut self, prefix: &str) -> Self {
+        self.lease_prefix = Some(prefix.to_owned());
+        self
+    }
+
+    /// A `Hold` child keeps its endpoint for up to `hold` if nobody stops it.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn hold_for(mut self, hold: Duration) -> Self {
+        self.hold_ms = Some(u64::try_from(hold.as_millis()).expect("a short hold"));
+        self
+    }
+
+    /// Logs WARN and ERROR lines to stderr, each after its time in epoch milliseconds.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn log(mut self) -> Self {
+        self.log = true;
         self
     }
 
@@ -243,6 +309,11 @@ pub(crate) enum Report {
     /// The lease was lost, and the endpoint closed, at `at_ms`.
     Lost {
         reason: String,
+        at_ms: u64,
+    },
+    /// The lease's `on_wait` said why the open waits, at `at_ms`.
+    Waiting {
+        why: String,
         at_ms: u64,
     },
 }
@@ -342,6 +413,22 @@ pub(crate) fn outcome(child: Child) -> Outcome {
 /// Runs a child to the end.
 pub(crate) fn run_to_end(mut command: Command) -> Outcome {
     outcome(command.spawn().expect("spawn child"))
+}
+
+/// Waits for a started child and collects its output, killing it after `limit` (its
+/// output then ends there).
+#[cfg(feature = "etcd")]
+pub(crate) fn wait_within(child: Child, limit: Duration) -> std::process::Output {
+    let mut child = super::Killed::new(child);
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    child
+        .into_inner()
+        .wait_with_output()
+        .expect("the child's output")
 }
 
 /// Runs a child to the end, killing it and failing the test if it takes longer than
@@ -468,6 +555,13 @@ pub(crate) fn run() {
             .with_ansi(false)
             .with_writer(std::io::stderr)
             .init();
+    } else if task.log {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_timer(EpochMs)
+            .with_writer(std::io::stderr)
+            .init();
     }
     if let Some(limit) = task.file_size_limit {
         limit_file_size(limit);
@@ -528,15 +622,42 @@ fn builder(task: &Task) -> iroh_identity::Builder {
     builder
 }
 
+/// A log line's time: milliseconds since the epoch, as [`super::now_ms`] gives them.
+struct EpochMs;
+
+impl tracing_subscriber::fmt::time::FormatTime for EpochMs {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{}", super::now_ms())
+    }
+}
+
+/// Starts `count` threads that spin for ever: a program busy beside its endpoint.
+fn spin(count: usize) {
+    for _ in 0..count {
+        std::thread::spawn(|| {
+            loop {
+                std::hint::spin_loop();
+            }
+        });
+    }
+}
+
 async fn open(task: &Task) {
     let lease = Lease::of(task);
     match lease.builder(builder(task)).bind().await {
         Ok(endpoint) => {
             say(Report::Id(endpoint.id().to_string()));
             lease.say_holding();
+            spin(task.busy_threads);
+            if let Some(ms) = task.block_runtime_ms {
+                // Work that never yields, as an application may have: this runtime has one
+                // thread, which it holds up.
+                tokio::spawn(async move { std::thread::sleep(Duration::from_millis(ms)) });
+            }
             if task.action == Action::Hold {
                 say(Report::Ready);
-                hold(&endpoint, &lease).await;
+                let at_most = task.hold_ms.map_or(HOLD_AT_MOST, Duration::from_millis);
+                hold(&endpoint, &lease, at_most).await;
             }
             endpoint.close().await;
         }
@@ -545,10 +666,10 @@ async fn open(task: &Task) {
 }
 
 /// Keeps the endpoint until killed, SIGTERM (then closes it) or the loss of its lease.
-async fn hold(endpoint: &iroh::Endpoint, lease: &Lease) {
+async fn hold(endpoint: &iroh::Endpoint, lease: &Lease, at_most: Duration) {
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
-        () = tokio::time::sleep(HOLD_AT_MOST) => {}
+        () = tokio::time::sleep(at_most) => {}
         _ = terminate.recv() => {
             endpoint.close().await;
             say(Report::Closed { at_ms: super::now_ms() });
@@ -569,11 +690,38 @@ impl Lease {
         #[cfg(feature = "etcd")]
         {
             let etcd = (!task.etcd.is_empty()).then(|| {
-                let lease = iroh_identity::EtcdLease::new(task.etcd.clone());
-                match task.lease_ttl_s {
-                    Some(ttl) => lease.ttl(Duration::from_secs(ttl)),
-                    None => lease,
+                use iroh_identity::etcd_client::{
+                    Certificate, ConnectOptions, Identity, TlsOptions,
+                };
+
+                let mut options = ConnectOptions::new();
+                if let Some(tls) = &task.etcd_tls {
+                    let read = |path: &PathBuf| std::fs::read(path).expect("a TLS file");
+                    let mut config =
+                        TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)));
+                    if let Some((cert, key)) = &tls.identity {
+                        config = config.identity(Identity::from_pem(read(cert), read(key)));
+                    }
+                    options = options.with_tls(config);
                 }
+                if let Some((user, password)) = &task.etcd_user {
+                    options = options.with_user(user, password);
+                }
+                let mut lease = iroh_identity::EtcdLease::new(task.etcd.clone())
+                    .connect_options(options)
+                    .on_wait(|wait| {
+                        say(Report::Waiting {
+                            why: wait.to_string(),
+                            at_ms: super::now_ms(),
+                        })
+                    });
+                if let Some(ttl) = task.lease_ttl_s {
+                    lease = lease.ttl(Duration::from_secs(ttl));
+                }
+                if let Some(prefix) = &task.lease_prefix {
+                    lease = lease.prefix(prefix.clone());
+                }
+                lease
             });
             Self { etcd }
         }

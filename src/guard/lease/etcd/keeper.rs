@@ -1,19 +1,62 @@
-//! Keeping a lease that was taken: the keep-alives, the fence when they go unconfirmed,
-//! and the release when the endpoint closes; and what each lease taken is doing.
+//! Keeping a lease that was taken: the keep-alives, the watch on its key, and the
+//! release when the endpoint closes; and what each lease taken is doing.
+//!
+//! The keeper talks to one member at a time, in sessions. A session opens a keep-alive
+//! stream and reads the key (both at once), checks that the key is still the lease's and
+//! etcd's history still has it, then watches the key from there. It sends a keep-alive
+//! every sixth of the TTL on the stream, without waiting for the answers: etcd answers a
+//! stream's keep-alives in order, so each answer confirms the oldest one unanswered, and
+//! the fence counts from when that one was sent. A renewal costs one message and one
+//! round trip. A session ends on a failure, or when a keep-alive goes unanswered for
+//! [`patience`]: the next member gets the rest of the time.
+//!
+//! The watch fences the holder within one round trip of an operator's `etcdctl del`, a
+//! revoke of its lease (which deletes the key), or a put that binds the key to another
+//! lease; a keep-alive answered with a TTL of 0 (etcd no longer knows the lease) fences it
+//! too. Silence fences it from the fence's own thread ([`super::fence`]).
 
 use std::{
+    collections::VecDeque,
     fmt,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+use etcd_client::{EventType, LeaseKeepAliveStream, LeaseKeeper, WatchOptions, WatchStream};
 use iroh::Endpoint;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
-use super::{RETRY, members::Members};
-use crate::{Error, guard::lease::Held};
+use super::{
+    RETRY,
+    fence::{Fence, margin},
+    members::{Failure, Members},
+};
+use crate::{
+    Error,
+    guard::lease::{Held, LeaseLoss, Pending},
+};
+
+/// How often a keep-alive is sent: a sixth of the TTL (see [`patience`] for why).
+pub(super) fn renewal_interval(ttl: Duration) -> Duration {
+    ttl / 6
+}
+
+/// How long a keep-alive may go unanswered before the member is given up for the next:
+/// half of what the fence leaves after a renewal interval.
+///
+/// The arithmetic, at the shortest TTL (5 s): the fence closes the endpoint 4 s after the
+/// last confirmed keep-alive was sent. A round trip of a quarter of the TTL (1.25 s)
+/// confirms each keep-alive 1.25 s after it was sent, so the oldest confirmation is at
+/// most a renewal interval and a round trip old (2.1 s), and [`patience`] (1.58 s) waits
+/// for it. A leader change with etcd's default election timeout (1 s) leaves etcd without
+/// a leader for one to two seconds, three when a first vote is refused: the keep-alives
+/// sent meanwhile are answered once there is one, and the last one confirmed before is at
+/// most a renewal interval (0.83 s) old when it starts: 0.83 + 3 s is within the 4 s. A
+/// TTL below 5 s cannot hold both.
+pub(super) fn patience(ttl: Duration) -> Duration {
+    (ttl - margin(ttl) - renewal_interval(ttl)) / 2
+}
 
 /// The last lease taken with an [`EtcdLease`](super::EtcdLease): which one (a count), and
 /// its state.
@@ -57,7 +100,7 @@ impl Record {
             .clone()
     }
 
-    fn set(&self, state: State) {
+    pub(super) fn set(&self, state: State) {
         *self
             .own
             .lock()
@@ -82,20 +125,15 @@ pub(super) enum State {
     },
     Lost {
         key: String,
-        reason: String,
+        cause: LeaseLoss,
     },
-}
-
-/// How long before the lease could expire the holder closes its endpoint: a fifth of the
-/// TTL, 500 ms at least.
-pub(super) fn fence_margin(ttl: Duration) -> Duration {
-    (ttl / 5).max(Duration::from_millis(500))
 }
 
 /// A lease this process holds, until its keeper is given the endpoint.
 pub(super) struct EtcdHeld {
     pub(super) key: String,
     pub(super) record: Record,
+    pub(super) fence: Arc<Fence>,
     /// Dropped without sending: the keeper releases the lease.
     pub(super) to_keeper: mpsc::UnboundedSender<Endpoint>,
 }
@@ -103,18 +141,18 @@ pub(super) struct EtcdHeld {
 impl Held for EtcdHeld {
     fn check(&self) -> Result<(), Error> {
         match self.record.get() {
-            State::Lost { key, reason } => Err(Error::LeaseLost { key, reason }),
+            State::Lost { key, cause } => Err(Error::LeaseLost { key, cause }),
             State::Free | State::Held { .. } => Ok(()),
         }
     }
 
     fn hold_until_closed(self: Box<Self>, endpoint: &Endpoint) {
-        if self.to_keeper.send(endpoint.clone()).is_err() {
-            // The keeper is gone: the lease was lost before the bind finished.
-            warn!(key = %self.key, "the identity's lease was lost while binding; closing");
-            let endpoint = endpoint.clone();
-            tokio::spawn(async move { endpoint.close().await });
+        if !self.fence.hand_over(endpoint) {
+            // Closed by the fence already: the lease was lost while binding.
+            warn!(key = %self.key, "the identity's lease was lost while binding; closed");
+            return;
         }
+        let _ = self.to_keeper.send(endpoint.clone());
     }
 }
 
@@ -127,126 +165,267 @@ impl fmt::Debug for EtcdHeld {
 }
 
 /// The background task that keeps a lease alive, releases it when the endpoint closes,
-/// and closes the endpoint when the lease may be lost.
+/// and fences the holder when the lease is lost.
 pub(super) struct Keeper {
     pub(super) members: Members,
     pub(super) lease: i64,
     pub(super) key: String,
+    pub(super) token: i64,
     pub(super) ttl: Duration,
-    /// When the last keep-alive that etcd confirmed was sent.
-    pub(super) confirmed: Instant,
+    /// The cluster the lease was taken in.
+    pub(super) cluster: Option<u64>,
+    pub(super) fence: Arc<Fence>,
     pub(super) record: Record,
+}
+
+/// How a session ended.
+enum Ended {
+    /// The endpoint closed, or was never handed over: let the lease go.
+    Released,
+    /// The lease is lost: fence.
+    Lost(LeaseLoss),
+    /// The fence's thread fenced already.
+    Fenced,
+    /// The member failed: try the next.
+    Failed(String),
+}
+
+/// The endpoint, once it is handed over, and a future of its close.
+#[derive(Default)]
+struct Handover {
+    received: bool,
+    closed: Option<std::pin::Pin<Box<iroh::endpoint::EndpointClosed>>>,
 }
 
 impl Keeper {
     pub(super) async fn run(mut self, mut endpoints: mpsc::UnboundedReceiver<Endpoint>) {
-        let interval = self.ttl / 3;
-        let mut next_renewal = self.confirmed + interval;
-        // Renewals that failed in a row: each goes to the next member at once, and only
+        let mut handover = Handover::default();
+        // Sessions that failed in a row: each goes to the next member at once, and only
         // when every member failed in turn is there a pause.
         let mut failures = 0;
-        let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
-        let mut endpoint: Option<Endpoint> = None;
-        let mut closed = None;
         loop {
-            let fence_at = self.confirmed + self.ttl - fence_margin(self.ttl);
-            let endpoint_closed = async {
-                match &mut closed {
+            let ended = self.session(&mut endpoints, &mut handover).await;
+            match ended {
+                Ended::Released => return self.release().await,
+                Ended::Lost(cause) => {
+                    self.fence.lose(cause);
+                    return self.revoke().await;
+                }
+                Ended::Fenced => return self.revoke().await,
+                Ended::Failed(reason) => {
+                    warn!(
+                        key = %self.key, endpoint = self.members.endpoint(), %reason,
+                        "cannot keep the identity's lease alive through this etcd member; \
+                         trying the next"
+                    );
+                    self.members.next();
+                    failures += 1;
+                    if failures % self.members.count() == 0 {
+                        let fence = Arc::clone(&self.fence);
+                        let pause = tokio::time::sleep(RETRY);
+                        if let Step::Ended(ended) =
+                            between(&fence, &mut endpoints, &mut handover, pause).await
+                        {
+                            match ended {
+                                Ended::Released => return self.release().await,
+                                _ => return self.revoke().await,
+                            }
+                        }
+                    }
+                }
+            }
+            if matches!(self.record.get(), State::Held { .. }) {
+                continue;
+            }
+            return self.revoke().await;
+        }
+    }
+
+    /// One session on the current member, until it fails or the keeping ends.
+    ///
+    /// The keep-alive stream and the read of the key start at once: the stream's first
+    /// answer confirms the lease without waiting for the rest. The watch starts once the
+    /// read has shown the key still the lease's. Each of them must be answered within
+    /// [`patience`].
+    async fn session(
+        &mut self,
+        endpoints: &mut mpsc::UnboundedReceiver<Endpoint>,
+        handover: &mut Handover,
+    ) -> Ended {
+        let patience = patience(self.ttl);
+        let interval = renewal_interval(self.ttl);
+        let fence = Arc::clone(&self.fence);
+        let sent = Instant::now();
+        // Connecting (and logging in) is part of the first keep-alive's round.
+        let connecting = tokio::time::timeout(patience, self.members.client());
+        let client = match between(&fence, endpoints, handover, connecting).await {
+            Step::Done(Ok(Ok(client))) => client.clone(),
+            Step::Done(Ok(Err(failure))) => return Ended::Failed(failure.reason()),
+            Step::Done(Err(_)) => {
+                return Ended::Failed(format!("no connection within {patience:?}"));
+            }
+            Step::Ended(ended) => return ended,
+        };
+        let endpoint = self.members.endpoint().to_owned();
+        let failed = |err: etcd_client::Error| Ended::Failed(Failure::of(&endpoint, &err).reason());
+        let lease = self.lease;
+        let mut opening = {
+            let mut client = client.clone();
+            Some(Box::pin(
+                async move { client.lease_keep_alive(lease).await },
+            ))
+        };
+        let mut reading = {
+            let (mut client, key) = (client.clone(), self.key.clone());
+            Some(Box::pin(async move { client.get(key, None).await }))
+        };
+        let mut starting: Option<Pending<'static, Result<WatchStream, etcd_client::Error>>> = None;
+        let mut keeper: Option<LeaseKeeper> = None;
+        let mut responses: Option<LeaseKeepAliveStream> = None;
+        let mut watch: Option<WatchStream> = None;
+        let mut unanswered = VecDeque::from([sent]);
+        let mut next_renewal = sent + interval;
+        // The read, then the watch's start, each within patience.
+        let mut answer_by = Some(sent + patience);
+        loop {
+            let overdue = unanswered.front().map(|sent| *sent + patience);
+            let closed = async {
+                match &mut handover.closed {
                     Some(closed) => closed.await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
-                () = tokio::time::sleep_until(fence_at.into()) => {
-                    let silence = self.confirmed.elapsed();
-                    let reason = format!(
-                        "etcd confirmed no keep-alive for {silence:.1?} (TTL {:?})", self.ttl
-                    );
-                    return self.lose(endpoint, endpoints, reason).await;
-                }
-                received = endpoints.recv(), if endpoint.is_none() => match received {
-                    Some(bound) => {
-                        closed = Some(Box::pin(bound.closed()));
-                        endpoint = Some(bound);
+                () = fence.fenced() => return Ended::Fenced,
+                received = endpoints.recv(), if !handover.received => match received {
+                    Some(endpoint) => {
+                        handover.received = true;
+                        handover.closed = Some(Box::pin(endpoint.closed()));
                     }
-                    // Dropped before binding: let it go.
-                    None => return self.release().await,
+                    None => return Ended::Released,
                 },
-                () = endpoint_closed => return self.release().await,
-                () = tokio::time::sleep_until(next_renewal.into()) => {
-                    let sent = Instant::now();
-                    // One member that hangs must leave time to try the next, and a close
-                    // must not wait long for an attempt to end.
-                    let limit = (fence_at.saturating_duration_since(sent) / 2)
-                        .min(super::REQUEST_TIMEOUT);
-                    let failed = match tokio::time::timeout(limit, self.renew(&mut stream)).await {
-                        Ok(Ok(ttl)) if ttl > 0 => {
-                            self.confirmed = sent;
-                            false
-                        }
-                        Ok(Ok(_)) => {
-                            let reason = "etcd says the lease expired".into();
-                            return self.lose(endpoint, endpoints, reason).await;
-                        }
-                        Ok(Err(Renewal::Gone)) => {
-                            let reason = "etcd no longer knows the lease".into();
-                            return self.lose(endpoint, endpoints, reason).await;
-                        }
-                        Ok(Err(Renewal::Failed(err))) => {
-                            warn!(key = %self.key, %err, "cannot renew the identity's lease");
-                            true
-                        }
-                        Err(_) => {
-                            warn!(
-                                key = %self.key, ?limit,
-                                "etcd did not answer a keep-alive of the identity's lease in time"
-                            );
-                            true
-                        }
+                () = closed => return Ended::Released,
+                opened = until_done(&mut opening) => match opened {
+                    Ok((sender, stream)) => {
+                        unanswered.pop_front();
+                        fence.confirm(sent);
+                        keeper = Some(sender);
+                        responses = Some(stream);
+                    }
+                    // etcd-client's words when the first answer has a TTL of 0.
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
+                        return Ended::Lost(LeaseLoss::Revoked);
+                    }
+                    Err(err) => return failed(err),
+                },
+                read = until_done(&mut reading) => {
+                    let read = match read {
+                        Ok(read) => read,
+                        Err(err) => return failed(err),
                     };
-                    next_renewal = if !failed {
-                        failures = 0;
-                        self.confirmed + interval
-                    } else {
-                        stream = None;
-                        self.members.next();
-                        failures += 1;
-                        if failures % self.members.count() == 0 {
-                            Instant::now() + RETRY
-                        } else {
-                            Instant::now()
+                    if let Some(loss) = self.check(&read) {
+                        return Ended::Lost(loss);
+                    }
+                    let revision = read.header().map_or(0, |header| header.revision());
+                    let (mut client, key) = (client.clone(), self.key.clone());
+                    let options = WatchOptions::new().with_start_revision(revision + 1);
+                    starting = Some(Box::pin(async move { client.watch(key, Some(options)).await }));
+                    answer_by = Some(Instant::now() + patience);
+                },
+                started = until_done(&mut starting) => match started {
+                    Ok(stream) => {
+                        watch = Some(stream);
+                        answer_by = None;
+                    }
+                    Err(err) => return failed(err),
+                },
+                event = next(&mut watch, WatchStream::message) => match event {
+                    Ok(Some(response)) => {
+                        if response.canceled() {
+                            return Ended::Failed(format!(
+                                "etcd canceled the watch of the key: {}",
+                                response.cancel_reason()
+                            ));
                         }
-                    };
+                        for event in response.events() {
+                            match (event.event_type(), event.kv()) {
+                                (EventType::Delete, _) => return Ended::Lost(LeaseLoss::Deleted),
+                                (EventType::Put, Some(kv)) if kv.lease() != self.lease => {
+                                    return Ended::Lost(LeaseLoss::Replaced);
+                                }
+                                (EventType::Put, _) => {}
+                            }
+                        }
+                    }
+                    Ok(None) => return Ended::Failed("etcd ended the watch of the key".into()),
+                    Err(err) => return failed(err),
+                },
+                answer = next(&mut responses, LeaseKeepAliveStream::message) => match answer {
+                    Ok(Some(answer)) if answer.ttl() <= 0 => return Ended::Lost(LeaseLoss::Revoked),
+                    Ok(Some(_)) => {
+                        if let Some(sent) = unanswered.pop_front() {
+                            fence.confirm(sent);
+                        }
+                    }
+                    Ok(None) => return Ended::Failed("etcd ended the keep-alive stream".into()),
+                    Err(err) => return failed(err),
+                },
+                () = sleep_until(overdue) => {
+                    return Ended::Failed(format!("a keep-alive went unanswered for {patience:?}"));
                 }
+                () = sleep_until(answer_by) => {
+                    return Ended::Failed(format!("the key's read or watch went unanswered for {patience:?}"));
+                }
+                () = tokio::time::sleep_until(next_renewal.into()), if keeper.is_some() => {
+                    let Some(sender) = keeper.as_mut() else { continue };
+                    if let Err(err) = sender.keep_alive().await {
+                        return failed(err);
+                    }
+                    let now = Instant::now();
+                    unanswered.push_back(now);
+                    next_renewal = now + interval;
+                }
+            }
+            // A fence whose thread could not start is the keeper's own.
+            if Instant::now() >= fence.deadline() {
+                return Ended::Lost(LeaseLoss::Unconfirmed {
+                    silence: self.ttl - margin(self.ttl),
+                    ttl: self.ttl,
+                });
             }
         }
     }
 
-    /// Sends one keep-alive and returns the TTL etcd answers with (0: expired).
-    async fn renew(
-        &mut self,
-        stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    ) -> Result<i64, Renewal> {
-        let (keeper, responses) = match stream {
-            Some(open) => open,
-            None => stream.insert(
-                self.members
-                    .client()
-                    .lease_keep_alive(self.lease)
-                    .await
-                    .map_err(Renewal::from)?,
-            ),
-        };
-        keeper.keep_alive().await.map_err(Renewal::from)?;
-        match responses.message().await.map_err(Renewal::from)? {
-            Some(response) => Ok(response.ttl()),
-            None => Err(Renewal::Failed("the keep-alive stream ended".into())),
+    /// What a read of the key says of the lease: lost, if etcd's history went back
+    /// below it (its revision, which only that can lower) or another cluster answers, or
+    /// the key is gone or bound to another lease.
+    fn check(&self, read: &etcd_client::GetResponse) -> Option<LeaseLoss> {
+        let revision = read.header().map_or(0, |header| header.revision());
+        let cluster = read.header().map(|header| header.cluster_id());
+        let other_cluster = self.cluster.is_some() && cluster != self.cluster;
+        if revision < self.token || other_cluster {
+            return Some(LeaseLoss::Rewound {
+                revision,
+                token: self.token,
+            });
+        }
+        match read.kvs().first() {
+            None => Some(LeaseLoss::Deleted),
+            Some(kv) if kv.lease() != self.lease || kv.create_revision() != self.token => {
+                Some(LeaseLoss::Replaced)
+            }
+            Some(_) => None,
         }
     }
 
     /// The endpoint closed: revokes the lease, so that a standby takes it at once.
     async fn release(mut self) {
+        if self.fence.is_over() && !matches!(self.record.get(), State::Held { .. }) {
+            // Lost, and fenced already: only the lease is left to let go.
+            return self.revoke().await;
+        }
+        self.fence.release();
         match self.members.revoke(self.lease).await {
             Ok(()) => debug!(key = %self.key, "released the identity's lease"),
             Err(err) => {
@@ -256,50 +435,76 @@ impl Keeper {
         self.record.set(State::Free);
     }
 
-    /// The lease may be gone: closes the endpoint first, then says so. An endpoint that
-    /// a bind hands over from now on finds the keeper gone and closes itself; one handed
-    /// over already but not yet received is closed here.
-    async fn lose(
-        mut self,
-        endpoint: Option<Endpoint>,
-        mut endpoints: mpsc::UnboundedReceiver<Endpoint>,
-        reason: String,
-    ) {
-        error!(
-            key = %self.key, %reason,
-            "the identity's lease may be lost; closing the endpoint so that two never run it"
-        );
-        endpoints.close();
-        let late = std::iter::from_fn(|| endpoints.try_recv().ok());
-        for endpoint in endpoint.into_iter().chain(late.collect::<Vec<_>>()) {
-            endpoint.close().await;
-        }
-        self.record.set(State::Lost {
-            key: self.key.clone(),
-            reason,
-        });
+    /// After a loss: lets the lease go, if etcd still knows it.
+    async fn revoke(mut self) {
         let _ = self.members.revoke(self.lease).await;
     }
 }
 
-/// Why a keep-alive was not confirmed.
-enum Renewal {
-    /// etcd does not know the lease (any more).
-    Gone,
-    Failed(String),
+/// How work done while the keeping may end went.
+enum Step<T> {
+    Done(T),
+    Ended(Ended),
 }
 
-impl From<etcd_client::Error> for Renewal {
-    fn from(err: etcd_client::Error) -> Self {
-        let gone = match &err {
-            etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
-            etcd_client::Error::GRpcStatus(status) => status.message().contains("not found"),
-            _ => false,
+/// Runs `work` while watching for the endpoint's hand-over and close and for the fence:
+/// [`Step::Ended`] when one of those ends the keeping first.
+async fn between<T>(
+    fence: &Fence,
+    endpoints: &mut mpsc::UnboundedReceiver<Endpoint>,
+    handover: &mut Handover,
+    work: impl Future<Output = T>,
+) -> Step<T> {
+    tokio::pin!(work);
+    loop {
+        let closed = async {
+            match &mut handover.closed {
+                Some(closed) => closed.await,
+                None => std::future::pending().await,
+            }
         };
-        if gone {
-            Self::Gone
-        } else {
-            Self::Failed(err.to_string())
+        tokio::select! {
+            biased;
+            () = fence.fenced() => return Step::Ended(Ended::Fenced),
+            received = endpoints.recv(), if !handover.received => match received {
+                Some(endpoint) => {
+                    handover.received = true;
+                    handover.closed = Some(Box::pin(endpoint.closed()));
+                }
+                // Dropped before binding: let it go.
+                None => return Step::Ended(Ended::Released),
+            },
+            () = closed => return Step::Ended(Ended::Released),
+            done = &mut work => return Step::Done(done),
         }
+    }
+}
+
+/// Awaits the future in `slot`, then empties it; never ends while it is empty.
+async fn until_done<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    let output = match slot.as_mut() {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    };
+    *slot = None;
+    output
+}
+
+/// The next message of the stream in `slot`; never ends while it is empty.
+async fn next<S, T>(
+    slot: &mut Option<S>,
+    message: impl AsyncFnOnce(&mut S) -> Result<Option<T>, etcd_client::Error>,
+) -> Result<Option<T>, etcd_client::Error> {
+    match slot.as_mut() {
+        Some(stream) => message(stream).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
