@@ -15,7 +15,7 @@
 //!    both on all interfaces; alternated like 1.
 //! 6. With `--features etcd` and `etcd` on the path: taking and letting go of the
 //!    identity with an etcd lease (a single member on loopback, started here) vs with
-//!    the host's locks alone.
+//!    the host's lock alone.
 //!
 //! Everything uses `presets::Minimal` (no network, no n0 services) and binds to
 //! 127.0.0.1, except 5, which binds iroh's default sockets on all interfaces. Opens run
@@ -37,7 +37,7 @@ use iroh::{
     Endpoint, SecretKey,
     endpoint::{self, presets},
 };
-use iroh_identity::{Identity, KeyFormat, PersistentEndpoint, encode_key, store_new_key};
+use iroh_identity::{Identity, KeyFormat, encode_key, store_new_key};
 use tokio::runtime::Runtime;
 
 /// Set in a child process: create or load the key at this path, and exit.
@@ -79,7 +79,7 @@ fn main() {
     first_run_vs_steady_state(&mut criterion, dir.path());
     concurrent_first_runs(&mut criterion, dir.path());
     #[cfg(feature = "etcd")]
-    lease::lease_vs_flock(&mut criterion, dir.path());
+    lease::lease_vs_host_lock(&mut criterion, dir.path());
     criterion.final_summary();
     let paired = paired_open(dir.path(), OPEN_PAIRS, false);
     let stable = paired_open(dir.path(), OPEN_PAIRS, true);
@@ -113,9 +113,7 @@ fn loopback(builder: endpoint::Builder) -> endpoint::Builder {
 /// loopback, or on all interfaces as `PersistentEndpoint::open` does, where stable
 /// addressing binds the remembered ports.
 async fn open_and_close(path: &Path, all_interfaces: bool) {
-    let mut builder = PersistentEndpoint::builder()
-        .key_path(path)
-        .preset(presets::Minimal);
+    let mut builder = Identity::builder(path).preset(presets::Minimal);
     if !all_interfaces {
         builder = builder.configure(loopback);
     }
@@ -398,12 +396,12 @@ fn report(
             100.0 * fsyncs / (first - steady)
         );
     }
-    if let (Some(lease), Some(flock)) = (median("lease", "etcd"), median("lease", "flock")) {
+    if let (Some(lease), Some(host)) = (median("lease", "etcd"), median("lease", "host-lock")) {
         println!(
-            "  take and let go of the identity with an etcd lease / with the host's locks: {} / {} ({:.1} ×)",
+            "  take and let go of the identity with an etcd lease / with the host's lock alone: {} / {} ({:.1} ×)",
             show(lease),
-            show(flock),
-            lease / flock
+            show(host),
+            lease / host
         );
     }
     for racers in RACERS {
@@ -433,7 +431,7 @@ mod lease {
     };
 
     use criterion::Criterion;
-    use iroh_identity::{EtcdLease, PersistentEndpoint};
+    use iroh_identity::{EtcdLease, Identity};
 
     /// An etcd member for the benchmark, killed when dropped.
     struct Etcd(std::process::Child, String);
@@ -477,7 +475,7 @@ mod lease {
         Some(Etcd(child, client))
     }
 
-    pub(super) fn lease_vs_flock(criterion: &mut Criterion, dir: &Path) {
+    pub(super) fn lease_vs_host_lock(criterion: &mut Criterion, dir: &Path) {
         let Some(etcd) = start(dir) else {
             eprintln!("no etcd on the path: the lease is not measured");
             return;
@@ -490,11 +488,10 @@ mod lease {
         let start = Instant::now();
         while runtime
             .block_on(
-                PersistentEndpoint::builder()
-                    .key_path(&path)
+                Identity::builder(&path)
                     .lease(lease.clone())
                     .lock_wait(Duration::from_millis(200))
-                    .identity(),
+                    .open(),
             )
             .is_err()
         {
@@ -504,10 +501,10 @@ mod lease {
             );
         }
         let mut group = criterion.benchmark_group("lease");
-        group.bench_function("flock", |b| {
+        group.bench_function("host-lock", |b| {
             b.iter(|| {
                 runtime
-                    .block_on(PersistentEndpoint::builder().key_path(&path).identity())
+                    .block_on(Identity::builder(&path).open())
                     .expect("take the identity")
             });
         });
@@ -516,12 +513,7 @@ mod lease {
                 // Let go of the last one (its lease is revoked in the background) and take
                 // it again: the wait for the revoke is part of the cost.
                 runtime
-                    .block_on(
-                        PersistentEndpoint::builder()
-                            .key_path(&path)
-                            .lease(lease.clone())
-                            .identity(),
-                    )
+                    .block_on(Identity::builder(&path).lease(lease.clone()).open())
                     .expect("take the identity with its lease")
             });
         });

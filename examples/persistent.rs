@@ -12,7 +12,7 @@
 
 use std::process::ExitCode;
 
-use iroh_identity::{KeySource, PersistentEndpoint};
+use iroh_identity::{Identity, KeyLocation, KeySource};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,24 +27,20 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    let builder = match args.as_slice() {
+    let location = match args.as_slice() {
         #[cfg(feature = "keyring")]
         [flag, service] if flag == "--keychain" => {
             let service = service
                 .to_str()
                 .ok_or_else(|| anyhow::anyhow!("the service name must be UTF-8"))?;
-            PersistentEndpoint::builder().keychain(service, "endpoint")
+            KeyLocation::keychain(service, "endpoint")
         }
-        [path] => PersistentEndpoint::builder().key_path(path),
-        [] => PersistentEndpoint::builder().default_location(
-            "com",
-            "example",
-            "iroh-identity-example",
-        ),
+        [path] => KeyLocation::file(path),
+        [] => KeyLocation::default_for("com", "example", "iroh-identity-example"),
         _ => anyhow::bail!("usage: persistent [KEY_PATH | --keychain SERVICE]"),
     };
-    let source = builder.key_source()?;
-    let endpoint = builder.bind().await?;
+    let source = location.resolve()?;
+    let endpoint = Identity::builder(location).bind().await?;
     println!("endpoint id: {}", endpoint.id());
     match source {
         KeySource::File { path } => println!("key file: {}", path.display()),

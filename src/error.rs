@@ -3,14 +3,22 @@
 use std::{fmt, io, path::PathBuf, time::Duration};
 
 use crate::{
-    KeyFormat,
+    fs::trust::{PathKind, TrustProblem, Untrusted},
     guard::lease::{LeaseLoss, LeaseRefusal},
+    key::KeyProblem,
+    store::keychain::KeychainProblem,
+    sys::{FileKind, Ownership},
 };
 
 /// Everything that can go wrong while loading, creating or locking a key, or binding.
 ///
 /// Every variant that concerns a file names its path. No variant ever holds key material,
-/// so errors are safe to log and print.
+/// so errors are safe to log and print (guarantee 8): of what is read from a key file, a
+/// variable or the secret store, an error names nothing but a PEM label or an algorithm
+/// the crate knows by name, and byte counts, however the key is damaged; and the crate
+/// logs no key material either, at any level. Buffers that held key bytes are zeroed.
+/// The shape of this type is the same in every build, whatever the features or the
+/// system.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -78,7 +86,9 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The key file belongs to the current user and group or others may access it.
+    /// The key file belongs to the current user and group or others may access it:
+    /// guarantee 5, the key stays private. On unix, key files are `0600` and the
+    /// directories the crate creates `0700`, whatever the umask.
     ///
     /// Like OpenSSH, the crate refuses such a key. Fix it with `chmod 600 PATH` (in a
     /// Kubernetes secret volume, with `defaultMode: 0400`), or accept it with
@@ -104,12 +114,31 @@ pub enum Error {
 
     /// A directory above the key, a symbolic link on the way to it, or the key file
     /// itself can be changed by a user other than this process's user and root, who
-    /// could then replace the identity (or plant one whose secret they know).
+    /// could then replace the identity (or plant one whose secret they know): guarantee
+    /// 9, no other local user can replace, plant or stall an identity.
     ///
-    /// Checked before a key is read or created, like OpenSSH's `StrictModes`. Accepted
-    /// anyway with
-    /// [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions).
-    #[error("{}", Untrusted(self))]
+    /// Before a key is read or created, every directory from `/` down to it, every
+    /// symbolic link on the way and the key itself must belong to the process's user or
+    /// to root and be writable by no one else, as OpenSSH's `StrictModes` and Tor's
+    /// `check_private_dir` require. Where this crate differs from OpenSSH: a sticky
+    /// directory (`/tmp`) is accepted, since others may add names there but not rename or
+    /// remove ours; and a directory writable by a group the process is in is accepted (a
+    /// Kubernetes `fsGroup` volume), one of a group it is not in refused. A key of another
+    /// user is refused; root's key read by another user (a mounted secret) may be
+    /// readable, not writable (a warning says when every user may read it). A key file
+    /// with more than one name (hard link) in a directory where others may add names is
+    /// refused: another user may have linked a file of the user's there (where the
+    /// kernel's `fs.protected_hardlinks` is off; there, another user can also make a key
+    /// already in such a directory refused by linking it: keep keys out of them).
+    ///
+    /// The path is walked one name at a time through descriptors, as the kernel would, and
+    /// never looked up by name again: what is planted on it after it was checked is never
+    /// followed. New directories and files are made through the descriptor of their
+    /// directory, never through a link, with random temporary names. All of these checks,
+    /// and only these, are what
+    /// [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions)
+    /// turns off, with the mode check of [`Error::InsecurePermissions`].
+    #[error("{}", Untrusted { key, path, kind, owner, problem })]
     UntrustedPath {
         /// The key file whose location is refused.
         key: PathBuf,
@@ -117,12 +146,8 @@ pub enum Error {
         path: PathBuf,
         /// What `path` is.
         kind: PathKind,
-        /// Its owner's user id.
-        owner: u32,
-        /// Its group id.
-        group: u32,
-        /// Its permission bits.
-        mode: u32,
+        /// Its owner, group and permission bits.
+        owner: Ownership,
         /// Who else could change it.
         problem: TrustProblem,
     },
@@ -314,9 +339,39 @@ pub enum Error {
     )]
     RelativeDataDirectory {
         /// `HOME` or `XDG_DATA_HOME`.
-        variable: &'static str,
+        variable: String,
         /// Its value.
         value: PathBuf,
+    },
+
+    /// The key path ends in `/` or `.`: it names a directory, not a file.
+    #[error("key path {} ends in `/` or `.`: a key path must name a file", path.display())]
+    NotAFileName {
+        /// The key path.
+        path: PathBuf,
+    },
+
+    /// A symbolic link on the way to the key leads to another, and so on, more than 40
+    /// times (as many as Linux follows): a loop, most likely.
+    #[error(
+        "key path {} goes through more than 40 symbolic links (a loop?); fix the links",
+        path.display()
+    )]
+    TooManyLinks {
+        /// The key path.
+        path: PathBuf,
+    },
+
+    /// The key path goes up (`..`) or through a symbolic link from a directory that does
+    /// not exist: nothing there could be created safely, so nothing is.
+    #[error(
+        "key path {} goes up (`..`) or through a link from a directory that does not exist; \
+         give a path without them, or make the directory",
+        path.display()
+    )]
+    UncreatablePath {
+        /// The key path.
+        path: PathBuf,
     },
 
     /// The key file's name is too long to create: its temporary file, which adds a
@@ -353,172 +408,12 @@ impl fmt::Display for Holder {
     }
 }
 
-/// What an [`Error::UntrustedPath`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PathKind {
-    /// A directory above the key file.
-    Directory,
-    /// A symbolic link on the way to the key file.
-    SymbolicLink,
-    /// The key file itself.
-    KeyFile,
-}
-
-impl fmt::Display for PathKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Directory => "directory",
-            Self::SymbolicLink => "symbolic link",
-            Self::KeyFile => "key file",
-        })
-    }
-}
-
-/// Who, besides this process's user and root, could change a path on the way to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TrustProblem {
-    /// It belongs to another user.
-    OtherOwner {
-        /// This process's effective user id.
-        user: u32,
-    },
-    /// Every user may write it (a directory that is not sticky, or a file).
-    WritableByOthers,
-    /// Its group may write it, and this process is not in that group.
-    WritableByGroup,
-    /// The key file has this many names (hard links), and its directory lets others add
-    /// names: one of them may be another user's link to a file of this user's.
-    HardLinked {
-        /// How many names the file has.
-        links: u64,
-    },
-}
-
-/// The message of an [`Error::UntrustedPath`].
-struct Untrusted<'a>(&'a Error);
-
-impl fmt::Display for Untrusted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Error::UntrustedPath {
-            key,
-            path,
-            kind,
-            owner,
-            group,
-            mode,
-            problem,
-        } = self.0
-        else {
-            return Ok(());
-        };
-        let shown = path.display();
-        write!(
-            f,
-            "{kind} {shown} (owner uid {owner}, group {group}, mode {mode:04o}) "
-        )?;
-        match problem {
-            TrustProblem::OtherOwner { user } => write!(
-                f,
-                "belongs to uid {owner}, not to this process's user (uid {user}) or root: uid \
-                 {owner}"
-            )?,
-            TrustProblem::WritableByOthers => {
-                f.write_str("may be written by every user: any of them")?;
-            }
-            TrustProblem::WritableByGroup => write!(
-                f,
-                "may be written by group {group}, which this process is not a member of: its \
-                 members"
-            )?,
-            TrustProblem::HardLinked { links } => {
-                return write!(
-                    f,
-                    "has {links} names (hard links) in a directory where others may add names: \
-                     another user may have linked a file of yours there, to make you run an \
-                     identity of their choosing; keep the key in a directory only you can \
-                     write, or, if you made the other names, remove them"
-                );
-            }
-        }
-        if key == path {
-            f.write_str(" could replace the key; ")?;
-        } else {
-            write!(f, " could replace the key file {}; ", key.display())?;
-        }
-        match (problem, kind) {
-            // Never "chown it": that would adopt what another user may have planted, and
-            // chown follows a link to its target.
-            (TrustProblem::OtherOwner { .. }, _) => write!(
-                f,
-                "keep the key where every directory on the way belongs to you or root, and if \
-                 you did not put {shown} there, remove it"
-            ),
-            (TrustProblem::WritableByOthers, PathKind::Directory) => write!(
-                f,
-                "run `chmod o-w {shown}`, or `chmod +t {shown}` if others must add files there \
-                 (sticky, as /tmp, they cannot rename what is yours)"
-            ),
-            (TrustProblem::WritableByOthers, _) => write!(f, "run `chmod o-w {shown}`"),
-            (TrustProblem::WritableByGroup, _) => write!(f, "run `chmod g-w {shown}`"),
-            (TrustProblem::HardLinked { .. }, _) => Ok(()),
-        }
-    }
-}
-
 impl Error {
     pub(crate) fn io(operation: Operation, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self::Io {
             operation,
             path: path.into(),
             source,
-        }
-    }
-}
-
-/// What went wrong with an entry of the secret store: [`Error::Keychain`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KeychainProblem {
-    /// There is no such entry, and creating one was not asked for
-    /// ([`Builder::create_if_missing(false)`](crate::Builder::create_if_missing)).
-    Missing,
-    /// There is no secret store to reach: no session bus or no Secret Service on it, no
-    /// keychain. The store's own words.
-    Unavailable(String),
-    /// The store is locked, or refused access. The store's own words.
-    Locked(String),
-    /// The store failed otherwise. The store's own words.
-    Failed(String),
-    /// The store did not answer by the open's deadline (the
-    /// [lock wait](crate::Builder::lock_wait)): its daemon is stopped or hung, or it waits
-    /// for an unlock prompt that nobody answered.
-    NoAnswer,
-}
-
-impl fmt::Display for KeychainProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing => f.write_str(
-                "there is no such entry, and creating one was not asked for; nothing was \
-                 created",
-            ),
-            Self::Unavailable(reason) => write!(
-                f,
-                "there is no secret store to reach ({reason}); nothing was written: start one \
-                 (a desktop session's keyring), or keep the key in a file"
-            ),
-            Self::Locked(reason) => write!(
-                f,
-                "the secret store is locked or refused access ({reason}); nothing was written: \
-                 unlock it and try again"
-            ),
-            Self::Failed(reason) => write!(f, "the secret store failed ({reason})"),
-            Self::NoAnswer => f.write_str(
-                "the secret store did not answer in time (a stopped daemon, or an unlock \
-                 prompt nobody answered); no write was started after the wait",
-            ),
         }
     }
 }
@@ -569,147 +464,5 @@ impl fmt::Display for Operation {
             Self::SyncTemporaryFile => "sync temporary file",
             Self::ReplacePortsFile => "replace ports file",
         })
-    }
-}
-
-/// What is at a key path that is not a regular file: [`Error::NotAFile`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FileKind {
-    /// A directory.
-    Directory,
-    /// A named pipe (FIFO).
-    NamedPipe,
-    /// A unix socket.
-    Socket,
-    /// A character device.
-    CharacterDevice,
-    /// A block device.
-    BlockDevice,
-    /// Anything else.
-    Other,
-}
-
-impl fmt::Display for FileKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Directory => "a directory",
-            Self::NamedPipe => "a named pipe (FIFO)",
-            Self::Socket => "a socket",
-            Self::CharacterDevice => "a character device",
-            Self::BlockDevice => "a block device",
-            Self::Other => "something else",
-        })
-    }
-}
-
-/// What is wrong with the content of a key file or environment variable.
-///
-/// Its message is a sentence about "the key", which reads alone (what
-/// [`decode_key`](crate::decode_key) returns) and as the cause of an
-/// [`Error::InvalidKey`] or [`Error::InvalidEnvKey`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyProblem {
-    /// There is nothing in it (or only white space).
-    #[error("the key is empty")]
-    Empty,
-    /// It is larger than any key file could be, so it was not read.
-    #[error("the key is {len} bytes, too large to be a key")]
-    TooLarge {
-        /// Its size in bytes.
-        len: u64,
-    },
-    /// Its content matches none of the formats this crate reads.
-    #[error(
-        "the key is in no known format ({len} byte{}; expected PKCS#8 or OpenSSH PEM, PKCS#8 \
-         DER, 32 raw bytes, or 64 hex or 52 base32 characters)",
-        if *len == 1 { "" } else { "s" }
-    )]
-    UnknownFormat {
-        /// Its size in bytes.
-        len: usize,
-    },
-    /// It is not 64 hex or 52 base32 characters (environment variables only).
-    #[error("the key is not 64 hex or 52 base32 characters (it has {len})")]
-    NotHexOrBase32 {
-        /// Its length in characters, after trimming white space.
-        len: usize,
-    },
-    /// It has the length of a hex or base32 key but characters outside that alphabet.
-    #[error("the key has the length of a {format} key but is not valid {format}")]
-    InvalidText {
-        /// [`KeyFormat::Hex`] or [`KeyFormat::Base32`].
-        format: KeyFormat,
-    },
-    /// It is 32 bytes of text: too short to be a hex (64) or base32 (52) key, and not
-    /// read as a raw key (32 binary bytes), which would make it another identity: a PEM
-    /// line or a text key cut short, or a password.
-    #[error(
-        "the key is 32 bytes of text: a raw key is 32 binary bytes and a text key 64 hex or \
-         52 base32 characters (a key cut short, or a password?)"
-    )]
-    AmbiguousText,
-    /// It is a hex key written with a `0x` in front.
-    #[error("the key is hex with a `0x` in front; write the 64 hex digits alone")]
-    HexPrefix,
-    /// It starts like a known format but does not decode: truncated or corrupted.
-    #[error("the key is a damaged or truncated {} key", damaged_name(*format))]
-    Damaged {
-        /// The format it claims to be. A PEM `PRIVATE KEY` of either version is
-        /// [`KeyFormat::Pkcs8Pem`].
-        format: KeyFormat,
-    },
-    /// The public key stored beside the secret key does not match it.
-    #[error("the key holds a public key that does not match its secret key (it is damaged)")]
-    PublicKeyMismatch,
-    /// It is an encrypted private key.
-    #[error("the key is encrypted; store it unencrypted, protected by file permissions")]
-    Encrypted,
-    /// It is a PKCS#8 or OpenSSH key of another algorithm.
-    #[error("the key is for {}, not for Ed25519", algorithm.unwrap_or("another algorithm"))]
-    OtherAlgorithm {
-        /// The algorithm, when it is one the crate knows by name (RSA, ECDSA, X25519,
-        /// ...); what the key says otherwise is not repeated.
-        algorithm: Option<&'static str>,
-    },
-    /// It is a public key (PEM `PUBLIC KEY`, or an OpenSSH `.pub` line): the secret key
-    /// is in another file.
-    #[error(
-        "the key is a public key; give the secret key instead (for OpenSSH, the file \
-         without .pub)"
-    )]
-    PublicKey,
-    /// It is PEM, but of something other than a private key.
-    #[error(
-        "the key is PEM of {}, not an Ed25519 private key",
-        label.map_or_else(|| "a kind this crate does not know".to_owned(), |label| format!("\"{label}\""))
-    )]
-    OtherPem {
-        /// The PEM label when it is one the crate knows (`RSA PRIVATE KEY`,
-        /// `CERTIFICATE`, ...); what the file says otherwise is not repeated.
-        label: Option<&'static str>,
-    },
-    /// It holds several private keys (PEM blocks): which one is the identity is not
-    /// guessed.
-    #[error("the key file holds {count} private keys; keep the one to use alone in it")]
-    SeveralKeys {
-        /// How many.
-        count: usize,
-    },
-    /// Its secret is one byte repeated (32 zero bytes, say, from a zeroed file or a
-    /// template): a secret everyone knows, so anyone could run the identity.
-    #[error(
-        "the key is one byte repeated (all zeros, say): everyone knows its secret, so anyone \
-         could run this identity; generate a new key"
-    )]
-    KnownToEveryone,
-}
-
-/// A format's name in "a damaged … key": PEM of either PKCS#8 version is one.
-fn damaged_name(format: KeyFormat) -> String {
-    match format {
-        KeyFormat::Pkcs8Pem | KeyFormat::Pkcs8PemV1 => "PKCS#8 PEM".to_owned(),
-        other => other.to_string(),
     }
 }

@@ -27,8 +27,6 @@ use ed25519_dalek::{
 use iroh::SecretKey;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::KeyProblem;
-
 mod openssh;
 mod pem;
 
@@ -82,7 +80,9 @@ impl fmt::Display for KeyFormat {
 /// PEM is read as OpenSSL reads it: lines of any width (76, or all on one line),
 /// white space at their ends, a UTF-8 byte order mark, and explanatory text before or
 /// after the armour (what `openssl genpkey -text` prints) are all fine, and so is a
-/// PKCS#8 v2 key without its optional public key.
+/// PKCS#8 v2 key without its optional public key. A bundle is read for its one private
+/// key wherever it stands (after a public key or a certificate); line breaks that became
+/// spaces or carriage returns (a PEM pasted into a one-line field) are white space too.
 ///
 /// It is more lenient than iroh's own `SecretKey::from_str`, which takes lower-case hex
 /// or base32 with nothing around it: `iroh-identity export --format hex` (or
@@ -102,8 +102,11 @@ impl fmt::Display for KeyFormat {
 ///
 /// A [`KeyProblem`] saying why the bytes are not an Ed25519 secret key: empty, of an
 /// unknown format, a public key, damaged, encrypted, of another algorithm, PKCS#8 whose
-/// public key does not match its secret key, or 32 bytes of text, which would be another
-/// key if read as raw bytes (a PEM line or a hex key cut short, a password).
+/// public key does not match its secret key, several private keys, 32 bytes of text,
+/// which would be another key if read as raw bytes (a PEM line or a hex key cut short, a
+/// password), or a key whose secret everyone knows: one byte repeated (32 zero bytes from
+/// a zeroed file, say). Neither iroh nor ed25519-dalek keeps a list of known keys (dalek's
+/// `is_weak` is about public keys of small order, which no seed gives).
 ///
 /// # Security
 ///
@@ -416,6 +419,118 @@ fn algorithm_name(oid: ObjectIdentifier) -> Option<&'static str> {
         "1.2.840.10040.4.1" => "DSA",
         _ => return None,
     })
+}
+
+/// What is wrong with the content of a key file or environment variable.
+///
+/// Its message is a sentence about "the key", which reads alone (what
+/// [`decode_key`] returns) and as the cause of an
+/// [`Error::InvalidKey`](crate::Error::InvalidKey) or
+/// [`Error::InvalidEnvKey`](crate::Error::InvalidEnvKey).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyProblem {
+    /// There is nothing in it (or only white space).
+    #[error("the key is empty")]
+    Empty,
+    /// It is larger than any key file could be, so it was not read.
+    #[error("the key is {len} bytes, too large to be a key")]
+    TooLarge {
+        /// Its size in bytes.
+        len: u64,
+    },
+    /// Its content matches none of the formats this crate reads.
+    #[error(
+        "the key is in no known format ({len} byte{}; expected PKCS#8 or OpenSSH PEM, PKCS#8 \
+         DER, 32 raw bytes, or 64 hex or 52 base32 characters)",
+        if *len == 1 { "" } else { "s" }
+    )]
+    UnknownFormat {
+        /// Its size in bytes.
+        len: usize,
+    },
+    /// It is not 64 hex or 52 base32 characters (environment variables only).
+    #[error("the key is not 64 hex or 52 base32 characters (it has {len})")]
+    NotHexOrBase32 {
+        /// Its length in characters, after trimming white space.
+        len: usize,
+    },
+    /// It has the length of a hex or base32 key but characters outside that alphabet.
+    #[error("the key has the length of a {format} key but is not valid {format}")]
+    InvalidText {
+        /// [`KeyFormat::Hex`] or [`KeyFormat::Base32`].
+        format: KeyFormat,
+    },
+    /// It is 32 bytes of text: too short to be a hex (64) or base32 (52) key, and not
+    /// read as a raw key (32 binary bytes), which would make it another identity: a PEM
+    /// line or a text key cut short, or a password.
+    #[error(
+        "the key is 32 bytes of text: a raw key is 32 binary bytes and a text key 64 hex or \
+         52 base32 characters (a key cut short, or a password?)"
+    )]
+    AmbiguousText,
+    /// It is a hex key written with a `0x` in front.
+    #[error("the key is hex with a `0x` in front; write the 64 hex digits alone")]
+    HexPrefix,
+    /// It starts like a known format but does not decode: truncated or corrupted.
+    #[error("the key is a damaged or truncated {} key", damaged_name(*format))]
+    Damaged {
+        /// The format it claims to be. A PEM `PRIVATE KEY` of either version is
+        /// [`KeyFormat::Pkcs8Pem`].
+        format: KeyFormat,
+    },
+    /// The public key stored beside the secret key does not match it.
+    #[error("the key holds a public key that does not match its secret key (it is damaged)")]
+    PublicKeyMismatch,
+    /// It is an encrypted private key.
+    #[error("the key is encrypted; store it unencrypted, protected by file permissions")]
+    Encrypted,
+    /// It is a PKCS#8 or OpenSSH key of another algorithm.
+    #[error("the key is for {}, not for Ed25519", algorithm.unwrap_or("another algorithm"))]
+    OtherAlgorithm {
+        /// The algorithm, when it is one the crate knows by name (RSA, ECDSA, X25519,
+        /// ...); what the key says otherwise is not repeated.
+        algorithm: Option<&'static str>,
+    },
+    /// It is a public key (PEM `PUBLIC KEY`, or an OpenSSH `.pub` line): the secret key
+    /// is in another file.
+    #[error(
+        "the key is a public key; give the secret key instead (for OpenSSH, the file \
+         without .pub)"
+    )]
+    PublicKey,
+    /// It is PEM, but of something other than a private key.
+    #[error(
+        "the key is PEM of {}, not an Ed25519 private key",
+        label.map_or_else(|| "a kind this crate does not know".to_owned(), |label| format!("\"{label}\""))
+    )]
+    OtherPem {
+        /// The PEM label when it is one the crate knows (`RSA PRIVATE KEY`,
+        /// `CERTIFICATE`, ...); what the file says otherwise is not repeated.
+        label: Option<&'static str>,
+    },
+    /// It holds several private keys (PEM blocks): which one is the identity is not
+    /// guessed.
+    #[error("the key file holds {count} private keys; keep the one to use alone in it")]
+    SeveralKeys {
+        /// How many.
+        count: usize,
+    },
+    /// Its secret is one byte repeated (32 zero bytes, say, from a zeroed file or a
+    /// template): a secret everyone knows, so anyone could run the identity.
+    #[error(
+        "the key is one byte repeated (all zeros, say): everyone knows its secret, so anyone \
+         could run this identity; generate a new key"
+    )]
+    KnownToEveryone,
+}
+
+/// A format's name in "a damaged … key": PEM of either PKCS#8 version is one.
+fn damaged_name(format: KeyFormat) -> String {
+    match format {
+        KeyFormat::Pkcs8Pem | KeyFormat::Pkcs8PemV1 => "PKCS#8 PEM".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use std::{
     fmt,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use iroh::{
@@ -32,6 +33,12 @@ use tracing::{debug, info, warn};
 
 use self::file::PortsFile;
 use crate::{sys::Dir, wait::Deadline};
+
+/// The longest wait for a remembered port that another program holds, whatever the
+/// [lock wait](crate::Builder::lock_wait): beyond the 3 s or so in which a gracefully
+/// closing endpoint lets go of its sockets, and short enough that a program squatting
+/// the port cannot hold up an open that waits for ever for its identity.
+const MAX_PORT_WAIT: Duration = Duration::from_secs(10);
 
 /// The sockets iroh binds on all interfaces by default, one per IP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,14 +188,14 @@ pub(crate) struct StableAddressing {
 
 impl StableAddressing {
     /// Reads the ports remembered beside the key named `key_name` in `dir` and keeps
-    /// those that can be bound, waiting for busy ones until `deadline`,
-    /// [`crate::MAX_PORT_WAIT`] at most (see [`probe`]).
+    /// those that can be bound, waiting for busy ones until `deadline`, [`MAX_PORT_WAIT`]
+    /// at most (see [`probe`]).
     ///
     /// Call it while holding the identity: the ports file is written by its holder.
     pub(crate) async fn prepare(dir: Arc<Dir>, key_name: &OsStr, deadline: Deadline) -> Self {
         let mut addressing = Self::remember_only(dir, key_name);
         let remembered = addressing.file.ports();
-        let deadline = deadline.at_most(crate::MAX_PORT_WAIT);
+        let deadline = deadline.at_most(MAX_PORT_WAIT);
         for family in Family::ALL {
             let Some(port) = remembered.get(family) else {
                 continue;

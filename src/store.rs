@@ -1,50 +1,56 @@
-//! Where a key is kept: a key file ([`file`], whose location [`trust`] checks), an
-//! environment variable ([`env`]), or the OS secret store ([`keychain`], feature
-//! `keyring`).
+//! Where a key is kept, and where it came from: a key file ([`file`]), an environment
+//! variable ([`env`]), or the OS secret store ([`keychain`], feature `keyring`), as a
+//! [`KeyLocation`] says.
 
 pub(crate) mod env;
 pub(crate) mod file;
-#[cfg(feature = "keyring")]
 pub(crate) mod keychain;
-mod trust;
+mod location;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{ffi::OsString, path::PathBuf, sync::Arc};
 
 use iroh::SecretKey;
 
-use crate::{Error, KeySource, sys::Dir, wait::Deadline};
+pub use self::location::KeyLocation;
+use crate::{error::Error, sys::Dir, wait::Deadline};
 
-/// Where a builder was told the key is kept.
-#[derive(Debug)]
-pub(crate) enum Location {
+/// Where an [`Identity`](crate::Identity)'s key came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
     /// A key file.
-    File(FileLocation),
-    /// An entry of the OS secret store.
-    #[cfg(feature = "keyring")]
-    Keychain { service: String, account: String },
-}
-
-/// Where a key file is.
-#[derive(Debug)]
-pub(crate) enum FileLocation {
-    Path(PathBuf),
-    Default {
-        qualifier: String,
-        organization: String,
-        application: String,
+    File {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// An environment variable ([`Builder::key_from_env`](crate::Builder::key_from_env)).
+    Environment {
+        /// The variable's name.
+        variable: String,
+    },
+    /// An entry of the OS secret store ([`KeyLocation::keychain`], feature `keyring`).
+    Keychain {
+        /// The entry's service.
+        service: String,
+        /// The entry's account.
+        account: String,
     },
 }
 
-impl FileLocation {
-    /// The key file's path: the default location resolved.
-    fn path(&self) -> Result<PathBuf, Error> {
-        match self {
-            Self::Path(path) => Ok(path.clone()),
-            Self::Default {
-                qualifier,
-                organization,
-                application,
-            } => file::default_key_path(qualifier, organization, application),
+/// How a key is read, and whether a missing one is created.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Skip the checks of who owns and may write the key and the directories above it.
+    pub(crate) allow_insecure_permissions: bool,
+    /// Create a key when there is none; otherwise that is an error.
+    pub(crate) create_if_missing: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            allow_insecure_permissions: false,
+            create_if_missing: true,
         }
     }
 }
@@ -53,48 +59,56 @@ impl FileLocation {
 pub(crate) struct Stored {
     pub(crate) key: SecretKey,
     pub(crate) source: KeySource,
-    /// For a key file: its directory, where its ports are remembered.
-    pub(crate) dir: Option<Arc<Dir>>,
+    /// For a key file: where it is, for the ports file beside it.
+    pub(crate) file: Option<StoredFile>,
 }
 
-impl Location {
-    /// Where exactly the key is: the default location resolved to its path.
-    pub(crate) fn resolve(&self) -> Result<KeySource, Error> {
-        Ok(match self {
-            Self::File(location) => KeySource::File {
-                path: location.path()?,
-            },
-            #[cfg(feature = "keyring")]
-            Self::Keychain { service, account } => KeySource::Keychain {
-                service: service.clone(),
-                account: account.clone(),
-            },
-        })
-    }
+/// A key file's directory, held open, and its name there.
+#[derive(Debug)]
+pub(crate) struct StoredFile {
+    pub(crate) dir: Arc<Dir>,
+    pub(crate) name: OsString,
+}
 
-    /// Loads the key, or generates and stores one when there is none and `options` say
-    /// so, waiting for a racing creator until `deadline`.
-    pub(crate) async fn open(
-        &self,
-        options: file::Options,
-        deadline: Deadline,
-    ) -> Result<Stored, Error> {
-        match self {
-            Self::File(location) => {
-                let path = location.path()?;
-                let loaded = file::open(&path, options, deadline).await?;
-                Ok(Stored {
-                    key: loaded.key,
-                    source: KeySource::File { path },
-                    dir: Some(loaded.dir),
-                })
-            }
-            #[cfg(feature = "keyring")]
-            Self::Keychain { service, account } => Ok(Stored {
-                key: keychain::open(service, account, options.create_if_missing, deadline).await?,
-                source: self.resolve()?,
-                dir: None,
-            }),
+/// Loads the key from the environment variable `key_env` when it is set, else from
+/// `location`, generating and storing one when there is none and `options` say so, and
+/// waiting for a racing creator until `deadline`.
+pub(crate) async fn open(
+    location: &KeyLocation,
+    key_env: Option<&str>,
+    options: Options,
+    deadline: Deadline,
+) -> Result<Stored, Error> {
+    if let Some(variable) = key_env
+        && let Some(key) = env::load(variable)?
+    {
+        return Ok(Stored {
+            key,
+            source: KeySource::Environment {
+                variable: variable.to_owned(),
+            },
+            file: None,
+        });
+    }
+    match location.resolve()? {
+        KeySource::File { path } => {
+            let loaded = file::open(&path, options, deadline).await?;
+            let name = path.file_name().map(ToOwned::to_owned).unwrap_or_default();
+            Ok(Stored {
+                key: loaded.key,
+                source: KeySource::File { path },
+                file: Some(StoredFile {
+                    dir: loaded.dir,
+                    name,
+                }),
+            })
         }
+        #[cfg(feature = "keyring")]
+        KeySource::Keychain { service, account } => Ok(Stored {
+            key: keychain::open(&service, &account, options.create_if_missing, deadline).await?,
+            source: KeySource::Keychain { service, account },
+            file: None,
+        }),
+        source => unreachable!("a location resolves to a file or an entry: {source:?}"),
     }
 }

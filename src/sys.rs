@@ -18,51 +18,105 @@ mod other;
 #[cfg(not(unix))]
 pub(crate) use other::*;
 
-use std::fs::Metadata;
+use std::{
+    fmt,
+    fs::{FileType, Metadata},
+};
 
-/// The owner, group and permission bits of a file: unix notions ([`owner`] has them
-/// only on unix).
+/// Who owns a file and who may use it: its user, group and permission bits (unix
+/// notions; elsewhere there are none to tell).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Owner {
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
+pub struct Ownership {
+    /// The owner's user id.
+    pub uid: u32,
+    /// The group's id.
+    pub gid: u32,
     /// The permission bits, with setuid, setgid and sticky: `mode & 0o7777`.
-    pub(crate) mode: u32,
+    pub mode: u32,
 }
 
-/// What a file is: its type, and its owner and mode.
+/// What is at a path: a regular file, or what else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    SymbolicLink,
+    /// A named pipe (FIFO).
+    NamedPipe,
+    /// A unix socket.
+    Socket,
+    /// A character device.
+    CharacterDevice,
+    /// A block device.
+    BlockDevice,
+    /// Anything else.
+    Other,
+}
+
+impl FileKind {
+    /// The kind of a file of `file_type`, not following a symbolic link.
+    pub(crate) fn of(file_type: FileType) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if file_type.is_fifo() {
+                return Self::NamedPipe;
+            }
+            if file_type.is_socket() {
+                return Self::Socket;
+            }
+            if file_type.is_char_device() {
+                return Self::CharacterDevice;
+            }
+            if file_type.is_block_device() {
+                return Self::BlockDevice;
+            }
+        }
+        if file_type.is_dir() {
+            Self::Directory
+        } else if file_type.is_file() {
+            Self::File
+        } else if file_type.is_symlink() {
+            Self::SymbolicLink
+        } else {
+            Self::Other
+        }
+    }
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::File => "a regular file",
+            Self::Directory => "a directory",
+            Self::SymbolicLink => "a symbolic link",
+            Self::NamedPipe => "a named pipe (FIFO)",
+            Self::Socket => "a socket",
+            Self::CharacterDevice => "a character device",
+            Self::BlockDevice => "a block device",
+            Self::Other => "something else",
+        })
+    }
+}
+
+/// What a file is: its kind, and its owner and mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stat {
-    pub(crate) kind: Kind,
-    pub(crate) owner: Owner,
-}
-
-/// The types of file that a path walk tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Directory,
-    File,
-    SymbolicLink,
-    Other,
+    pub(crate) kind: FileKind,
+    pub(crate) owner: Ownership,
 }
 
 impl Stat {
     /// The stat of an open file. Where files have no unix owner, everything looks like
     /// the process's own, private.
     pub(crate) fn of(metadata: &Metadata) -> Self {
-        let file_type = metadata.file_type();
-        let kind = if file_type.is_dir() {
-            Kind::Directory
-        } else if file_type.is_file() {
-            Kind::File
-        } else if file_type.is_symlink() {
-            Kind::SymbolicLink
-        } else {
-            Kind::Other
-        };
         Self {
-            kind,
-            owner: owner(metadata).unwrap_or(Owner {
+            kind: FileKind::of(metadata.file_type()),
+            owner: owner(metadata).unwrap_or(Ownership {
                 uid: 0,
                 gid: 0,
                 mode: 0o700,

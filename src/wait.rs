@@ -8,18 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-/// How long an open waits, by default, for another endpoint to release the identity.
-///
-/// Long enough for a restart in which the old process is still closing; short enough
-/// that a second copy of a program fails while its user is still watching.
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// The longest wait for a remembered port that another program holds, whatever the
-/// [lock wait](crate::Builder::lock_wait): beyond the 3 s or so in which a gracefully
-/// closing endpoint lets go of its sockets, and short enough that a program squatting
-/// the port cannot hold up an open that waits for ever for its identity.
-pub const MAX_PORT_WAIT: Duration = Duration::from_secs(10);
-
 /// When a wait ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadline(Option<Instant>);

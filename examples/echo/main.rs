@@ -8,7 +8,7 @@
 //! `serve` prints its endpoint id and a ticket, and echoes until Ctrl-C or SIGTERM
 //! (`systemctl stop`, `docker stop`), then closes gracefully. Restart it with the same
 //! KEY_PATH and it prints the same id and, when its port was still free, the same
-//! ticket: `PersistentEndpoint::open` binds the ports it had last time, so a ticket handed
+//! ticket: `Builder::bind` binds the ports it had last time, so a ticket handed
 //! out before the restart still reaches it, with no relay needed. `connect` sends
 //! MESSAGE to the ticket's endpoint and prints the reply.
 //!
@@ -23,7 +23,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use iroh::{Endpoint, EndpointAddr, endpoint::presets, protocol::Router};
-use iroh_identity::PersistentEndpoint;
+use iroh_identity::Identity;
 use iroh_tickets::endpoint::EndpointTicket;
 
 use self::protocol::{ALPN, Echo};
@@ -81,7 +81,7 @@ impl Lease {
 }
 
 async fn serve(path: PathBuf, lease: Lease) -> anyhow::Result<()> {
-    let builder = PersistentEndpoint::builder().key_path(&path);
+    let builder = Identity::builder(&path);
     let Some(urls) = lease.etcd else {
         // The same id and, with stable addressing, the same ports as the last run.
         return run(builder.bind().await?, std::future::pending()).await;

@@ -318,7 +318,7 @@ fn inspect(path: &Path) -> Result<(), Failure> {
         Some(reason) => format!("EXPOSED: {reason}"),
     };
     let permissions = match report.owner {
-        Some((uid, mode)) => format!("{mode:04o}, owner uid {uid}: {verdict}"),
+        Some(owner) => format!("{:04o}, owner uid {}: {verdict}", owner.mode, owner.uid),
         None => verdict,
     };
     let in_use = match report.in_use {

@@ -15,43 +15,25 @@
 //!   machines, they need a lease). Another user can see a holder's name
 //!   (`/proc/net/unix`) and take it after the holder exits; how that never stops or
 //!   stalls an identity is the module's business.
-//! - **Elsewhere** ([`file`]): a lock file in a private directory of the user's, found in
-//!   the user database, the same for every process of the user, and removed when it is
-//!   let go of.
+//! - **Elsewhere**: a lock file in a private directory of the user's ([`crate::fs::lock`]),
+//!   found in the user database, the same for every process of the user, and removed
+//!   when it is let go of.
 //!
 //! A process that cannot reach the lock fails with the reason: it never runs unguarded,
 //! and never falls back to a second place.
-//!
-//! The creation of a keychain entry is kept to one process of the user at a time with a
-//! lock file too ([`lock_keychain_entry`]), on every system: its name is the entry's, which
-//! any user could compute, so it must be in a directory only the user can write.
 
-// Used on Linux only for the keychain's creation lock.
-#[cfg_attr(
-    all(
-        any(target_os = "linux", target_os = "android"),
-        not(feature = "keyring")
-    ),
-    allow(dead_code)
-)]
-mod file;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod responder;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod socket;
 
-use std::{
-    ffi::OsString,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use iroh::{EndpointId, SecretKey};
 use tracing::info;
 use zeroize::Zeroizing;
 
-#[cfg(feature = "keyring")]
-use crate::wait::{self, Waited};
-use crate::{Error, wait::Deadline};
+use crate::{error::Error, wait::Deadline};
 
 /// How often a held lock is tried again while waiting for it.
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
@@ -62,20 +44,11 @@ pub(crate) struct HostLock {
     _held: Held,
 }
 
-/// A lock of either kind.
-#[derive(Debug)]
-enum Held {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    Socket(#[allow(dead_code)] socket::Held),
-    #[cfg_attr(
-        all(
-            any(target_os = "linux", target_os = "android"),
-            not(feature = "keyring")
-        ),
-        allow(dead_code)
-    )]
-    File(#[allow(dead_code)] file::Held),
-}
+/// The lock of this system's kind.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+type Held = socket::Held;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+type Held = crate::fs::lock::LockFile;
 
 /// What one attempt at a lock found.
 #[derive(Debug)]
@@ -83,15 +56,6 @@ enum Attempt<H> {
     Taken(H),
     /// Another process holds it: who, where it can be told.
     Held(Option<Holder>),
-}
-
-impl<H> Attempt<H> {
-    fn map<G>(self, taken: impl FnOnce(H) -> G) -> Attempt<G> {
-        match self {
-            Self::Taken(held) => Attempt::Taken(taken(held)),
-            Self::Held(holder) => Attempt::Held(holder),
-        }
-    }
 }
 
 /// The process that holds a lock, as this host tells it.
@@ -115,23 +79,32 @@ fn lock_key(key: &SecretKey) -> Zeroizing<[u8; 32]> {
 /// One attempt at the lock of the identity of `key`.
 async fn attempt(key: &SecretKey) -> Result<Attempt<Held>, Error> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    return Ok(socket::look(key)?.settle().await?.map(Held::Socket));
+    return socket::look(key)?.settle().await;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    return Ok(file::attempt(&identity_file_name(key))?.map(Held::File));
+    return attempt_file(key);
 }
 
 /// The same, for code that is not async.
 #[cfg(feature = "keyring")]
 fn attempt_blocking(key: &SecretKey) -> Result<Attempt<Held>, Error> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    return Ok(socket::look(key)?.settle_blocking()?.map(Held::Socket));
+    return socket::look(key)?.settle_blocking();
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    return Ok(file::attempt(&identity_file_name(key))?.map(Held::File));
+    return attempt_file(key);
+}
+
+/// An attempt at the lock file of the identity of `key`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn attempt_file(key: &SecretKey) -> Result<Attempt<Held>, Error> {
+    Ok(match crate::fs::lock::try_lock(&identity_file_name(key))? {
+        Some(held) => Attempt::Taken(held),
+        None => Attempt::Held(None),
+    })
 }
 
 /// The name of an identity's lock file, where it is a file.
-#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
-fn identity_file_name(key: &SecretKey) -> OsString {
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn identity_file_name(key: &SecretKey) -> std::ffi::OsString {
     let tag = blake3::keyed_hash(&lock_key(key), b"name");
     format!(
         "{}.lock",
@@ -191,38 +164,7 @@ pub(crate) fn is_held(key: &SecretKey) -> Option<bool> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     return socket::is_held(key);
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    return file::is_held(&identity_file_name(key));
-}
-
-/// Locks the creation of the keychain entry `service`/`account` among this user's
-/// processes, waiting until `deadline`; `None` when another held it all that time.
-#[cfg(feature = "keyring")]
-pub(crate) fn lock_keychain_entry(
-    service: &str,
-    account: &str,
-    deadline: Deadline,
-) -> Result<Option<HostLock>, Error> {
-    let name = [service.as_bytes(), &[0], account.as_bytes()].concat();
-    let tag = blake3::derive_key("iroh-identity 2026-12-03 keychain entry", &name);
-    let name: OsString = format!(
-        "keychain-{}.lock",
-        data_encoding::HEXLOWER.encode(&tag[..16])
-    )
-    .into();
-    let attempt = || {
-        Ok::<_, Error>(match file::attempt(&name)? {
-            Attempt::Taken(held) => Some(HostLock {
-                _held: Held::File(held),
-            }),
-            Attempt::Held(_) => None,
-        })
-    };
-    Ok(
-        match wait::blocking_until(deadline, RETRY_INTERVAL, attempt, || {})? {
-            Waited::Done(lock) => Some(lock),
-            Waited::TimedOut(_) => None,
-        },
-    )
+    return crate::fs::lock::is_held(&identity_file_name(key));
 }
 
 /// The error of an open that waited since `start` while `holder` held `id`.

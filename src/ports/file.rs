@@ -25,9 +25,9 @@ use tracing::{debug, warn};
 
 use super::{Family, Ports};
 use crate::{
-    Error, Operation,
-    sys::{self, Dir},
-    temp_file::{self, TempFile},
+    error::{Error, Operation},
+    fs::temp,
+    sys::{self, Dir, FileKind},
 };
 
 /// What is appended to the key file's name to name its ports file.
@@ -122,7 +122,7 @@ fn read_text(dir: &Dir, name: &OsStr) -> io::Result<Option<String>> {
     };
     let metadata = file.metadata()?;
     if !metadata.is_file() {
-        let kind = sys::file_kind(metadata.file_type());
+        let kind = FileKind::of(metadata.file_type());
         return Err(io::Error::other(format!("it is {kind}, not a file")));
     }
     if let Some(owner) = sys::owner(&metadata) {
@@ -199,20 +199,15 @@ fn render(ports: &Ports) -> String {
 /// Writes the ports file crash-safely: over the one this crate wrote, or where there was
 /// none, without replacing what appeared there since it was read.
 pub(super) fn write(dir: &Dir, name: &OsStr, ports: &Ports, was: &PortsFile) -> Result<(), Error> {
-    temp_file::remove_leftovers(dir, name);
-    let temp = TempFile::create(dir, name)?;
-    temp.write_durably(render(ports).as_bytes())?;
-    let path = dir.path().join(name);
-    let written = match was {
-        PortsFile::Ours(_) => dir.replace(&temp.name, name),
-        // Never asked for (see `should_write`); were it, a file not ours stays.
-        PortsFile::Absent | PortsFile::NotOurs => dir.publish_no_clobber(&temp.name, name),
-    };
-    written.map_err(|err| Error::io(Operation::ReplacePortsFile, &path, err))?;
-    if let Err(err) = dir.sync() {
-        debug!(path = %path.display(), %err, "the ports file was replaced, but its directory cannot be synced");
-    }
-    Ok(())
+    // Never asked for a file not ours (see `should_write`); were it, that file stays.
+    let replace = matches!(was, PortsFile::Ours(_));
+    temp::publish_over(
+        dir,
+        name,
+        render(ports).as_bytes(),
+        replace,
+        Operation::ReplacePortsFile,
+    )
 }
 
 #[cfg(test)]

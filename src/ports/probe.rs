@@ -5,7 +5,7 @@
 //! releases the identity when it starts closing, but keeps its sockets while its
 //! connections drain (iroh allows up to about 3 s) and until its last clone is dropped or
 //! its process exits. So a busy port is waited for until the lock wait ends,
-//! [`MAX_PORT_WAIT`](crate::MAX_PORT_WAIT) at most. When the port is held by an endpoint
+//! [`MAX_PORT_WAIT`](super::MAX_PORT_WAIT) at most. When the port is held by an endpoint
 //! of this process that is closed but not dropped, the wait is [`WAIT_FOR_THIS_PROCESS`]
 //! at most: a clone still in scope never goes. When the kernel's tables say that only
 //! programs of other users hold it (Linux), it is not waited for at all: UDP ports are

@@ -5,19 +5,18 @@
 
 use std::{
     ffi::{OsStr, OsString},
-    fs::{self, File, FileType, Metadata, OpenOptions},
+    fs::{self, File, Metadata, OpenOptions},
     io,
     path::{Path, PathBuf},
 };
 
-use super::{Owner, Stat};
-use crate::FileKind;
+use super::{Ownership, Stat};
 
 /// The longest file name most file systems accept, in bytes.
 pub(crate) const NAME_MAX: usize = 255;
 
 /// Files have no unix owner here: nothing is judged by it.
-pub(crate) fn owner(_metadata: &Metadata) -> Option<Owner> {
+pub(crate) fn owner(_metadata: &Metadata) -> Option<Ownership> {
     None
 }
 
@@ -45,15 +44,6 @@ impl Process {
 
 pub(crate) fn process() -> Process {
     Process { uid: 0 }
-}
-
-/// What a file that is not a regular file is.
-pub(crate) fn file_kind(file_type: FileType) -> FileKind {
-    if file_type.is_dir() {
-        FileKind::Directory
-    } else {
-        FileKind::Other
-    }
 }
 
 /// A directory, used by path.

@@ -4,27 +4,26 @@
 
 use std::{
     ffi::{CString, OsStr, OsString},
-    fs::{self, File, FileType, Metadata, Permissions, TryLockError},
+    fs::{self, File, Metadata, Permissions, TryLockError},
     io,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::{
             ffi::{OsStrExt, OsStringExt},
-            fs::{FileTypeExt, MetadataExt, PermissionsExt},
+            fs::{MetadataExt, PermissionsExt},
         },
     },
     path::{Path, PathBuf},
 };
 
-use super::{Kind, Owner, Stat};
-use crate::FileKind;
+use super::{FileKind, Ownership, Stat};
 
 /// The longest file name the file systems this crate runs on accept, in bytes.
 pub(crate) const NAME_MAX: usize = 255;
 
 /// The owner and mode in `metadata`.
-pub(crate) fn owner(metadata: &Metadata) -> Option<Owner> {
-    Some(Owner {
+pub(crate) fn owner(metadata: &Metadata) -> Option<Ownership> {
+    Some(Ownership {
         uid: metadata.uid(),
         gid: metadata.gid(),
         mode: metadata.mode() & 0o7777,
@@ -118,23 +117,6 @@ pub(crate) fn home_of(uid: u32) -> Option<PathBuf> {
         let home = unsafe { CStr::from_ptr(entry.pw_dir) };
         let home = PathBuf::from(std::ffi::OsStr::from_bytes(home.to_bytes()));
         return home.is_absolute().then_some(home);
-    }
-}
-
-/// What a file that is not a regular file is.
-pub(crate) fn file_kind(file_type: FileType) -> FileKind {
-    if file_type.is_dir() {
-        FileKind::Directory
-    } else if file_type.is_fifo() {
-        FileKind::NamedPipe
-    } else if file_type.is_socket() {
-        FileKind::Socket
-    } else if file_type.is_char_device() {
-        FileKind::CharacterDevice
-    } else if file_type.is_block_device() {
-        FileKind::BlockDevice
-    } else {
-        FileKind::Other
     }
 }
 
@@ -489,14 +471,18 @@ impl Dir {
 impl Stat {
     fn from_raw(stat: &libc::stat) -> Self {
         let kind = match stat.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => Kind::Directory,
-            libc::S_IFREG => Kind::File,
-            libc::S_IFLNK => Kind::SymbolicLink,
-            _ => Kind::Other,
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFREG => FileKind::File,
+            libc::S_IFLNK => FileKind::SymbolicLink,
+            libc::S_IFIFO => FileKind::NamedPipe,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharacterDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => FileKind::Other,
         };
         Self {
             kind,
-            owner: Owner {
+            owner: Ownership {
                 uid: stat.st_uid,
                 gid: stat.st_gid,
                 // `mode_t` is u32 on Linux and u16 on macOS.

@@ -4,7 +4,7 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use iroh_identity::{Error, PersistentEndpoint, encode_key, load_key, store_new_key};
+use iroh_identity::{Error, Identity, KeySource, encode_key, load_key, store_new_key};
 
 use crate::support::{
     ALL_FORMATS, SERVICE_USER, as_user,
@@ -160,11 +160,7 @@ async fn without_create_if_missing_a_missing_key_is_an_error_and_nothing_is_crea
     // A provisioned server whose secret volume did not mount, or whose path has a typo.
     let dir = temp_dir();
     let path = dir.path().join("secret-volume").join("endpoint.key");
-    let open = |path: &Path| {
-        PersistentEndpoint::builder()
-            .key_path(path)
-            .create_if_missing(false)
-    };
+    let open = |path: &Path| Identity::builder(path).create_if_missing(false);
     let err = open(&path).bind().await.expect_err("there is no key");
     assert!(
         matches!(&err, Error::NotFound { path: p } if *p == path),
@@ -177,7 +173,7 @@ async fn without_create_if_missing_a_missing_key_is_an_error_and_nothing_is_crea
             path.display()
         )
     );
-    let err = open(&path).identity().await.expect_err("no key");
+    let err = open(&path).open().await.expect_err("no key");
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     assert!(list(dir.path()).is_empty(), "something was created");
 
@@ -189,8 +185,8 @@ async fn without_create_if_missing_a_missing_key_is_an_error_and_nothing_is_crea
         iroh_identity::KeyFormat::Pkcs8Pem,
     )
     .expect("store");
-    let identity = open(&key).identity().await.expect("the key exists");
-    assert_eq!(identity.key_path(), Some(key.as_path()));
+    let identity = open(&key).open().await.expect("the key exists");
+    assert_eq!(identity.source(), &KeySource::File { path: key });
 }
 
 #[test]

@@ -116,7 +116,8 @@ async fn an_identity_is_held_until_the_endpoint_it_binds_closes() -> anyhow::Res
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
     let identity = Identity::open(&path).await?;
-    assert_eq!(identity.key_path(), Some(path.as_path()));
+    let file = iroh_identity::KeySource::File { path: path.clone() };
+    assert_eq!(identity.source(), &file);
     assert!(matches!(
         open(&path, Duration::ZERO).await,
         Err(Error::InUse { .. })
@@ -140,12 +141,12 @@ async fn an_identity_is_held_until_the_endpoint_it_binds_closes() -> anyhow::Res
 async fn an_identity_that_is_dropped_unbound_is_released() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("endpoint.key");
-    let identity = builder(&path).identity().await?;
+    let identity = builder(&path).open().await?;
     assert!(matches!(
-        builder(&path).lock_wait(Duration::ZERO).identity().await,
+        builder(&path).lock_wait(Duration::ZERO).open().await,
         Err(Error::InUse { .. })
     ));
     drop(identity);
-    builder(&path).lock_wait(Duration::ZERO).identity().await?;
+    builder(&path).lock_wait(Duration::ZERO).open().await?;
     Ok(())
 }

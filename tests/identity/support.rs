@@ -176,11 +176,8 @@ impl Rng {
 
 /// A persistent endpoint as the tests open it: no n0 services, loopback only (so no
 /// ports to remember).
-pub(crate) fn builder(path: &Path) -> iroh_identity::Builder {
-    iroh_identity::PersistentEndpoint::builder()
-        .key_path(path)
-        .preset(endpoint::presets::Minimal)
-        .configure(loopback)
+pub(crate) fn builder(location: impl Into<iroh_identity::KeyLocation>) -> iroh_identity::Builder {
+    stable_builder(location).configure(loopback)
 }
 
 /// Binds only to 127.0.0.1, so that tests never touch another interface.
@@ -566,10 +563,10 @@ impl Write for LogCapture {
 
 /// A persistent endpoint as a server opens it: no n0 services (no relay, no address
 /// lookup), iroh's sockets on all interfaces, whose ports stable addressing remembers.
-pub(crate) fn stable_builder(path: &Path) -> iroh_identity::Builder {
-    iroh_identity::PersistentEndpoint::builder()
-        .key_path(path)
-        .preset(endpoint::presets::Minimal)
+pub(crate) fn stable_builder(
+    location: impl Into<iroh_identity::KeyLocation>,
+) -> iroh_identity::Builder {
+    iroh_identity::Identity::builder(location).preset(endpoint::presets::Minimal)
 }
 
 /// Relay only, through `relay` (a test relay with a self-signed certificate): no IP

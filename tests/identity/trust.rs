@@ -56,7 +56,6 @@ fn assert_untrusted(err: &Error, key: &Path, path: &Path, problem: TrustProblem,
         path: refused,
         problem: found,
         owner,
-        mode,
         ..
     } = err
     else {
@@ -72,8 +71,8 @@ fn assert_untrusted(err: &Error, key: &Path, path: &Path, problem: TrustProblem,
     assert!(!message.contains("chown"), "{message}");
     for part in [
         path.display().to_string(),
-        format!("owner uid {owner}"),
-        format!("mode {mode:04o}"),
+        format!("owner uid {}", owner.uid),
+        format!("mode {:04o}", owner.mode),
         fix.to_owned(),
     ] {
         assert!(

@@ -125,21 +125,20 @@ const RETRY: Duration = Duration::from_millis(200);
 /// ```no_run
 /// # async fn run() -> anyhow::Result<()> {
 /// use iroh_identity::{
-///     EtcdLease, PersistentEndpoint,
-///     etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions},
+///     EtcdLease, Identity,
+///     etcd_client::{self, Certificate, ConnectOptions, TlsOptions},
 /// };
 ///
 /// let tls = TlsOptions::new()
 ///     .ca_certificate(Certificate::from_pem(std::fs::read("/etc/etcd/ca.pem")?))
-///     .identity(Identity::from_pem(
+///     .identity(etcd_client::Identity::from_pem(
 ///         std::fs::read("/etc/etcd/client.pem")?,
 ///         std::fs::read("/etc/etcd/client.key")?,
 ///     ));
 /// let password = std::env::var("ETCD_PASSWORD")?;
 /// let lease = EtcdLease::new(["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
 ///     .connect_options(ConnectOptions::new().with_tls(tls).with_user("iroh", password));
-/// let endpoint = PersistentEndpoint::builder()
-///     .key_path("/run/secrets/endpoint.key")
+/// let endpoint = Identity::builder("/run/secrets/endpoint.key")
 ///     .lease(lease.clone())
 ///     .lock_wait(std::time::Duration::MAX) // a standby waits for its turn
 ///     .bind()

@@ -578,7 +578,7 @@ pub(crate) fn run() {
         .expect("runtime");
     runtime.block_on(async {
         match task.action {
-            Action::Identity => match builder(&task).identity().await {
+            Action::Identity => match builder(&task).open().await {
                 Ok(identity) => say(Report::Id(identity.id().to_string())),
                 Err(err) => say(Report::Error(chain(&err))),
             },
@@ -601,18 +601,21 @@ pub(crate) fn run() {
 /// The identity's builder as the task describes it: no n0 services, and loopback only
 /// unless the task binds on all interfaces.
 fn builder(task: &Task) -> iroh_identity::Builder {
-    let mut builder = if task.all_interfaces {
-        super::stable_builder(&task.path)
-    } else {
-        super::builder(&task.path)
-    };
+    use iroh_identity::KeyLocation;
+
+    let mut location = KeyLocation::file(&task.path);
     if task.default_location {
-        builder = builder.default_location("com", "example", "iroh-identity-test");
+        location = KeyLocation::default_for("com", "example", "iroh-identity-test");
     }
     #[cfg(feature = "keyring")]
     if let Some((service, account)) = &task.keychain {
-        builder = builder.keychain(service, account);
+        location = KeyLocation::keychain(service, account);
     }
+    let mut builder = if task.all_interfaces {
+        super::stable_builder(location)
+    } else {
+        super::builder(location)
+    };
     if let Some(ms) = task.lock_wait_ms {
         builder = builder.lock_wait(Duration::from_millis(ms));
     }
@@ -1061,7 +1064,7 @@ async fn open_keys(task: &Task) {
         // SAFETY: this child runs one test on one thread, and nothing else of it reads the
         // environment meanwhile.
         unsafe { std::env::set_var(variable, hex) };
-        match builder(task).identity().await {
+        match builder(task).open().await {
             Ok(identity) => ids.push(identity.id().to_string()),
             Err(_) => refused += 1,
         }

@@ -1,27 +1,5 @@
-//! Who may change the key: the key's path is walked from `/` through descriptors, and
-//! every directory and link on the way is checked before the key is read or created, as
-//! OpenSSH's `safe_path` and Tor's `check_private_dir` check theirs.
-//!
-//! Another local user who can write any directory above the key can replace it, swap it
-//! for one whose secret they know, or plant one before it is first created. So every
-//! directory from `/` down to the key, every symbolic link followed on the way, and the
-//! key file itself must belong to this process's effective user or to root, and must not
-//! be writable by anyone else:
-//!
-//! - **Other users.** Writable by others is refused, except for a sticky directory
-//!   (`/tmp`, mode `1777`): there others may add names but not rename or remove ours, so
-//!   what they plant (a key, a link) is theirs and refused in turn.
-//! - **Groups.** Writable by a group is accepted when this process is a member of the
-//!   group, and refused otherwise. The members of one's own group are trusted like the
-//!   user: that is a Kubernetes volume with `fsGroup` (directories `2775`, the group a
-//!   supplementary group of the pod's processes). A group the process is not in is
-//!   someone else's, as good as other users. OpenSSH refuses group-writable directories
-//!   outright; this is where the crate differs from it.
-//! - **The key file.** A key of this user must not be readable or writable by group or
-//!   others (mode `0600` or stricter), as OpenSSH has it for `~/.ssh/id_*`. A key owned
-//!   by root and read by another user (a mounted secret) is readable through its group
-//!   or other bits by necessity: that is root's choice, accepted as OpenSSH accepts it,
-//!   but it must not be writable by a group the process is not in, or by others.
+//! A key's path, walked from `/` through descriptors: every directory and link on the way
+//! is judged by the rules of [`super::trust`] before the key is read or created.
 //!
 //! The walk resolves the path itself, one name at a time, as the kernel would: each
 //! directory is opened without following a link and judged by its own descriptor, each
@@ -39,10 +17,10 @@ use std::{
     sync::Arc,
 };
 
+use super::trust::{self, PathKind, TrustProblem};
 use crate::{
-    Error, Operation,
-    error::{FileKind, PathKind, TrustProblem},
-    sys::{self, Dir, Kind, Owner, Process},
+    error::{Error, Operation},
+    sys::{self, Dir, FileKind, Ownership, Process},
 };
 
 /// As many symbolic links as Linux follows in one path.
@@ -135,8 +113,10 @@ impl<'a> Walk<'a> {
         };
         let mut steps = steps(&absolute);
         let Some(Step::Root(root)) = steps.pop_front() else {
-            let err = io::Error::new(io::ErrorKind::InvalidInput, "the path has no root");
-            return Err(Error::io(Operation::OpenDirectory, absolute, err));
+            unreachable!(
+                "an absolute path starts at its root: {}",
+                absolute.display()
+            );
         };
         let mut chain = vec![self.open_root(&root)?];
         let missing = self.walk(&mut chain, &mut steps)?;
@@ -222,9 +202,7 @@ impl<'a> Walk<'a> {
                 key: self.key.to_owned(),
                 path: self.key.to_owned(),
                 kind: PathKind::KeyFile,
-                owner: owner.uid,
-                group: owner.gid,
-                mode: owner.mode,
+                owner,
                 problem: TrustProblem::HardLinked { links },
             });
         }
@@ -313,7 +291,7 @@ impl<'a> Walk<'a> {
                     continue;
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    return missing_end(name, steps);
+                    return missing_end(self.key, name, steps);
                 }
                 // A link (or something that is not a directory): looked at below.
                 Err(err) => err,
@@ -322,8 +300,8 @@ impl<'a> Walk<'a> {
                 .stat_at(&name)
                 .map_err(|err| Error::io(Operation::CheckDirectory, &path, err))?
             {
-                None => return missing_end(name, steps),
-                Some(stat) if stat.kind == Kind::SymbolicLink => {
+                None => return missing_end(self.key, name, steps),
+                Some(stat) if stat.kind == FileKind::SymbolicLink => {
                     let target = self.follow(&dir, &name, &path, stat.owner)?;
                     steps.push_front(Step::EndOfLink(path));
                     for step in self::steps(&target).into_iter().rev() {
@@ -346,44 +324,30 @@ impl<'a> Walk<'a> {
         dir: &Dir,
         name: &OsStr,
         path: &Path,
-        owner: Owner,
+        owner: Ownership,
     ) -> Result<PathBuf, Error> {
         self.judge(path, PathKind::SymbolicLink, owner)?;
         self.links += 1;
         if self.links > MAX_LINKS {
-            let err = io::Error::new(io::ErrorKind::InvalidInput, "too many levels of links");
-            return Err(Error::io(Operation::OpenKeyFile, self.key, err));
+            return Err(Error::TooManyLinks {
+                path: self.key.to_owned(),
+            });
         }
         self.kubernetes_secret |= name == "..data";
         dir.read_link(name)
             .map_err(|err| Error::io(Operation::CheckDirectory, path, err))
     }
 
-    /// The rules of the module's documentation for one directory, link or foreign key
-    /// file.
-    fn judge(&mut self, path: &Path, kind: PathKind, owner: Owner) -> Result<(), Error> {
-        let problem = if owner.uid != self.process.uid && owner.uid != 0 {
-            Some(TrustProblem::OtherOwner {
-                user: self.process.uid,
-            })
-        } else {
-            match kind {
-                // A link's own mode means nothing: only who may replace it, its directory.
-                PathKind::SymbolicLink => None,
-                PathKind::Directory => writable_by_others(owner, self.process, true),
-                PathKind::KeyFile => writable_by_others(owner, self.process, false),
-            }
-        };
-        let Some(problem) = problem else {
+    /// The rules of [`trust`] for one directory, link or foreign key file.
+    fn judge(&mut self, path: &Path, kind: PathKind, owner: Ownership) -> Result<(), Error> {
+        let Some(problem) = trust::problem(owner, self.process, kind) else {
             return Ok(());
         };
         let err = Error::UntrustedPath {
             key: self.key.to_owned(),
             path: path.to_owned(),
             kind,
-            owner: owner.uid,
-            group: owner.gid,
-            mode: owner.mode,
+            owner,
             problem,
         };
         match (&self.checks, kind) {
@@ -406,40 +370,23 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// Whether someone besides the owner, root and the process's own groups may write.
-fn writable_by_others(
-    owner: Owner,
-    process: Process,
-    sticky_protects: bool,
-) -> Option<TrustProblem> {
-    if sticky_protects && owner.mode & 0o1000 != 0 {
-        return None;
-    }
-    if owner.mode & 0o002 != 0 {
-        Some(TrustProblem::WritableByOthers)
-    } else if owner.mode & 0o020 != 0 && !process.in_group(owner.gid) {
-        Some(TrustProblem::WritableByGroup)
-    } else {
-        None
-    }
-}
-
 /// The missing end of a path: `name` and the names after it. A path that goes on
 /// through a link (or up, `..`) from a missing directory leads nowhere that could be
 /// created safely.
-fn missing_end(name: OsString, steps: &mut VecDeque<Step>) -> Result<Vec<OsString>, Error> {
+fn missing_end(
+    key: &Path,
+    name: OsString,
+    steps: &mut VecDeque<Step>,
+) -> Result<Vec<OsString>, Error> {
     let mut missing = vec![name];
     for step in steps.drain(..) {
         match step {
             Step::Name(name) => missing.push(name),
             Step::EndOfLink(link) => return Err(Error::DanglingSymlink { path: link }),
             Step::Root(_) | Step::Parent => {
-                let err = io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a missing directory's path must end in names, not `..`",
-                );
-                let path: PathBuf = missing.iter().collect();
-                return Err(Error::io(Operation::CreateDirectory, path, err));
+                return Err(Error::UncreatablePath {
+                    path: key.to_owned(),
+                });
             }
         }
     }

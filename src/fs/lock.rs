@@ -1,7 +1,7 @@
-//! Host locks that are files: an identity's where there are no abstract sockets (macOS,
-//! the BSDs, Windows), and a keychain entry's creation lock everywhere. An OS lock on a
-//! file, `NAME.lock`, in a private directory of the user's that every process of the user
-//! finds in the same place, whatever its groups or environment: `HOME/.local/state/
+//! Lock files of the user's: an identity's host lock where there are no abstract sockets
+//! (macOS, the BSDs, Windows), and a keychain entry's creation lock everywhere. An OS lock
+//! on a file, `NAME.lock`, in a private directory of the user's that every process of the
+//! user finds in the same place, whatever its groups or environment: `HOME/.local/state/
 //! iroh-identity` from the user database on unix, `iroh-identity` in the local application
 //! data on Windows. When it cannot be made or is not private, taking the lock fails: there
 //! is no second place.
@@ -19,28 +19,28 @@ use std::{
 
 use tracing::debug;
 
-use super::Attempt;
-use crate::{Error, store::file::private_dir, sys::Dir};
+use super::dirs::private_dir;
+use crate::{error::Error, sys::Dir};
 
-/// A lock this process holds: its file, locked, removed when dropped.
+/// A lock file this process holds: locked, and removed when dropped.
 #[derive(Debug)]
-pub(super) struct Held {
+pub(crate) struct LockFile {
     dir: Arc<Dir>,
     name: OsString,
     _file: File,
 }
 
-impl Drop for Held {
+impl Drop for LockFile {
     fn drop(&mut self) {
         // Removed while still locked: a waiter that opened it meanwhile finds it is no
         // longer the lock file and tries again.
         if let Err(err) = self.dir.remove_file(&self.name) {
-            debug!(%err, "cannot remove a host lock's file");
+            debug!(%err, "cannot remove a lock file");
         }
     }
 }
 
-/// The user's directory of host locks, made and checked on first use.
+/// The user's directory of lock files, made and checked on first use.
 static DIR: Mutex<Option<Arc<Dir>>> = Mutex::new(None);
 
 fn dir() -> Result<Arc<Dir>, Error> {
@@ -53,7 +53,7 @@ fn dir() -> Result<Arc<Dir>, Error> {
     Ok(dir)
 }
 
-/// Where the host locks are: the same for every process of the user.
+/// Where the lock files are: the same for every process of the user.
 fn path() -> Result<PathBuf, Error> {
     #[cfg(unix)]
     let base = crate::sys::home_of(crate::sys::process().uid).map(|home| home.join(".local/state"));
@@ -63,8 +63,8 @@ fn path() -> Result<PathBuf, Error> {
         .ok_or(Error::NoHomeDirectory)
 }
 
-/// One attempt at the lock file `name`.
-pub(super) fn attempt(name: &OsString) -> Result<Attempt<Held>, Error> {
+/// Takes the lock file `name` if no process holds it: `None` while one does.
+pub(crate) fn try_lock(name: &OsString) -> Result<Option<LockFile>, Error> {
     let dir = dir()?;
     let name = name.clone();
     let unreachable = |source| Error::HostLock {
@@ -74,23 +74,24 @@ pub(super) fn attempt(name: &OsString) -> Result<Attempt<Held>, Error> {
     let file = dir.open_lock_file(&name).map_err(unreachable)?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Ok(Attempt::Held(None)),
+        Err(TryLockError::WouldBlock) => return Ok(None),
         Err(TryLockError::Error(err)) => return Err(unreachable(err)),
     }
     // Its holder removed it between the open and the lock: not the lock file any more.
     if !dir.is_same_file(&name, &file).unwrap_or(false) {
-        return Ok(Attempt::Held(None));
+        return Ok(None);
     }
-    Ok(Attempt::Taken(Held {
+    Ok(Some(LockFile {
         dir,
         name,
         _file: file,
     }))
 }
 
-/// Whether a process holds the lock file `name`.
+/// Whether a process holds the lock file `name`, found without taking it for more than an
+/// instant; `None` when that cannot be told.
 #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
-pub(super) fn is_held(name: &OsString) -> Option<bool> {
+pub(crate) fn is_held(name: &OsString) -> Option<bool> {
     let dir = dir().ok()?;
     let file = match dir.open_file_no_follow(name) {
         Ok(Some(file)) => file,

@@ -1,6 +1,8 @@
-//! Temporary files beside the file they become: created private in the same directory
-//! (through its descriptor), written and synced before they are published under their
-//! name, removed if they never are, and cleaned up after runs that were killed.
+//! Files written crash-safely: to a temporary file beside the one they become, created
+//! private in the same directory (through its descriptor), written and synced, then
+//! published under their name ([`publish_new`], never replacing anything; [`publish_over`],
+//! replacing the file that was there), the directory synced; removed if they never are,
+//! and cleaned up after runs that were killed.
 //!
 //! The key file and the ports file are both written this way, so that a crash leaves the
 //! old file or the whole new one, never a torn one.
@@ -18,10 +20,10 @@ use std::{
     path::PathBuf,
 };
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
-    Error, Operation,
+    error::{Error, Operation},
     sys::{self, Dir},
 };
 
@@ -33,21 +35,19 @@ pub(crate) const ADDED_LEN: usize = 1 + ".tmp-".len() + 16;
 pub(crate) const MAX_NAME_LEN: usize = sys::NAME_MAX - ADDED_LEN;
 
 /// A temporary file, removed when dropped unless it was renamed away.
-pub(crate) struct TempFile<'a> {
+struct TempFile<'a> {
     dir: &'a Dir,
-    pub(crate) name: OsString,
+    name: OsString,
     file: File,
 }
 
 impl<'a> TempFile<'a> {
     /// Creates `.NAME.tmp-RANDOM` in `dir` (`0600` on unix), for a file to be named `name`.
-    pub(crate) fn create(dir: &'a Dir, name: &OsStr) -> Result<Self, Error> {
+    fn create(dir: &'a Dir, name: &OsStr) -> Result<Self, Error> {
         let mut attempt = 0;
         loop {
-            let random = getrandom::u64().map_err(|err| {
-                let err = io::Error::other(format!("no random source: {err}"));
-                Error::io(Operation::CreateTemporaryFile, dir.path(), err)
-            })?;
+            let random = getrandom::u64()
+                .map_err(|err| Error::io(Operation::CreateTemporaryFile, dir.path(), err.into()))?;
             let mut temp_name = prefix(name);
             temp_name.push(format!("{random:016x}"));
             match dir.create_private_file(&temp_name) {
@@ -79,7 +79,7 @@ impl<'a> TempFile<'a> {
     }
 
     /// Writes `content` and waits until it is on disk.
-    pub(crate) fn write_durably(&self, content: &[u8]) -> Result<(), Error> {
+    fn write_durably(&self, content: &[u8]) -> Result<(), Error> {
         (&self.file)
             .write_all(content)
             .map_err(|err| Error::io(Operation::WriteTemporaryFile, self.path(), err))?;
@@ -89,7 +89,7 @@ impl<'a> TempFile<'a> {
     }
 
     /// Where it is, for messages.
-    pub(crate) fn path(&self) -> PathBuf {
+    fn path(&self) -> PathBuf {
         self.dir.path().join(&self.name)
     }
 }
@@ -133,7 +133,7 @@ fn is_temporary_name(entry_name: &OsStr, prefix: &OsStr) -> bool {
 /// Removes the temporary files that killed runs of this user left in `dir` for the file
 /// `name`: those that no live writer holds locked. Another user's files are theirs,
 /// whatever their names.
-pub(crate) fn remove_leftovers(dir: &Dir, name: &OsStr) {
+fn remove_leftovers(dir: &Dir, name: &OsStr) {
     let prefix = prefix(name);
     let uid = sys::process().uid;
     for entry_name in dir.names() {
@@ -142,7 +142,7 @@ pub(crate) fn remove_leftovers(dir: &Dir, name: &OsStr) {
         }
         let ours = matches!(
             dir.stat_at(&entry_name),
-            Ok(Some(stat)) if stat.kind == sys::Kind::File && stat.owner.uid == uid
+            Ok(Some(stat)) if stat.kind == sys::FileKind::File && stat.owner.uid == uid
         );
         if !ours {
             continue;
@@ -161,6 +161,89 @@ pub(crate) fn remove_leftovers(dir: &Dir, name: &OsStr) {
             Err(err) => debug!(path = %path.display(), %err, "cannot remove a temporary file"),
         }
     }
+}
+
+/// What [`publish_new`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// The content is now at the name.
+    Published,
+    /// Something was at the name already, or was put there meanwhile: it is left as it is.
+    AlreadyThere,
+}
+
+/// Writes `content` to a new file `name` in `dir`, unless something is there: the losers
+/// of a race find the winner's file. `operation` names the publishing in an error, and
+/// `what` the file in the log. Once it is published, a failure to sync the directory is a
+/// warning: the file is there, only its survival of a power loss is not confirmed.
+pub(crate) fn publish_new(
+    dir: &Dir,
+    name: &OsStr,
+    content: &[u8],
+    operation: Operation,
+    what: &str,
+) -> Result<Published, Error> {
+    let path = dir.path().join(name);
+    if dir.stat_at(name).ok().flatten().is_some() {
+        debug!(path = %path.display(), "another process created the file first");
+        return Ok(Published::AlreadyThere);
+    }
+    // Every live writer holds its temporary file locked, so what is unlocked was left by a
+    // run that was killed.
+    remove_leftovers(dir, name);
+    let mut attempt = 0;
+    loop {
+        let temp = TempFile::create(dir, name)?;
+        temp.write_durably(content)?;
+        match dir.publish_no_clobber(&temp.name, name) {
+            Ok(()) => break,
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                debug!(path = %path.display(), "another process created the file first");
+                return Ok(Published::AlreadyThere);
+            }
+            // Removed as a leftover by another creator in the instant between its
+            // creation and its lock.
+            Err(err) if err.kind() == io::ErrorKind::NotFound && attempt < 3 => {
+                debug!(path = %path.display(), "the temporary file vanished; writing it again");
+                attempt += 1;
+            }
+            Err(err) => return Err(Error::io(operation, path, err)),
+        }
+    }
+    if let Err(err) = dir.sync() {
+        warn!(
+            path = %path.display(),
+            %err,
+            "the {what} was stored, but its directory cannot be synced: after a power loss it \
+             may be missing"
+        );
+    }
+    Ok(Published::Published)
+}
+
+/// Writes `content` to the file `name` in `dir`: over the file there when `replace` says
+/// so, else only where there is none. A failure to sync the directory is logged.
+pub(crate) fn publish_over(
+    dir: &Dir,
+    name: &OsStr,
+    content: &[u8],
+    replace: bool,
+    operation: Operation,
+) -> Result<(), Error> {
+    remove_leftovers(dir, name);
+    let temp = TempFile::create(dir, name)?;
+    temp.write_durably(content)?;
+    let path = dir.path().join(name);
+    let written = if replace {
+        dir.replace(&temp.name, name)
+    } else {
+        dir.publish_no_clobber(&temp.name, name)
+    };
+    written.map_err(|err| Error::io(operation, &path, err))?;
+    if let Err(err) = dir.sync() {
+        debug!(path = %path.display(), %err, "the file was replaced, but its directory cannot be synced");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
