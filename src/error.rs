@@ -3,11 +3,11 @@
 use std::{fmt, io, path::PathBuf, time::Duration};
 
 use crate::{
-    fs::trust::{PathKind, TrustProblem, Untrusted},
     guard::lease::{LeaseLoss, LeaseRefusal},
     key::KeyProblem,
     store::keychain::KeychainProblem,
     sys::{FileKind, Ownership},
+    trust::{PathKind, TrustProblem, Untrusted},
 };
 
 /// Everything that can go wrong while loading, creating or locking a key, or binding.

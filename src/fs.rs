@@ -2,7 +2,8 @@
 //! of which follows a path that someone could redirect meanwhile.
 //!
 //! - [`walk`]: a key's path walked from `/` through descriptors, every directory, link
-//!   and the key judged by the rules of [`trust`] before anything is read or created.
+//!   and the key judged by the rules of [`crate::trust`] before anything is read or
+//!   created.
 //! - [`dirs`]: missing directories made private (`0700`) through the descriptor of the
 //!   one above, and the user's private directories of lock files.
 //! - [`temp`]: temporary files, written and synced, then published under their name
@@ -23,5 +24,4 @@ pub(crate) mod dirs;
 )]
 pub(crate) mod lock;
 pub(crate) mod temp;
-pub(crate) mod trust;
 pub(crate) mod walk;

@@ -12,7 +12,7 @@ use iroh::{Endpoint, SecretKey};
 use tracing::debug;
 
 use self::host::HostLock;
-use crate::{Error, wait::Deadline};
+use crate::{error::Error, wait::Deadline};
 
 /// What keeps a second endpoint from running an identity while this process holds it.
 #[derive(Debug)]

@@ -176,8 +176,7 @@ impl Identity {
     pub async fn bind(self, builder: endpoint::Builder) -> Result<Endpoint, Error> {
         let addressing = match self.ports_file() {
             Some((dir, name)) => {
-                let deadline = Deadline::after(self.lock_wait);
-                Some(StableAddressing::for_their_builder(dir, name, deadline).await)
+                Some(StableAddressing::for_their_builder(dir, name, self.lock_wait).await)
             }
             None => None,
         };
@@ -195,10 +194,7 @@ impl Identity {
         configure: impl Fn(endpoint::Builder) -> endpoint::Builder,
     ) -> Result<Endpoint, Error> {
         let mut addressing = match self.ports_file() {
-            Some((dir, name)) => {
-                let deadline = Deadline::after(self.lock_wait);
-                Some(StableAddressing::prepare(dir, name, deadline).await)
-            }
+            Some((dir, name)) => Some(StableAddressing::prepare(dir, name, self.lock_wait).await),
             None => None,
         };
         let endpoint = match &mut addressing {
@@ -346,7 +342,7 @@ impl Builder {
     /// Guards the identity across machines with `lease`, beside the host's lock: see
     /// [`EtcdLease`](crate::EtcdLease). Feature `etcd`.
     #[cfg(feature = "etcd")]
-    pub fn lease(mut self, lease: crate::EtcdLease) -> Self {
+    pub fn lease(mut self, lease: crate::guard::lease::etcd::EtcdLease) -> Self {
         self.lease = Some(Arc::new(lease));
         self
     }

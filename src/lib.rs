@@ -90,13 +90,13 @@ mod ports;
 mod store;
 mod sys;
 mod tools;
+mod trust;
 mod wait;
 
 pub use endpoint::PersistentEndpoint;
 pub use error::{Error, Operation};
 #[cfg(feature = "etcd")]
 pub use etcd_client;
-pub use fs::trust::{PathKind, TrustProblem};
 #[cfg(feature = "etcd")]
 pub use guard::lease::etcd::{DEFAULT_LEASE_TTL, EtcdLease, LeaseWait};
 pub use guard::lease::{LeaseLoss, LeaseRefusal};
@@ -107,6 +107,7 @@ pub use sys::{FileKind, Ownership};
 pub use tools::{KeyReport, inspect_key, load_key, store_new_key};
 #[cfg(feature = "keyring")]
 pub use tools::{delete_keychain_entry, load_keychain_key, store_new_keychain_key};
+pub use trust::{PathKind, TrustProblem};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -188,14 +188,14 @@ pub(crate) struct StableAddressing {
 
 impl StableAddressing {
     /// Reads the ports remembered beside the key named `key_name` in `dir` and keeps
-    /// those that can be bound, waiting for busy ones until `deadline`, [`MAX_PORT_WAIT`]
+    /// those that can be bound, waiting for busy ones for `lock_wait`, [`MAX_PORT_WAIT`]
     /// at most (see [`probe`]).
     ///
     /// Call it while holding the identity: the ports file is written by its holder.
-    pub(crate) async fn prepare(dir: Arc<Dir>, key_name: &OsStr, deadline: Deadline) -> Self {
+    pub(crate) async fn prepare(dir: Arc<Dir>, key_name: &OsStr, lock_wait: Duration) -> Self {
         let mut addressing = Self::remember_only(dir, key_name);
         let remembered = addressing.file.ports();
-        let deadline = deadline.at_most(MAX_PORT_WAIT);
+        let deadline = Deadline::after(lock_wait.min(MAX_PORT_WAIT));
         for family in Family::ALL {
             let Some(port) = remembered.get(family) else {
                 continue;
@@ -216,8 +216,9 @@ impl StableAddressing {
     pub(crate) async fn for_their_builder(
         dir: Arc<Dir>,
         key_name: &OsStr,
-        deadline: Deadline,
+        lock_wait: Duration,
     ) -> Self {
+        let deadline = Deadline::after(lock_wait);
         let addressing = Self::remember_only(dir, key_name);
         let remembered = addressing.file.ports();
         for family in Family::ALL {

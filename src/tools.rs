@@ -152,7 +152,7 @@ pub fn inspect_key(path: impl AsRef<Path>) -> Result<KeyReport, Error> {
 /// - [`Error::InvalidKeychainKey`]: the entry holds something that is not a key.
 #[cfg(feature = "keyring")]
 pub fn load_keychain_key(service: &str, account: &str) -> Result<SecretKey, Error> {
-    keychain::bounded(service, account, |service, account, _| {
+    bounded(service, account, |service, account, _| {
         keychain::load(service, account)?
             .ok_or_else(|| keychain::entry_error(service, account, KeychainProblem::Missing))
     })
@@ -171,7 +171,7 @@ pub fn load_keychain_key(service: &str, account: &str) -> Result<SecretKey, Erro
 #[cfg(feature = "keyring")]
 pub fn store_new_keychain_key(service: &str, account: &str, key: &SecretKey) -> Result<(), Error> {
     let key = key.clone();
-    keychain::bounded(service, account, move |service, account, deadline| {
+    bounded(service, account, move |service, account, deadline| {
         keychain::store_new(service, account, &key, deadline)
     })
 }
@@ -186,7 +186,7 @@ pub fn store_new_keychain_key(service: &str, account: &str, key: &SecretKey) -> 
 /// did not answer in time.
 #[cfg(feature = "keyring")]
 pub fn delete_keychain_entry(service: &str, account: &str) -> Result<(), Error> {
-    keychain::bounded(service, account, |service, account, _| {
+    bounded(service, account, |service, account, _| {
         // Not while an endpoint runs the identity: held here until the entry is gone.
         let _held = match keychain::load(service, account) {
             Ok(Some(key)) => match host::try_lock_identity(&key)? {
@@ -201,4 +201,23 @@ pub fn delete_keychain_entry(service: &str, account: &str) -> Result<(), Error> 
         };
         keychain::delete(service, account)
     })
+}
+
+#[cfg(feature = "keyring")]
+/// Runs `call` on a thread of its own and waits for it [`DEFAULT_LOCK_WAIT`] at most: the
+/// calls of the key tool, which block.
+fn bounded<T: Send + 'static>(
+    service: &str,
+    account: &str,
+    call: impl FnOnce(&str, &str, Deadline) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let deadline = Deadline::after(DEFAULT_LOCK_WAIT);
+    let (sender, answer) = std::sync::mpsc::channel();
+    let (task_service, task_account) = (service.to_owned(), account.to_owned());
+    std::thread::spawn(move || {
+        let _ = sender.send(call(&task_service, &task_account, deadline));
+    });
+    answer
+        .recv_timeout(DEFAULT_LOCK_WAIT)
+        .unwrap_or_else(|_| Err(keychain::no_answer(service, account)))
 }

@@ -1,5 +1,5 @@
 //! A key's path, walked from `/` through descriptors: every directory and link on the way
-//! is judged by the rules of [`super::trust`] before the key is read or created.
+//! is judged by the rules of [`crate::trust`] before the key is read or created.
 //!
 //! The walk resolves the path itself, one name at a time, as the kernel would: each
 //! directory is opened without following a link and judged by its own descriptor, each
@@ -17,10 +17,10 @@ use std::{
     sync::Arc,
 };
 
-use super::trust::{self, PathKind, TrustProblem};
 use crate::{
     error::{Error, Operation},
     sys::{self, Dir, FileKind, Ownership, Process},
+    trust::{self, PathKind, TrustProblem},
 };
 
 /// As many symbolic links as Linux follows in one path.

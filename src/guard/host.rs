@@ -23,6 +23,8 @@
 //! and never falls back to a second place.
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
+mod proof;
+#[cfg(any(target_os = "linux", target_os = "android"))]
 mod responder;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod socket;

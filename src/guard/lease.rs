@@ -14,7 +14,7 @@ use std::{fmt, future::Future, pin::Pin, time::Duration};
 
 use iroh::{Endpoint, EndpointId};
 
-use crate::{Error, wait::Deadline};
+use crate::{error::Error, wait::Deadline};
 
 /// A future of a lease's, boxed so that the trait can be a trait object.
 pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

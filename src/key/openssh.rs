@@ -10,7 +10,7 @@ use ed25519_dalek::ed25519::pkcs8::spki::der::pem::{self, LineEnding};
 use iroh::SecretKey;
 use zeroize::Zeroizing;
 
-use crate::{KeyFormat, KeyProblem};
+use super::{KeyFormat, KeyProblem};
 
 pub(super) const LABEL: &str = "OPENSSH PRIVATE KEY";
 const MAGIC: &[u8] = b"openssh-key-v1\0";

@@ -5,7 +5,10 @@ use iroh::SecretKey;
 use tracing::info;
 use zeroize::Zeroizing;
 
-use crate::{Error, KeyProblem, key};
+use crate::{
+    error::Error,
+    key::{self, KeyProblem},
+};
 
 /// Reads the key from the environment variable `name`, or `None` if it is unset.
 pub(crate) fn load(name: &str) -> Result<Option<SecretKey>, Error> {

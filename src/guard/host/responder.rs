@@ -22,7 +22,7 @@ use std::{
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use super::socket::{PROOF_LEN, PROOF_WAIT, answer};
+use super::proof::{PROOF_LEN, PROOF_WAIT, answer};
 use crate::sys::Epoll;
 
 /// How many connections may wait for their question at once; one more is closed at once,

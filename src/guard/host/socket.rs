@@ -33,21 +33,18 @@ use iroh::SecretKey;
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use super::{Attempt, Holder, lock_key, responder};
+use super::{
+    Attempt, Holder, lock_key,
+    proof::{PROOF_LEN, PROOF_WAIT, answer},
+    responder,
+};
 use crate::{
-    Error,
+    error::Error,
     sys::{self, Reached},
 };
 
 /// How many names a lock may have.
 pub(super) const SLOTS: u8 = 8;
-
-/// How long listeners of other users have, all together, to prove they hold the lock,
-/// before they count as squatters: a holder answers from a thread of its own.
-pub(super) const PROOF_WAIT: Duration = Duration::from_millis(100);
-
-/// The length of a question and of its answer.
-pub(super) const PROOF_LEN: usize = 32;
 
 /// How long the kernel's table of unix sockets is read for, at most, to name who has a
 /// name: another user can make it long.
@@ -83,14 +80,6 @@ impl Names {
         )
         .into_bytes()
     }
-}
-
-/// The answer that proves a holder of the lock's key: a keyed hash of the question and
-/// of the name it was asked on (so that an answer got elsewhere does not fit).
-pub(super) fn answer(key: &[u8; 32], name: &[u8], question: &[u8]) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new_keyed(key);
-    hasher.update(b"answer").update(name).update(question);
-    hasher.finalize()
 }
 
 fn unreachable(source: io::Error) -> Error {

@@ -47,7 +47,7 @@ use self::{
     members::{Failure, History, Members, Seen},
 };
 use super::{Held, Lease, LeaseRefusal, Pending};
-use crate::{Error, wait::Deadline};
+use crate::{error::Error, wait::Deadline};
 
 /// The lease's time to live unless [`EtcdLease::ttl`] sets another, and the shortest
 /// there is: how long a crashed holder keeps the identity from a standby.

@@ -10,7 +10,6 @@ use super::KeychainProblem;
 use crate::{
     error::Error,
     fs::lock,
-    identity::DEFAULT_LOCK_WAIT,
     key::{self, KeyFormat},
     wait::{self, Deadline, Waited},
 };
@@ -96,24 +95,6 @@ fn load_or_create(
             }
         }
     })
-}
-
-/// Runs `call` on a thread of its own and waits for it [`DEFAULT_LOCK_WAIT`] at most: the
-/// calls of the key tool, which block.
-pub(crate) fn bounded<T: Send + 'static>(
-    service: &str,
-    account: &str,
-    call: impl FnOnce(&str, &str, Deadline) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    let deadline = Deadline::after(DEFAULT_LOCK_WAIT);
-    let (sender, answer) = std::sync::mpsc::channel();
-    let (task_service, task_account) = (service.to_owned(), account.to_owned());
-    std::thread::spawn(move || {
-        let _ = sender.send(call(&task_service, &task_account, deadline));
-    });
-    answer
-        .recv_timeout(DEFAULT_LOCK_WAIT)
-        .unwrap_or_else(|_| Err(no_answer(service, account)))
 }
 
 /// Runs `then` holding the lock that keeps creators of the entry in turn, waiting for it
@@ -258,6 +239,6 @@ pub(crate) fn entry_error(service: &str, account: &str, problem: KeychainProblem
 }
 
 /// The error when the store did not answer by the deadline.
-fn no_answer(service: &str, account: &str) -> Error {
+pub(crate) fn no_answer(service: &str, account: &str) -> Error {
     entry_error(service, account, KeychainProblem::NoAnswer)
 }

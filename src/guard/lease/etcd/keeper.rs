@@ -33,7 +33,7 @@ use super::{
     members::{Failure, Members},
 };
 use crate::{
-    Error,
+    error::Error,
     guard::lease::{Held, LeaseLoss, Pending},
 };
 

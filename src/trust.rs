@@ -24,7 +24,7 @@
 //!   file with more than one name in a directory where others may add names is refused:
 //!   another user may have linked a file of the user's there.
 //!
-//! How a path is walked so that what is judged is what is used is [`super::walk`]'s.
+//! How a path is walked so that what is judged is what is used is [`crate::fs::walk`]'s.
 
 use std::{fmt, path::Path};
 
