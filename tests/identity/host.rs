@@ -20,7 +20,7 @@ use iroh_identity::{KeyFormat, encode_key};
 
 use crate::campaigns::figure;
 use crate::support::{
-    Account, NOBODY, SERVICE_USER, SHARED_GROUP, Site,
+    Account, NOBODY, OTHER_USER, SERVICE_USER, SHARED_GROUP, Site,
     child::{Action, Holder, Task, run_to_end, run_within},
     make_dir, shell_as,
 };
@@ -299,7 +299,6 @@ fn two_users_with_one_secret_are_kept_apart() {
     }
     // A holder of another user proves it knows the lock's key: it is a holder, not a
     // squatter, and the second user is told the identity is in use.
-    const OTHER_USER: u32 = 61004;
     let site = Site::new();
     let secret = Secret::new();
     let child = |uid, action, wait_ms| secret.child(&site, uid, action, wait_ms);
@@ -493,7 +492,6 @@ fn a_silent_squatter_does_not_hide_another_users_holder() {
     }
     // The squatter takes the first name and never answers; the holder of another user,
     // on the next name, answers within the wait that they share.
-    const OTHER_USER: u32 = 61004;
     let site = Site::new();
     let secret = Secret::new();
     let child = |uid, action, wait_ms| secret.child(&site, uid, action, wait_ms);

@@ -298,6 +298,10 @@ pub(crate) const NOBODY: u32 = 65534;
 /// number.
 pub(crate) const SERVICE_USER: u32 = 61001;
 
+/// A third unprivileged user: another service on the same host, which may know the same
+/// secret as [`SERVICE_USER`] and must still be kept apart from it.
+pub(crate) const OTHER_USER: u32 = 61004;
+
 /// A group that is not root's: a Kubernetes pod's `fsGroup`, or a group that an attacker
 /// shares with a directory.
 pub(crate) const SHARED_GROUP: u32 = 61100;
