@@ -268,26 +268,27 @@ fn paired_process(dir: &Path, pairs: usize) -> [(f64, f64); 2] {
 /// Runs this program with `variable` set to `path`; returns its wall and CPU time in
 /// nanoseconds.
 fn time_process(exe: &Path, variable: &str, path: &Path) -> (f64, f64) {
+    let before = children_cpu();
     let start = Instant::now();
-    let child = Command::new(exe)
+    let status = Command::new(exe)
         .env(variable, path)
         .stdout(Stdio::null())
-        .spawn()
-        .expect("start a child");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
+        .status()
+        .expect("run a child");
+    let wall = start.elapsed().as_nanos() as f64;
+    assert!(status.success(), "{variable} child failed: {status}");
+    (wall, children_cpu() - before)
+}
+
+/// The CPU time, user and system, of every child waited for so far, in nanoseconds.
+fn children_cpu() -> f64 {
     // SAFETY: an all-zero `rusage` is a valid value for the kernel to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not waited for yet; both pointers are to live locals.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = start.elapsed().as_nanos() as f64;
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{variable} child failed: {status:#x}"
-    );
+    // SAFETY: the pointer is to a live local.
+    let done = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(done, 0, "getrusage: {}", std::io::Error::last_os_error());
     let nanos = |time: libc::timeval| time.tv_sec as f64 * 1e9 + time.tv_usec as f64 * 1e3;
-    (wall, nanos(usage.ru_utime) + nanos(usage.ru_stime))
+    nanos(usage.ru_utime) + nanos(usage.ru_stime)
 }
 
 fn median_of(mut samples: Vec<f64>) -> f64 {
