@@ -118,7 +118,7 @@ impl Fence {
     }
 
     /// Whether the lease was lost or let go of.
-    pub(super) fn is_over(&self) -> bool {
+    fn is_over(&self) -> bool {
         self.lock().over
     }
 
@@ -131,17 +131,24 @@ impl Fence {
         notified.await;
     }
 
-    /// The lease was let go of: the thread ends without fencing.
-    pub(super) fn release(&self) {
+    /// The lease is let go of, its endpoint closed: the thread ends without fencing.
+    /// `false` if it was lost first: a close by the fence looks like any other close to
+    /// whoever watches the endpoint, and the loss must stand.
+    pub(super) fn release(&self) -> bool {
         let mut state = self.lock();
+        if state.over {
+            return false;
+        }
         state.over = true;
         state.endpoint = None;
         drop(state);
         self.wake.notify_all();
+        true
     }
 
     /// The lease is lost, or may be: closes the endpoint first, then records and logs the
-    /// loss. Only the first call does anything.
+    /// loss. Only the first call, or [`release`](Self::release), does anything: the one
+    /// that sets `over`.
     pub(super) fn lose(&self, cause: LeaseLoss) {
         let mut state = self.lock();
         if state.over {
