@@ -130,13 +130,22 @@
 //!     `Builder::lease` with an `EtcdLease`). Before it binds, an open takes the
 //!     identity's lease in etcd, a key named for the [`EndpointId`] created only if
 //!     absent; a standby waits for it for as long as its lock wait says (for ever is
-//!     fine), and takes over as soon as the holder closes (the lease is revoked; a
-//!     holder that exits right after closing awaits `EtcdLease::released` first), or
-//!     within the TTL when it died. The holder keeps the lease alive in the background;
-//!     when etcd has confirmed no keep-alive for the TTL less a margin (on the monotonic
-//!     clock), the lease may be about to expire, and the holder closes its endpoint
-//!     first, logs an error and tells the application (`EtcdLease::lost`). Each holder
-//!     gets a fencing token, larger than every earlier holder's.
+//!     fine), and takes over as soon as the holder closes (the lease is revoked; a holder
+//!     that exits right after closing awaits `EtcdLease::released` first), or within the
+//!     TTL when it died. The holder keeps the lease alive on one keep-alive stream and
+//!     watches its key. It closes its endpoint first, then logs an error and tells the
+//!     application (`EtcdLease::lost`): when etcd has confirmed no keep-alive for the TTL
+//!     less a fifth (on the monotonic clock, from a thread of its own), and within a round
+//!     trip when its key is deleted (`etcdctl del`), its lease revoked (`etcdctl lease
+//!     revoke`: the way to force a failover) or the key bound to another lease. The
+//!     shortest TTL, 5 s, holds through a leader change at etcd's default election timeout
+//!     and a round trip of a quarter of the TTL. TLS, client certificates and a user are
+//!     etcd-client's `ConnectOptions`; what waiting does not mend (a login or permission
+//!     refused, a TLS failure, endpoints of two clusters) fails the open at once
+//!     (`Error::LeaseRefused`), what may pass is tried again and reported through
+//!     `EtcdLease::on_wait`. Each holder gets a fencing token, larger than every earlier
+//!     holder's while etcd keeps its data; `EtcdLease::fencing_token` says what holds when
+//!     it does not.
 //!
 //! # Stable addressing
 //!
@@ -199,18 +208,24 @@
 //!   has lost its lease when it resumes, and a standby may hold it; the holder closes its
 //!   endpoint as its first act (its timer is due), but until then its endpoint is open. A
 //!   system (or VM) suspended as a whole stops the monotonic clock the holder measures
-//!   with, so its timer is not due at the resume: it learns of the loss from its next
-//!   keep-alive, within a third of the TTL, or at the latest after the TTL less the margin
-//!   when etcd does not answer. In that window its endpoint is open too: a packet already
-//!   queued for it may be answered, and if it reaches the relay before it closes, the
-//!   relay, which keeps the newest connection for an id, may route the id to it for that
-//!   instant. Measured here: closed within a few milliseconds of the resume
-//!   (RELIABILITY.md). Work that must never run twice should check the fencing token where
-//!   it lands, as with any lease. A network partition that cuts a holder off from etcd but
-//!   not from its peers ends the same way: it closes within the TTL. Clocks need not agree
-//!   between machines; each holder measures its own. A holder keeps its lease alive and
-//!   does not watch its key: deleting the key by hand lets a standby take it while the
-//!   holder runs. Tested with etcd 3.4.23 (Debian's).
+//!   with, so its timer is not due at the resume: it learns of the loss from its watch or
+//!   its next keep-alive, within a sixth of the TTL, or at the latest after the TTL less
+//!   the margin when etcd does not answer. A holder starved of CPU (a container's CPU
+//!   limit with busy threads beside it) closes late, by as long as the kernel keeps its
+//!   fence's thread from the CPU: the thread makes the fence independent of the
+//!   application's runtime (work that never yields does not delay it), not of the CPU.
+//!   In those windows its endpoint is open too: a packet already queued for it may be
+//!   answered, and if it reaches the relay before it closes, the relay, which keeps the
+//!   newest connection for an id, may route the id to it for that instant. Measured here
+//!   (RELIABILITY.md): closed within a few milliseconds of the resume; starved to 1 ms of
+//!   CPU per 100 ms, up to seconds after a standby bound, which a TTL five times that
+//!   long covers. Work that must never run twice should check the fencing token where
+//!   it lands, as with any lease; a token grows only while etcd keeps its data. A network
+//!   partition that cuts a holder off from etcd but not from its peers ends the same way:
+//!   it closes within the TTL. Clocks need not agree between machines; each holder
+//!   measures its own. Every machine must give the same cluster and the same prefix
+//!   (ending in `/`): another prefix is another key, held at the same time. Tested with
+//!   etcd 3.4.23 (Debian's).
 //! - The secret store is tested with GNOME Keyring (the Secret Service) on Linux. The
 //!   Windows Credential Manager is compiled in CI, not run; the macOS Keychain is
 //!   neither, for want of Apple's toolchain: both are the `keyring` crate's own stores.
