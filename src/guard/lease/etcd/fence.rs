@@ -4,12 +4,13 @@
 //! The lease may expire once etcd has confirmed no keep-alive for its TTL (etcd counts
 //! from a keep-alive's arrival, which is after its sending); the holder closes its
 //! endpoint a margin before that. A timer on the application's runtime fires only when
-//! the runtime gets to it: a runtime busy with other work, or a process starved of CPU,
-//! kept two holders for seconds (1568 ms measured under a CPU limit of 1 ms per 100 ms,
-//! with busy threads beside it). A thread that sleeps until the deadline is woken by the
-//! kernel, ahead of threads that have been running, and its first act needs no runtime:
-//! the first poll of [`Endpoint::close`] makes the endpoint refuse new connections and
-//! start closing its own at once; the rest of the close is handed to the runtime.
+//! the runtime gets to it: a task that never yields on a runtime of one thread kept two
+//! holders for 9.7 s. A thread that sleeps until the deadline needs only the CPU, and its
+//! first act needs no runtime: the first poll of [`Endpoint::close`] makes the endpoint
+//! refuse new connections and start closing its own at once; the rest of the close is
+//! handed to the runtime. A process starved of CPU is another matter: the kernel wakes
+//! this thread as late as any other (RELIABILITY.md measures how late); only the margin
+//! covers that.
 
 use std::{
     sync::{Arc, Condvar, Mutex, MutexGuard},
