@@ -73,7 +73,8 @@
 //!   reject the crate's key files. [`encode_key`] with [`KeyFormat::Pkcs8PemV1`] (or
 //!   `iroh-identity export --format pkcs8-v1`) gives them a copy they read.
 //! - Stable addressing keeps ports, not IP addresses.
-//! - A lease cannot stop a process that does not run: see `EtcdLease`.
+//! - A lease cannot stop a process that does not run, nor one starved of CPU: `EtcdLease`
+//!   says what that means.
 //!
 //! [`EndpointId`]: iroh::EndpointId
 

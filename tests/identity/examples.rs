@@ -223,38 +223,104 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_gracefully_on_ctrl_c_an
     assert_eq!(list(dir.path()), ["server.key", "server.key.ports"]);
 }
 
+/// An `echo serve` with a lease in an etcd that machine `m` reaches through `link`, as
+/// `command` (machine `m`'s user, in its namespace) runs it, with `args` added.
+#[cfg(feature = "etcd")]
+fn echo_serve(
+    machines: &crate::lease::Machines,
+    m: usize,
+    link: &crate::lease::Link,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Killed {
+    let mut command = machines.command(m, &example("echo"));
+    command
+        .envs(env.iter().copied())
+        .arg("serve")
+        .arg(machines.key(m))
+        .args(["--etcd", &link.urls().join(","), "--lease-ttl", "5"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Killed::new(crate::support::spawn(&mut command))
+}
+
+/// Reads `echo serve`'s first two lines and returns the id.
+#[cfg(feature = "etcd")]
+fn id_and_ticket(server: &mut Killed) -> String {
+    let stdout = server.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = || lines.next().expect("a line").expect("read");
+    let id = next()
+        .strip_prefix("endpoint id: ")
+        .expect("id line")
+        .to_owned();
+    assert!(next().starts_with("ticket: "));
+    id
+}
+
+/// Waits up to `limit` for `server` to exit; after that, kills it: the status then says
+/// so.
+#[cfg(feature = "etcd")]
+fn exit_within(server: &mut Killed, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = server.kill();
+            return server.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The README's production setup: etcd with TLS, client certificates and authentication,
+/// given with etcdctl's flags, the password in `ETCD_PASSWORD`.
 #[cfg(feature = "etcd")]
 #[test]
-fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
-    use crate::lease::{Machines, skip_unless_root};
+fn echo_with_etcd_over_tls_and_auth_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
+    use std::os::unix::process::ExitStatusExt;
+
+    use crate::{
+        lease::{Machines, skip_unless_root},
+        support::etcd::{Certificates, LEASE_USER, Options},
+    };
 
     if skip_unless_root() {
         return;
     }
-    let mut etcd = crate::support::etcd::Etcd::single();
     let machines = Machines::new();
+    let certificates = Certificates::new(&machines.service_addresses());
+    let mut etcd = Options::members(1).tls(&certificates).start();
+    etcd.enable_auth("/iroh-identity/");
     let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
+    let (ca, cert, key) = (
+        certificates.path("ca.pem"),
+        certificates.path("client.pem"),
+        certificates.path("client.key"),
+    );
+    let tls_and_auth = [
+        "--etcd-cacert",
+        ca.to_str().expect("UTF-8"),
+        "--etcd-cert",
+        cert.to_str().expect("UTF-8"),
+        "--etcd-key",
+        key.to_str().expect("UTF-8"),
+        "--etcd-user",
+        LEASE_USER.0,
+    ];
+    // The password comes from the environment, never the command line.
     let serve = |m: usize| {
-        let mut command = machines.command(m, &example("echo"));
-        command
-            .arg("serve")
-            .arg(machines.key(m))
-            .args(["--etcd", &links[m].urls().join(","), "--lease-ttl", "5"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Killed::new(command.spawn().expect("start echo serve"))
-    };
-    let id_and_ticket = |server: &mut Killed| {
-        let stdout = server.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut next = || lines.next().expect("a line").expect("read");
-        let id = next()
-            .strip_prefix("endpoint id: ")
-            .expect("id line")
-            .to_owned();
-        assert!(next().starts_with("ticket: "));
-        id
+        echo_serve(
+            &machines,
+            m,
+            &links[m],
+            &tls_and_auth,
+            &[("ETCD_PASSWORD", LEASE_USER.1)],
+        )
     };
     let mut primary = serve(0);
     assert_eq!(id_and_ticket(&mut primary), machines.id);
@@ -273,21 +339,20 @@ fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
     assert_eq!(id_and_ticket(&mut standby), machines.id);
 
     // etcd gone: the holder closes its endpoint and exits with one line on stderr.
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut standby_err, &mut rest);
+        rest
+    });
     etcd.kill_member(0);
     let start = Instant::now();
-    let status = loop {
-        if let Some(status) = standby.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "echo serve kept running"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success(), "exited {status}");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut standby_err, &mut rest).expect("stderr");
+    let status = exit_within(&mut standby, Duration::from_secs(10));
+    let rest = rest.join().expect("stderr");
+    assert!(
+        !status.success() && status.signal().is_none(),
+        "{status} (killed: it kept running {:?} after etcd died): {rest}",
+        start.elapsed()
+    );
     let lines: Vec<&str> = rest.lines().collect();
     assert_eq!(lines.len(), 1, "{rest}");
     assert!(
@@ -295,4 +360,55 @@ fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
         "{rest}"
     );
     eprintln!("echo --etcd: exited {:?} after etcd died", start.elapsed());
+}
+
+/// Finding 9: SIGTERM is handled from the start, before the lease is taken: a waiting
+/// server stops cleanly, and one stopped as it takes over lets the lease go.
+#[cfg(feature = "etcd")]
+#[test]
+fn echo_with_etcd_stops_cleanly_on_sigterm_while_it_waits_and_as_it_takes_over() {
+    use crate::lease::{Machines, skip_unless_root};
+
+    if skip_unless_root() {
+        return;
+    }
+    let etcd = crate::support::etcd::Etcd::single();
+    let machines = Machines::new();
+    let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
+    let mut primary = echo_serve(&machines, 0, &links[0], &[], &[]);
+    assert_eq!(id_and_ticket(&mut primary), machines.id);
+
+    let mut waiting = echo_serve(&machines, 1, &links[1], &[], &[]);
+    let mut waiting_err = BufReader::new(waiting.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    waiting_err.read_line(&mut line).expect("a line on stderr");
+    assert!(
+        line.starts_with("waiting for the identity lease: the identity's lease is held by"),
+        "{line}"
+    );
+    crate::support::signal(waiting.id(), libc::SIGTERM);
+    let status = exit_within(&mut waiting, Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "a waiting server stopped by SIGTERM: {status}"
+    );
+
+    // Stopped in the instant it takes over: whatever it took, it lets go.
+    let mut standby = echo_serve(&machines, 1, &links[1], &[], &[]);
+    let mut standby_err = BufReader::new(standby.stderr.take().expect("stderr"));
+    line.clear();
+    standby_err.read_line(&mut line).expect("a line on stderr");
+    crate::support::signal(primary.id(), libc::SIGTERM);
+    crate::support::signal(standby.id(), libc::SIGTERM);
+    assert!(exit_within(&mut primary, Duration::from_secs(10)).success());
+    let status = exit_within(&mut standby, Duration::from_secs(10));
+    assert!(status.success(), "stopped as it took over: {status}");
+    let stopped = Instant::now();
+    let mut next = echo_serve(&machines, 0, &links[0], &[], &[]);
+    assert_eq!(id_and_ticket(&mut next), machines.id);
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the next server waited {took:?}: the lease was left to expire"
+    );
 }

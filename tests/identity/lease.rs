@@ -2,7 +2,7 @@
 //! (feature `etcd`), against real etcd processes ([`Etcd`]). The failover campaign is
 //! `campaigns::failover`.
 //!
-//! Two machines are two network namespaces of this host ([`Namespace`]), each with its own
+//! Two machines are two network namespaces of this host ([`Network`]), each with its own
 //! copy of the key, run as a user of its own: nothing of the host's guards the identity
 //! across them (not a lock per user, nor one per namespace), so only the lease keeps them
 //! apart, as it must keep two machines. Each reaches etcd through a proxy of its own
@@ -29,7 +29,7 @@ use crate::support::{
     child::{Action, Report, Task},
     etcd::{Certificates, Etcd, LEASE_USER, Options},
     make_dir,
-    net::Namespace,
+    net::Network,
     now_ms,
     proxy::{Faults, Proxy},
     runnable_by_others, signal, temp_dir, write_private,
@@ -55,7 +55,7 @@ pub(crate) struct Machines {
     keys: [PathBuf; 2],
     exe: PathBuf,
     pub id: String,
-    namespaces: [Namespace; 2],
+    network: Network,
 }
 
 impl Machines {
@@ -77,20 +77,25 @@ impl Machines {
             keys,
             exe,
             id: key.public().to_string(),
-            namespaces: [Namespace::new(), Namespace::new()],
+            network: Network::new(2),
         }
     }
 
-    /// Where each machine reaches the host: the addresses a server's certificate names.
-    pub(crate) fn host_sides(&self) -> Vec<Ipv4Addr> {
-        self.namespaces.iter().map(Namespace::host_side).collect()
+    /// Where each machine reaches the tests' services: the addresses a server's
+    /// certificate names.
+    pub(crate) fn service_addresses(&self) -> Vec<Ipv4Addr> {
+        (0..2).map(|m| self.network.service_address(m)).collect()
     }
 
-    /// Machine `m`'s own way to every member of `etcd`: a proxy each, on its side of the
-    /// host.
+    /// A proxy to `target` (on the host's loopback), where machine `m` reaches services.
+    pub(crate) fn proxy(&self, m: usize, target: std::net::SocketAddr) -> Proxy {
+        Proxy::start(self.network.listen(self.network.service_address(m)), target)
+    }
+
+    /// Machine `m`'s own way to every member of `etcd`: a proxy each.
     pub(crate) fn link(&self, m: usize, etcd: &Etcd) -> Link {
         let proxies: Vec<Proxy> = (0..etcd.size())
-            .map(|i| Proxy::start(self.namespaces[m].host_side(), etcd.member_addr(i)))
+            .map(|i| self.proxy(m, etcd.member_addr(i)))
             .collect();
         let urls = proxies.iter().map(|proxy| etcd.url_of(proxy)).collect();
         Link { proxies, urls }
@@ -106,7 +111,7 @@ impl Machines {
         let mut task = task;
         task.path.clone_from(&self.keys[m]);
         let mut command = task.command_at(&self.exe);
-        self.namespaces[m].enter(&mut command);
+        self.network.enter(m, &mut command);
         as_user(&mut command, MACHINE_USERS[m], &[]);
         Server::start(command)
     }
@@ -126,7 +131,7 @@ impl Machines {
             fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         let mut command = Command::new(copy);
-        self.namespaces[m].enter(&mut command);
+        self.network.enter(m, &mut command);
         as_user(&mut command, MACHINE_USERS[m], &[]);
         command
     }
@@ -184,7 +189,7 @@ pub(crate) struct Server {
 
 impl Server {
     fn start(mut command: Command) -> Self {
-        let mut child = command.spawn().expect("spawn child");
+        let mut child = crate::support::spawn(&mut command);
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let reports: Reports = Arc::default();
@@ -762,7 +767,7 @@ fn a_tls_cluster_with_client_certificates_holds_hands_over_and_refuses_a_wrong_c
         return;
     }
     let machines = Machines::new();
-    let certificates = Certificates::new(&machines.host_sides());
+    let certificates = Certificates::new(&machines.service_addresses());
     let etcd = Options::members(1).tls(&certificates).start();
     let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
     let tls = |task: Task, ca: &str, client: bool| {
@@ -926,9 +931,12 @@ fn an_unreachable_etcd_is_a_clear_error_after_the_wait() {
         return;
     }
     let machines = Machines::new();
-    let host = machines.host_sides()[0];
-    let port = std::net::TcpListener::bind((host, 0))
-        .and_then(|listener| listener.local_addr())
+    let host = machines.service_addresses()[0];
+    // A port that was free a moment ago, where nothing listens now.
+    let port = machines
+        .network
+        .listen(host)
+        .local_addr()
         .expect("a port")
         .port();
     let start = Instant::now();
@@ -1059,22 +1067,21 @@ async fn through_a_relay_a_ticket_reaches_the_standby_after_the_primary_dies() -
     }
     let etcd = Etcd::single();
     let machines = Machines::new();
-    let (_, relay_url, _relay) = iroh::test_utils::run_relay_server().await?;
-    // The relay listens on loopback; both machines reach it through a proxy on machine
-    // 0's side of the host, which every namespace routes to.
+    let (relay_map, relay_url, _relay) = iroh::test_utils::run_relay_server().await?;
+    // The relay listens on the host's loopback; both machines reach it through a proxy on
+    // machine 0's service address, which every machine routes to.
     let relay_port = relay_url.port().expect("the relay's port");
-    let relay_proxy = Proxy::start(
-        machines.host_sides()[0],
+    let relay_proxy = machines.proxy(
+        0,
         std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, relay_port)),
     );
-    let relay_url: iroh::RelayUrl = format!("https://{}", relay_proxy.addr()).parse()?;
-    let relay_map = iroh::RelayMap::from(iroh::RelayConfig::new(relay_url.clone(), None));
+    let machines_relay: iroh::RelayUrl = format!("https://{}", relay_proxy.addr()).parse()?;
     let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
     let serve = |m: usize| {
         let mut task = Task::new(Action::Serve, "")
             .lease(links[m].urls(), TTL_S)
             .lock_wait_ms(u64::MAX);
-        task.relay = Some(relay_url.to_string());
+        task.relay = Some(machines_relay.to_string());
         machines.start(m, task)
     };
     let mut primary = serve(0);
@@ -1095,6 +1102,9 @@ async fn through_a_relay_a_ticket_reaches_the_standby_after_the_primary_dies() -
         "only the relay and the id: {addr:?}"
     );
     assert_eq!(addr.id.to_string(), machines.id);
+    assert_eq!(addr.relay_urls().next(), Some(&machines_relay));
+    // The client, on the host, reaches the same relay at its own address.
+    let addr = iroh::EndpointAddr::new(addr.id).with_relay_url(relay_url.clone());
     let standby = serve(1);
 
     let client = crate::support::relay_only(relay_map)(iroh::Endpoint::builder(
@@ -1148,7 +1158,7 @@ fn a_key_from_the_environment_is_guarded_by_the_lease_too() {
         task.key_env = Some("TEST_IROH_SECRET".to_owned());
         let mut command = task.command_at(&machines.exe);
         command.env("TEST_IROH_SECRET", hex.trim());
-        machines.namespaces[m].enter(&mut command);
+        machines.network.enter(m, &mut command);
         as_user(&mut command, MACHINE_USERS[m], &[]);
         Server::start(command)
     };
@@ -1157,4 +1167,51 @@ fn a_key_from_the_environment_is_guarded_by_the_lease_too() {
     let refused_one = from_env(1, 500);
     let error = refused(&refused_one);
     assert!(error.contains("is held by"), "{error}");
+}
+
+#[test]
+fn zz_debug_tls_auth_kill() {
+    let machines = Machines::new();
+    let certificates = Certificates::new(&machines.service_addresses());
+    let mut etcd = Options::members(1).tls(&certificates).start();
+    etcd.enable_auth(PREFIX);
+    let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
+    let (user, password) = LEASE_USER;
+    let task = hold(&links[0])
+        .etcd_tls(
+            certificates.path("ca.pem"),
+            Some((
+                certificates.path("client.pem"),
+                certificates.path("client.key"),
+            )),
+        )
+        .etcd_user(user, password)
+        .trace();
+    let first = machines.start(
+        1,
+        hold(&links[1])
+            .etcd_tls(
+                certificates.path("ca.pem"),
+                Some((
+                    certificates.path("client.pem"),
+                    certificates.path("client.key"),
+                )),
+            )
+            .etcd_user(user, password),
+    );
+    first.holding(Duration::from_secs(10)).expect("holds");
+    let holder = machines.start(0, task);
+    std::thread::sleep(Duration::from_millis(500));
+    first.signal(libc::SIGTERM);
+    holder.holding(Duration::from_secs(10)).expect("holds");
+    etcd.kill_member(0);
+    let killed = now_ms();
+    let lost = holder.lost(Duration::from_secs(10));
+    let log = holder.log.lock().unwrap().clone();
+    let interesting: Vec<_> = log.iter().filter(|l| l.contains("iroh_identity")).collect();
+    assert!(
+        lost.is_some(),
+        "not lost; killed at {killed}; log: {interesting:#?}"
+    );
+    eprintln!("lost {:?} after", lost.map(|(_, at)| at - killed));
 }

@@ -225,6 +225,25 @@ pub(crate) fn example(name: &str) -> PathBuf {
     path
 }
 
+/// Spawns `command`, again while its program is "busy": a copy of a program made a moment
+/// ago is, for as long as a child forked meanwhile by another thread of this process
+/// still holds the copy's descriptor, until it execs (`ETXTBSY`).
+#[cfg(feature = "etcd")]
+pub(crate) fn spawn(command: &mut Command) -> Child {
+    let start = std::time::Instant::now();
+    loop {
+        match command.spawn() {
+            Err(err)
+                if err.kind() == io::ErrorKind::ExecutableFileBusy
+                    && start.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            spawned => return spawned.expect("spawn a child"),
+        }
+    }
+}
+
 /// Whether the tests run as root, who can read and write any file regardless of mode.
 pub(crate) fn is_root() -> bool {
     uid() == 0

@@ -421,11 +421,11 @@ impl Keeper {
 
     /// The endpoint closed: revokes the lease, so that a standby takes it at once.
     async fn release(mut self) {
-        if self.fence.is_over() && !matches!(self.record.get(), State::Held { .. }) {
-            // Lost, and fenced already: only the lease is left to let go.
+        if !self.fence.release() {
+            // Lost, and fenced: the endpoint closed because of it. Only the lease is left
+            // to let go.
             return self.revoke().await;
         }
-        self.fence.release();
         match self.members.revoke(self.lease).await {
             Ok(()) => debug!(key = %self.key, "released the identity's lease"),
             Err(err) => {
