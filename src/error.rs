@@ -3,7 +3,7 @@
 use std::{fmt, io, path::PathBuf, time::Duration};
 
 use crate::{
-    guard::lease::{LeaseLoss, LeaseRefusal},
+    guard::lease::problem::{LeaseLoss, LeaseRefusal},
     key::KeyProblem,
     store::keychain::problem::KeychainProblem,
     sys::{FileKind, Ownership},

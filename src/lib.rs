@@ -100,7 +100,7 @@ pub use error::{Error, Operation};
 pub use etcd_client;
 #[cfg(feature = "etcd")]
 pub use guard::lease::etcd::{DEFAULT_LEASE_TTL, EtcdLease, LeaseWait};
-pub use guard::lease::{LeaseLoss, LeaseRefusal};
+pub use guard::lease::problem::{LeaseLoss, LeaseRefusal};
 pub use identity::{Builder, DEFAULT_LOCK_WAIT, Identity};
 pub use key::{KeyFormat, KeyProblem, decode_key, encode_key};
 pub use store::{KeyLocation, KeySource, keychain::KeychainProblem};

@@ -22,6 +22,8 @@
 //! - **Letting go.** When the endpoint closes, the lease is revoked: etcd deletes the key
 //!   and a waiting standby takes it at once. A crashed holder's lease expires after the
 //!   TTL.
+//! - **What it is doing.** Held with its token, lost and why, or free ([`state`]): the
+//!   keeper and the fence write it, every clone of the `EtcdLease` reads the latest.
 
 use std::{
     fmt,
@@ -40,13 +42,15 @@ use tracing::{debug, info, warn};
 mod fence;
 mod keeper;
 mod members;
+mod state;
 
 use self::{
     fence::Fence,
-    keeper::{EtcdHeld, Keeper, Latest, Record, State},
+    keeper::{EtcdHeld, Keeper},
     members::{Failure, History, Members, Seen},
+    state::{Latest, Record, State},
 };
-use super::{Held, Lease, LeaseRefusal, Pending};
+use super::{Held, Lease, Pending, problem::LeaseRefusal};
 use crate::{error::Error, wait::Deadline};
 
 /// The lease's time to live unless [`EtcdLease::ttl`] sets another, and the shortest
@@ -82,9 +86,9 @@ const RETRY: Duration = Duration::from_millis(200);
 ///
 /// # Connecting
 ///
-/// [`new`](Self::new) takes every member's client URL; [`connect_options`](Self::connect_options)
-/// takes etcd-client's own [`ConnectOptions`](etcd_client::ConnectOptions) (re-exported as
-/// [`crate::etcd_client`]): TLS with a CA and a client certificate (`https://` URLs), a
+/// [`new`](Self::new) takes every member's client URL;
+/// [`connect_options`](Self::connect_options) takes etcd-client's own [`ConnectOptions`]
+/// (re-exported as [`crate::etcd_client`]): TLS with a CA and a client certificate (`https://` URLs), a
 /// user and password. TLS is rustls with ring, the crypto library iroh uses. The lease
 /// bounds each of its requests itself, and talks to one member at a time, turning to the
 /// next when one fails or hangs.

@@ -22,8 +22,8 @@ use iroh::Endpoint;
 use tokio::{runtime::Handle, sync::Notify};
 use tracing::error;
 
-use super::keeper::{Record, State};
-use crate::guard::lease::LeaseLoss;
+use super::state::{Record, State};
+use crate::guard::lease::problem::LeaseLoss;
 
 /// How long before the lease could expire the holder closes its endpoint: a fifth of the
 /// TTL, 500 ms at least.
