@@ -151,19 +151,15 @@ fn one_user_in_two_group_sets_creates_one_keychain_entry_and_runs_it_once() {
                 let mut command = site.child_in(&task, account.uid, gid, &[]);
                 service.env(&mut command);
                 command.env("HOME", &account.home);
-                crate::support::Killed::new(command.spawn().expect("spawn a racer"))
+                crate::support::process::Process::start(&mut command)
             })
             .collect();
         std::thread::sleep(Duration::from_millis(1500));
-        use crate::support::child::{Outcome, outcome};
+        use crate::support::child::{Outcome, outcome_within};
 
         let outcomes: Vec<Outcome> = racers
             .into_iter()
-            .map(|racer| {
-                let mut racer = racer.into_inner();
-                let _ = racer.kill();
-                outcome(racer)
-            })
+            .map(|racer| outcome_within(racer, Duration::ZERO))
             .collect();
         let ran: Vec<&str> = outcomes.iter().filter_map(Outcome::id).collect();
         assert_eq!(
@@ -283,11 +279,10 @@ fn another_user_squatting_the_locks_names_neither_stops_nor_delays_it() {
         );
         // The attacker learns the name the holder listens on, and takes it after.
         let holder = Holder::start(victim(Action::Hold, 0));
-        let seen = lock_names_of(holder.child.id());
+        let seen = lock_names_of(holder.pid());
         drop(holder);
         assert!(!seen.is_empty(), "a holder's name is in /proc/net/unix");
-        let mut squat = Task::new(Action::Squat, "/nonexistent");
-        squat.names = seen;
+        let squat = Task::new(Action::Squat { names: seen }, "/nonexistent");
         squatters.push(Holder::until_ready(site.child(&squat, NOBODY, &[])));
     }
 }
@@ -404,9 +399,8 @@ fn nothing_piles_up_per_identity() {
     let home = site.path("home");
     make_dir(&home, TENANT, TENANT, 0o700);
     let before = files_of(TENANT).len();
-    let mut task = Task::new(Action::OpenKeys, "/nonexistent/unused.key").lock_wait_ms(0);
+    let mut task = Task::new(Action::OpenKeys { runs }, "/nonexistent/unused.key").lock_wait_ms(0);
     task.key_env = Some(VARIABLE.to_owned());
-    task.runs = runs;
     let mut command = site.child(&task, TENANT, &[]);
     command.env("HOME", &home);
     let start = Instant::now();
@@ -449,7 +443,7 @@ fn a_holder_of_the_same_user_is_never_taken_for_a_squatter() {
     let secret = Secret::new();
     let child = |uid, action, wait_ms| secret.child(&site, uid, action, wait_ms);
     let holder = Holder::start(child(SERVICE_USER, Action::Hold, 0));
-    let pid = holder.child.id();
+    let pid = holder.pid();
     crate::support::signal(pid, libc::SIGSTOP);
     let refused = run_to_end(child(SERVICE_USER, Action::Open, 300));
     crate::support::signal(pid, libc::SIGCONT);
@@ -458,9 +452,13 @@ fn a_holder_of_the_same_user_is_never_taken_for_a_squatter() {
         "stopped: {refused}"
     );
 
-    let mut flood = Task::new(Action::Flood, "/nonexistent");
-    flood.names = lock_names_of(pid);
-    flood.runs = 3000;
+    let flood = Task::new(
+        Action::Flood {
+            names: lock_names_of(pid),
+            millis: 3000,
+        },
+        "/nonexistent",
+    );
     let flooder = Holder::until_ready(site.child(&flood, NOBODY, &[]));
     std::thread::sleep(Duration::from_millis(300));
     let mut most = 0;
@@ -496,8 +494,8 @@ fn a_silent_squatter_does_not_hide_another_users_holder() {
     let secret = Secret::new();
     let child = |uid, action, wait_ms| secret.child(&site, uid, action, wait_ms);
     let first = Holder::start(child(SERVICE_USER, Action::Hold, 0));
-    let mut squat = Task::new(Action::Squat, "/nonexistent");
-    squat.names = lock_names_of(first.child.id());
+    let names = lock_names_of(first.pid());
+    let squat = Task::new(Action::Squat { names }, "/nonexistent");
     drop(first);
     let _squatter = Holder::until_ready(site.child(&squat, NOBODY, &[]));
     let holder = Holder::start(child(SERVICE_USER, Action::Hold, 0));
@@ -521,15 +519,14 @@ fn silent_names_and_a_long_socket_table_do_not_slow_an_open() {
     let key = &secret.key;
     let child = |action, wait_ms| secret.child(&site, SERVICE_USER, action, wait_ms);
     let first = Holder::start(child(Action::Hold, 0));
-    let mut squat = Task::new(Action::Squat, "/nonexistent");
-    squat.names = lock_names_of(first.child.id())
+    let names = lock_names_of(first.pid())
         .into_iter()
         .map(|name| format!("{name}!"))
         .collect();
+    let squat = Task::new(Action::Squat { names }, "/nonexistent");
     drop(first);
     let _squatter = Holder::until_ready(site.child(&squat, NOBODY, &[]));
-    let mut long = Task::new(Action::Sockets, "/nonexistent");
-    long.runs = 15_000;
+    let long = Task::new(Action::Sockets { count: 15_000 }, "/nonexistent");
     let _table = Holder::until_ready(site.child(&long, NOBODY, &[]));
     let mut slowest = Duration::ZERO;
     for _ in 0..5 {

@@ -288,7 +288,7 @@ fn a_second_process_with_the_same_entry_waits_then_is_refused_and_a_kill_release
         "the error names the identity: {error}"
     );
     assert!(
-        error.contains(&format!("(process {}, uid 0)", holder.child.id())),
+        error.contains(&format!("(process {}, uid 0)", holder.pid())),
         "the error names the holder: {error}"
     );
     let id = holder.id.clone();

@@ -6,10 +6,9 @@ use std::{
     hash::{BuildHasher, RandomState},
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    ops::{Deref, DerefMut},
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -32,6 +31,7 @@ pub(crate) mod echo;
 pub(crate) mod etcd;
 #[cfg(feature = "etcd")]
 pub(crate) mod net;
+pub(crate) mod process;
 #[cfg(feature = "etcd")]
 pub(crate) mod proxy;
 #[cfg(feature = "keyring")]
@@ -225,25 +225,6 @@ pub(crate) fn example(name: &str) -> PathBuf {
     path
 }
 
-/// Spawns `command`, again while its program is "busy": a copy of a program made a moment
-/// ago is, for as long as a child forked meanwhile by another thread of this process
-/// still holds the copy's descriptor, until it execs (`ETXTBSY`).
-#[cfg(feature = "etcd")]
-pub(crate) fn spawn(command: &mut Command) -> Child {
-    let start = std::time::Instant::now();
-    loop {
-        match command.spawn() {
-            Err(err)
-                if err.kind() == io::ErrorKind::ExecutableFileBusy
-                    && start.elapsed() < Duration::from_secs(5) =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            spawned => return spawned.expect("spawn a child"),
-        }
-    }
-}
-
 /// Whether the tests run as root, who can read and write any file regardless of mode.
 pub(crate) fn is_root() -> bool {
     uid() == 0
@@ -253,44 +234,6 @@ pub(crate) fn is_root() -> bool {
 pub(crate) fn uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
-}
-
-/// A child process that is killed and waited for when dropped: on every way out of a
-/// test, a failed assertion included.
-pub(crate) struct Killed(Option<Child>);
-
-impl Killed {
-    pub(crate) fn new(child: Child) -> Self {
-        Self(Some(child))
-    }
-
-    /// The child, no longer killed when dropped: to wait for its own end.
-    pub(crate) fn into_inner(mut self) -> Child {
-        self.0.take().expect("a child")
-    }
-}
-
-impl Deref for Killed {
-    type Target = Child;
-
-    fn deref(&self) -> &Child {
-        self.0.as_ref().expect("a child")
-    }
-}
-
-impl DerefMut for Killed {
-    fn deref_mut(&mut self) -> &mut Child {
-        self.0.as_mut().expect("a child")
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Whether a test that needs root `to` do something must be skipped; says so if it must.
