@@ -14,7 +14,6 @@ use std::{
 use iroh::{RelayConfig, RelayMap, RelayUrl, endpoint::presets, protocol::Router};
 use iroh_tickets::endpoint::EndpointTicket;
 use serde::{Deserialize, Serialize};
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::echo;
 
@@ -174,7 +173,7 @@ impl Task {
     }
 
     /// Guards the identity with a lease in the etcd at `endpoints`, of `ttl_s` seconds.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn lease(mut self, endpoints: Vec<String>, ttl_s: u64) -> Self {
         self.etcd = endpoints;
         self.lease_ttl_s = Some(ttl_s);
@@ -183,35 +182,35 @@ impl Task {
 
     /// Talks to etcd over TLS: `ca` verifies etcd, `identity` (a certificate and its key)
     /// is the client's.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn etcd_tls(mut self, ca: PathBuf, identity: Option<(PathBuf, PathBuf)>) -> Self {
         self.etcd_tls = Some(EtcdTls { ca, identity });
         self
     }
 
     /// Authenticates to etcd as `user`.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn etcd_user(mut self, user: &str, password: &str) -> Self {
         self.etcd_user = Some((user.to_owned(), password.to_owned()));
         self
     }
 
     /// Keeps the lease's key under `prefix`.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn lease_prefix(mut self, prefix: &str) -> Self {
         self.lease_prefix = Some(prefix.to_owned());
         self
     }
 
     /// A `Hold` child keeps its endpoint for up to `hold` if nobody stops it.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn hold_for(mut self, hold: Duration) -> Self {
         self.hold_ms = Some(u64::try_from(hold.as_millis()).expect("a short hold"));
         self
     }
 
     /// Logs WARN and ERROR lines to stderr, each after its time in epoch milliseconds.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn log(mut self) -> Self {
         self.log = true;
         self
@@ -417,7 +416,7 @@ pub(crate) fn run_to_end(mut command: Command) -> Outcome {
 
 /// Waits for a started child and collects its output, killing it after `limit` (its
 /// output then ends there).
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 pub(crate) fn wait_within(child: Child, limit: Duration) -> std::process::Output {
     let mut child = super::Killed::new(child);
     let start = Instant::now();
@@ -433,6 +432,7 @@ pub(crate) fn wait_within(child: Child, limit: Duration) -> std::process::Output
 
 /// Runs a child to the end, killing it and failing the test if it takes longer than
 /// `limit`: for what must not hang.
+#[cfg(unix)]
 pub(crate) fn run_within(mut command: Command, limit: Duration) -> Outcome {
     let mut child = command.spawn().expect("spawn child");
     let start = Instant::now();
@@ -510,6 +510,7 @@ impl Holder {
 
     /// Asks a `Serve` child to close gracefully (SIGTERM) and returns without waiting;
     /// dropping the holder then waits for it to exit (and kills it if it is still there).
+    #[cfg(unix)]
     pub(crate) fn terminate(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: sends a signal to our own child, which has not been reaped.
@@ -517,6 +518,7 @@ impl Holder {
     }
 
     /// Waits up to `limit` for the child to exit by itself.
+    #[cfg(unix)]
     pub(crate) fn exits_within(mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
@@ -545,6 +547,7 @@ pub(crate) fn run() {
         return;
     };
     let task: Task = serde_json::from_str(&task).expect("a task");
+    #[cfg(unix)]
     if let Some(umask) = task.umask {
         // SAFETY: umask has no preconditions; this child runs one test on one thread.
         unsafe { libc::umask(umask as libc::mode_t) };
@@ -563,6 +566,7 @@ pub(crate) fn run() {
             .with_writer(std::io::stderr)
             .init();
     }
+    #[cfg(unix)]
     if let Some(limit) = task.file_size_limit {
         limit_file_size(limit);
     }
@@ -586,14 +590,21 @@ pub(crate) fn run() {
             Action::Serve => serve(&task).await,
             Action::Dial => dial(&task).await,
             Action::CreateMany => create_many(&task).await,
+            #[cfg(unix)]
             Action::Swap => swap(&task),
             Action::OpenMany => open_many(&task).await,
+            #[cfg(unix)]
             Action::Toggle => toggle(&task),
+            #[cfg(target_os = "linux")]
             Action::Squat => squat(&task),
             Action::BindUdp => bind_udp(&task),
+            #[cfg(target_os = "linux")]
             Action::Flood => flood(&task),
+            #[cfg(target_os = "linux")]
             Action::Sockets => sockets(&task),
             Action::OpenKeys => open_keys(&task).await,
+            #[cfg(not(target_os = "linux"))]
+            action => panic!("{action:?} is a task of unix's or Linux's tests"),
         }
     });
 }
@@ -670,10 +681,10 @@ async fn open(task: &Task) {
 
 /// Keeps the endpoint until killed, SIGTERM (then closes it) or the loss of its lease.
 async fn hold(endpoint: &iroh::Endpoint, lease: &Lease, at_most: Duration) {
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let terminate = terminated();
     tokio::select! {
         () = tokio::time::sleep(at_most) => {}
-        _ = terminate.recv() => {
+        () = terminate => {
             endpoint.close().await;
             say(Report::Closed { at_ms: super::now_ms() });
             lease.released().await;
@@ -805,9 +816,9 @@ async fn serve(task: &Task) {
     lease.say_holding();
     say(Report::Ticket(ticket.to_string()));
     say(Report::Ready);
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let terminate = terminated();
     tokio::select! {
-        _ = terminate.recv() => {}
+        () = terminate => {}
         () = tokio::time::sleep(HOLD_AT_MOST) => {}
         reason = lease.lost() => return say(Report::Lost { reason, at_ms: super::now_ms() }),
     }
@@ -861,6 +872,7 @@ async fn create_many(task: &Task) {
 }
 
 /// The attacker of the directory-swap attack.
+#[cfg(unix)]
 fn swap(task: &Task) {
     use std::{fs, os::unix::fs::symlink};
 
@@ -901,6 +913,7 @@ async fn open_many(task: &Task) {
 }
 
 /// The attacker of the planted-directory race.
+#[cfg(unix)]
 fn toggle(task: &Task) {
     use std::{fs, os::unix::fs::PermissionsExt};
 
@@ -929,6 +942,7 @@ fn toggle(task: &Task) {
 }
 
 /// The squatter of the host lock's names.
+#[cfg(target_os = "linux")]
 fn squat(task: &Task) {
     use std::os::{
         fd::{FromRawFd, OwnedFd},
@@ -976,6 +990,7 @@ fn squat(task: &Task) {
 }
 
 /// The flooder of the host lock.
+#[cfg(target_os = "linux")]
 fn flood(task: &Task) {
     use std::os::{
         linux::net::SocketAddrExt,
@@ -1014,6 +1029,7 @@ fn flood(task: &Task) {
 }
 
 /// A long table of unix sockets.
+#[cfg(target_os = "linux")]
 fn sockets(task: &Task) {
     use std::os::unix::net::UnixDatagram;
 
@@ -1072,6 +1088,21 @@ async fn open_keys(task: &Task) {
     say(Report::Opened { ids, refused });
 }
 
+/// Resolves when this process is asked to close gracefully: SIGTERM on unix. Windows has
+/// no such signal for a process without a console of its own, so there it never does
+/// (the tests of a graceful stop are unix's).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        terminate.recv().await;
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
+}
+
 /// An error and its causes, `: `-separated, as `anyhow` prints them with `{:#}`.
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -1084,6 +1115,7 @@ pub(crate) fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Makes writes beyond `bytes` fail with `EFBIG` instead of killing the process.
+#[cfg(unix)]
 fn limit_file_size(bytes: u64) {
     let limit = libc::rlimit {
         rlim_cur: bytes,
