@@ -16,8 +16,11 @@
 //! 6. With `--features etcd` and `etcd` on the path: taking and letting go of the
 //!    identity with an etcd lease (a single member on loopback, started here) vs with
 //!    the host's lock alone.
+//! 7. A whole process, start to exit, doing what `examples/persistent.rs` does with an
+//!    existing key file vs the program of iroh's docs (read 32 raw bytes, bind with
+//!    `presets::N0`, print the id); alternated, see [`paired_process`].
 //!
-//! Everything uses `presets::Minimal` (no network, no n0 services) and binds to
+//! Everything but 7 uses `presets::Minimal` (no network, no n0 services) and binds to
 //! 127.0.0.1, except 5, which binds iroh's default sockets on all interfaces. Opens run
 //! with every default, stable addressing included: on loopback there are no ports on all
 //! interfaces to remember, so it costs the look for a ports file.
@@ -43,6 +46,12 @@ use tokio::runtime::Runtime;
 /// Set in a child process: create or load the key at this path, and exit.
 const CHILD_KEY_PATH: &str = "IROH_IDENTITY_BENCH_CHILD";
 
+/// Set in a child process: be `examples/persistent.rs` with this key path.
+const CHILD_PERSISTENT: &str = "IROH_IDENTITY_BENCH_PERSISTENT";
+
+/// Set in a child process: be the program of iroh's docs, with this raw key file.
+const CHILD_SNIPPET: &str = "IROH_IDENTITY_BENCH_SNIPPET";
+
 const FORMATS: [(&str, KeyFormat); 7] = [
     ("pkcs8-pem", KeyFormat::Pkcs8Pem),
     ("pkcs8-v1-pem", KeyFormat::Pkcs8PemV1),
@@ -58,6 +67,9 @@ const RACERS: [usize; 4] = [1, 4, 16, 64];
 /// How many times each side opens in [`paired_open`].
 const OPEN_PAIRS: usize = 2000;
 
+/// How many processes each side starts in [`paired_process`].
+const PROCESS_PAIRS: usize = 60;
+
 fn main() {
     if let Some(path) = std::env::var_os(CHILD_KEY_PATH) {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -68,6 +80,32 @@ fn main() {
             .block_on(Identity::open(&path))
             .expect("child: take the identity");
         println!("{}", identity.id());
+        return;
+    }
+    if let Some(path) = std::env::var_os(CHILD_PERSISTENT) {
+        runtime().block_on(async {
+            let endpoint = Identity::builder(Path::new(&path))
+                .bind()
+                .await
+                .expect("persistent: bind");
+            println!("endpoint id: {}", endpoint.id());
+            println!("key file: {}", Path::new(&path).display());
+            endpoint.close().await;
+        });
+        return;
+    }
+    if let Some(path) = std::env::var_os(CHILD_SNIPPET) {
+        runtime().block_on(async {
+            let bytes = fs::read(&path).expect("snippet: read the key");
+            let key = SecretKey::from_bytes(&bytes.as_slice().try_into().expect("32 bytes"));
+            let endpoint = Endpoint::builder(presets::N0)
+                .secret_key(key)
+                .bind()
+                .await
+                .expect("snippet: bind");
+            println!("our endpoint id: {}", endpoint.id());
+            endpoint.close().await;
+        });
         return;
     }
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -83,7 +121,8 @@ fn main() {
     criterion.final_summary();
     let paired = paired_open(dir.path(), OPEN_PAIRS, false);
     let stable = paired_open(dir.path(), OPEN_PAIRS, true);
-    report(paired, stable);
+    let process = paired_process(dir.path(), PROCESS_PAIRS);
+    report(paired, stable, process);
 }
 
 /// Where criterion keeps its estimates, so that [`report`] can read them back.
@@ -189,11 +228,72 @@ fn paired_open(dir: &Path, pairs: usize, stable: bool) -> (f64, f64, f64) {
             }
         });
     }
-    let [opens, binds, derived] = samples.map(|mut samples| {
-        samples.sort_by(f64::total_cmp);
-        samples[samples.len() / 2]
-    });
+    let [opens, binds, derived] = samples.map(median_of);
     (opens, binds, derived)
+}
+
+/// Starts this program as `examples/persistent.rs` on an existing key and as the program
+/// of iroh's docs, in alternation, `pairs` times each, and returns each side's median
+/// wall time (from spawn to exit) and CPU time (user and system, from the kernel's
+/// account of the child), in nanoseconds: `[persistent, docs]`. Both sides are this one
+/// binary, so loading it costs both the same; both bind with `presets::N0` on all
+/// interfaces, as the programs do.
+fn paired_process(dir: &Path, pairs: usize) -> [(f64, f64); 2] {
+    let exe = std::env::current_exe().expect("this program's path");
+    let persistent_key = dir.join("process.key");
+    new_key(&persistent_key);
+    let snippet_key = dir.join("process.raw");
+    write_key(&snippet_key, &SecretKey::generate().to_bytes());
+    let sides = [
+        (CHILD_PERSISTENT, &persistent_key),
+        (CHILD_SNIPPET, &snippet_key),
+    ];
+    // Each side once first: the persistent side remembers its ports on its first run.
+    for (variable, path) in sides {
+        time_process(&exe, variable, path);
+    }
+    let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    for pair in 0..pairs {
+        for turn in 0..2 {
+            let side = (pair + turn) % 2;
+            let (variable, path) = sides[side];
+            let (wall, cpu) = time_process(&exe, variable, path);
+            samples[side].0.push(wall);
+            samples[side].1.push(cpu);
+        }
+    }
+    samples.map(|(wall, cpu)| (median_of(wall), median_of(cpu)))
+}
+
+/// Runs this program with `variable` set to `path`; returns its wall and CPU time in
+/// nanoseconds.
+fn time_process(exe: &Path, variable: &str, path: &Path) -> (f64, f64) {
+    let before = children_cpu();
+    let start = Instant::now();
+    let status = Command::new(exe)
+        .env(variable, path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run a child");
+    let wall = start.elapsed().as_nanos() as f64;
+    assert!(status.success(), "{variable} child failed: {status}");
+    (wall, children_cpu() - before)
+}
+
+/// The CPU time, user and system, of every child waited for so far, in nanoseconds.
+fn children_cpu() -> f64 {
+    // SAFETY: an all-zero `rusage` is a valid value for the kernel to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is to a live local.
+    let done = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(done, 0, "getrusage: {}", std::io::Error::last_os_error());
+    let nanos = |time: libc::timeval| time.tv_sec as f64 * 1e9 + time.tv_usec as f64 * 1e3;
+    nanos(usage.ru_utime) + nanos(usage.ru_stime)
+}
+
+fn median_of(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }
 
 fn key_load_vs_raw_read(criterion: &mut Criterion, dir: &Path) {
@@ -333,10 +433,12 @@ fn median(group: &str, bench: &str) -> Option<f64> {
     estimates["median"]["point_estimate"].as_f64()
 }
 
-/// Prints the ratios; `paired` and `stable` are [`paired_open`]'s medians.
+/// Prints the ratios; `paired` and `stable` are [`paired_open`]'s medians, `process`
+/// [`paired_process`]'s.
 fn report(
     (open, bare, derived): (f64, f64, f64),
     (stable_open, stable_bare, stable_derived): (f64, f64, f64),
+    [(persistent_wall, persistent_cpu), (docs_wall, docs_cpu)]: [(f64, f64); 2],
 ) {
     let show = |ns: f64| {
         if ns >= 1e6 {
@@ -369,6 +471,15 @@ fn report(
         show(stable_open),
         show(stable_derived),
         stable_open / stable_derived
+    );
+    println!(
+        "  a whole process, persistent on an existing key / iroh's docs program, {PROCESS_PAIRS} alternating pairs: wall {} / {} = {:.3} (goal ≤ 1.03); CPU {} / {} = {:.3}",
+        show(persistent_wall),
+        show(docs_wall),
+        persistent_wall / docs_wall,
+        show(persistent_cpu),
+        show(docs_cpu),
+        persistent_cpu / docs_cpu
     );
     if let Some(raw) = median("key-load", "raw-read") {
         for (name, _) in FORMATS {

@@ -3,9 +3,9 @@
 use std::{fmt, io, path::PathBuf, time::Duration};
 
 use crate::{
-    guard::lease::{LeaseLoss, LeaseRefusal},
+    guard::lease::problem::{LeaseLoss, LeaseRefusal},
     key::KeyProblem,
-    store::keychain::KeychainProblem,
+    store::keychain::problem::KeychainProblem,
     sys::{FileKind, Ownership},
     trust::{PathKind, TrustProblem, Untrusted},
 };

@@ -73,7 +73,8 @@
 //!   reject the crate's key files. [`encode_key`] with [`KeyFormat::Pkcs8PemV1`] (or
 //!   `iroh-identity export --format pkcs8-v1`) gives them a copy they read.
 //! - Stable addressing keeps ports, not IP addresses.
-//! - A lease cannot stop a process that does not run: see `EtcdLease`.
+//! - A lease cannot stop a process that does not run, nor one starved of CPU: `EtcdLease`
+//!   says what that means.
 //!
 //! [`EndpointId`]: iroh::EndpointId
 
@@ -99,7 +100,7 @@ pub use error::{Error, Operation};
 pub use etcd_client;
 #[cfg(feature = "etcd")]
 pub use guard::lease::etcd::{DEFAULT_LEASE_TTL, EtcdLease, LeaseWait};
-pub use guard::lease::{LeaseLoss, LeaseRefusal};
+pub use guard::lease::problem::{LeaseLoss, LeaseRefusal};
 pub use identity::{Builder, DEFAULT_LOCK_WAIT, Identity};
 pub use key::{KeyFormat, KeyProblem, decode_key, encode_key};
 pub use store::{KeyLocation, KeySource, keychain::KeychainProblem};

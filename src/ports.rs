@@ -3,7 +3,7 @@
 //! handed out still reach it after a restart.
 //!
 //! iroh binds one socket on all interfaces for IPv4 and one for IPv6, on random ports.
-//! Their ports are remembered in `KEY.ports` ([`file`]) and asked for again, as iroh's own
+//! Their ports are remembered in `KEY.ports` ([`file`](mod@file)) and asked for again, as iroh's own
 //! sockets: first on the builder, as iroh's defaults are, so that the steps that follow
 //! bind what they like. A family the steps bind a default socket of their own for keeps
 //! theirs ([`defaults_bound_by`]); `clear_ip_transports()` removes the remembered sockets

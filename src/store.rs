@@ -1,5 +1,5 @@
-//! Where a key is kept, and where it came from: a key file ([`file`]), an environment
-//! variable ([`env`]), or the OS secret store ([`keychain`], feature `keyring`), as a
+//! Where a key is kept, and where it came from: a key file ([`file`](mod@file)), an
+//! environment variable ([`env`](mod@env)), or the OS secret store ([`keychain`], feature `keyring`), as a
 //! [`KeyLocation`] says.
 
 pub(crate) mod env;

@@ -20,7 +20,7 @@
 
 #[cfg(feature = "keyring")]
 mod entry;
-mod problem;
+pub(crate) mod problem;
 
 #[cfg(feature = "keyring")]
 pub(crate) use self::entry::{delete, entry_error, load, no_answer, open, store_new};

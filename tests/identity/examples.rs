@@ -1,13 +1,12 @@
 //! The examples, run as a user runs them: their output is a contract.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::support::{Killed, example, list, temp_dir, write_private};
+use crate::support::{example, list, process::Process, temp_dir, write_private};
 
 fn persistent(args: &[&Path], home: &Path) -> Output {
     Command::new(example("persistent"))
@@ -104,36 +103,25 @@ fn persistent_reports_an_error_in_one_line_and_fails() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A running `echo serve`, stopped with a signal or killed when dropped.
+/// A running `echo serve`: its process, killed when dropped, and what it printed first.
 struct Server {
-    child: Child,
+    process: Process,
     id: String,
     ticket: String,
 }
 
 impl Server {
     fn start(key: &Path) -> Self {
-        let mut child = Killed::new(
+        let process = Process::start(
             Command::new(example("echo"))
                 .args(["serve".as_ref(), key.as_os_str()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start echo serve"),
+                .stderr(Stdio::inherit()),
         );
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut next = || lines.next().expect("a line").expect("read");
-        let id = next()
-            .strip_prefix("endpoint id: ")
-            .expect("id line")
-            .to_owned();
-        let ticket = next()
-            .strip_prefix("ticket: ")
-            .expect("ticket line")
-            .to_owned();
+        let (id, ticket) = id_and_ticket(&process);
         Self {
-            child: child.into_inner(),
+            process,
             id,
             ticket,
         }
@@ -143,28 +131,23 @@ impl Server {
     /// SIGTERM), then returns the exit status within a bound.
     #[cfg(unix)]
     fn stop(mut self, signal: libc::c_int) -> std::process::ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: sends a signal to our own child.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "echo serve did not stop on signal {signal}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.signal(signal);
+        self.process.exits_within(Duration::from_secs(10))
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The id and the ticket that `echo serve` prints first, waiting for them as long as it
+/// may wait for its identity.
+fn id_and_ticket(server: &Process) -> (String, String) {
+    let line = |prefix: &str| {
+        server
+            .stdout_line(Duration::from_secs(30), |line| {
+                line.strip_prefix(prefix).map(str::to_owned)
+            })
+            .map(|(_, value)| value)
+            .unwrap_or_else(|| panic!("echo serve printed no {prefix:?} line"))
+    };
+    (line("endpoint id: "), line("ticket: "))
 }
 
 fn connect(ticket: &str, message: &str) -> Output {
@@ -240,71 +223,122 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_gracefully_on_ctrl_c_an
     assert_eq!(list(dir.path()), ["server.key", "server.key.ports"]);
 }
 
+/// An `echo serve` with a lease in an etcd that machine `m` reaches through `link`, as
+/// `command` (machine `m`'s user, in its namespace) runs it, with `args` added.
+#[cfg(all(feature = "etcd", target_os = "linux"))]
+fn echo_serve(
+    machines: &crate::lease::Machines,
+    m: usize,
+    link: &crate::lease::Link,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Process {
+    let mut command = machines.command(m, &example("echo"));
+    command
+        .envs(env.iter().copied())
+        .arg("serve")
+        .arg(machines.key(m))
+        .args(["--etcd", &link.urls().join(","), "--lease-ttl", "5"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Process::start(&mut command)
+}
+
+/// Waits up to `limit` for `server` to exit; after that, kills it: the status then says
+/// so.
+#[cfg(all(feature = "etcd", target_os = "linux"))]
+fn exit_within(server: &mut Process, limit: Duration) -> std::process::ExitStatus {
+    server.exit_within(limit).unwrap_or_else(|| {
+        server.kill();
+        server.exited().expect("reaped")
+    })
+}
+
+/// The first line that `server` writes on stderr.
+#[cfg(all(feature = "etcd", target_os = "linux"))]
+fn first_log_line(server: &Process) -> String {
+    server
+        .stderr_line(Duration::from_secs(30), |line| Some(line.to_owned()))
+        .expect("a line on stderr")
+}
+
+/// The README's production setup: etcd with TLS, client certificates and authentication,
+/// given with etcdctl's flags, the password in `ETCD_PASSWORD`.
 #[cfg(all(feature = "etcd", target_os = "linux"))]
 #[test]
-fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
-    use crate::lease::{Machines, skip_unless_root};
+fn echo_with_etcd_over_tls_and_auth_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
+    use std::os::unix::process::ExitStatusExt;
+
+    use crate::{
+        lease::{Machines, skip_unless_root},
+        support::etcd::{Certificates, LEASE_USER, Options},
+    };
 
     if skip_unless_root() {
         return;
     }
-    let mut etcd = crate::support::etcd::Etcd::single();
     let machines = Machines::new();
-    let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
+    let certificates = Certificates::new(&machines.service_addresses());
+    let mut etcd = Options::members(1).tls(&certificates).start();
+    etcd.enable_auth("/iroh-identity/");
+    let links = machines.links(&etcd);
+    let (ca, cert, key) = (
+        certificates.path("ca.pem"),
+        certificates.path("client.pem"),
+        certificates.path("client.key"),
+    );
+    let tls_and_auth = [
+        "--etcd-cacert",
+        ca.to_str().expect("UTF-8"),
+        "--etcd-cert",
+        cert.to_str().expect("UTF-8"),
+        "--etcd-key",
+        key.to_str().expect("UTF-8"),
+        "--etcd-user",
+        LEASE_USER.0,
+    ];
+    // The password comes from the environment, never the command line.
     let serve = |m: usize| {
-        let mut command = machines.command(m, &example("echo"));
-        command
-            .arg("serve")
-            .arg(machines.key(m))
-            .args(["--etcd", &links[m].urls().join(","), "--lease-ttl", "5"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Killed::new(command.spawn().expect("start echo serve"))
-    };
-    let id_and_ticket = |server: &mut Killed| {
-        let stdout = server.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut next = || lines.next().expect("a line").expect("read");
-        let id = next()
-            .strip_prefix("endpoint id: ")
-            .expect("id line")
-            .to_owned();
-        assert!(next().starts_with("ticket: "));
-        id
+        echo_serve(
+            &machines,
+            m,
+            &links[m],
+            &tls_and_auth,
+            &[("ETCD_PASSWORD", LEASE_USER.1)],
+        )
     };
     let mut primary = serve(0);
-    assert_eq!(id_and_ticket(&mut primary), machines.id);
+    assert_eq!(id_and_ticket(&primary).0, machines.id);
 
-    let mut standby = serve(1);
-    let mut standby_err = BufReader::new(standby.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    standby_err.read_line(&mut line).expect("a line on stderr");
+    let standby = serve(1);
+    let line = first_log_line(&standby);
     assert!(
         line.starts_with("waiting for the identity lease: the identity's lease is held by"),
         "{line}"
     );
 
-    crate::support::signal(primary.id(), libc::SIGTERM);
-    assert!(primary.wait().expect("wait").success());
-    assert_eq!(id_and_ticket(&mut standby), machines.id);
+    primary.terminate();
+    assert!(primary.exits_within(Duration::from_secs(10)).success());
+    assert_eq!(id_and_ticket(&standby).0, machines.id);
 
     // etcd gone: the holder closes its endpoint and exits with one line on stderr.
     etcd.kill_member(0);
     let start = Instant::now();
-    let status = loop {
-        if let Some(status) = standby.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "echo serve kept running"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success(), "exited {status}");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut standby_err, &mut rest).expect("stderr");
+    let (status, _, stderr) = standby.finish(Some(Duration::from_secs(10)));
+    let stderr = String::from_utf8_lossy(&stderr);
+    // What it said after its first line, the wait.
+    let rest: String = stderr
+        .lines()
+        .skip(1)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(
+        !status.success() && status.signal().is_none(),
+        "{status} (killed: it kept running {:?} after etcd died): {rest}",
+        start.elapsed()
+    );
     let lines: Vec<&str> = rest.lines().collect();
     assert_eq!(lines.len(), 1, "{rest}");
     assert!(
@@ -312,4 +346,51 @@ fn echo_with_etcd_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
         "{rest}"
     );
     eprintln!("echo --etcd: exited {:?} after etcd died", start.elapsed());
+}
+
+/// Finding 9: SIGTERM is handled from the start, before the lease is taken: a waiting
+/// server stops cleanly, and one stopped as it takes over lets the lease go.
+#[cfg(all(feature = "etcd", target_os = "linux"))]
+#[test]
+fn echo_with_etcd_stops_cleanly_on_sigterm_while_it_waits_and_as_it_takes_over() {
+    use crate::lease::{Machines, skip_unless_root};
+
+    if skip_unless_root() {
+        return;
+    }
+    let etcd = crate::support::etcd::Etcd::single();
+    let machines = Machines::new();
+    let links = machines.links(&etcd);
+    let mut primary = echo_serve(&machines, 0, &links[0], &[], &[]);
+    assert_eq!(id_and_ticket(&primary).0, machines.id);
+
+    let mut waiting = echo_serve(&machines, 1, &links[1], &[], &[]);
+    let line = first_log_line(&waiting);
+    assert!(
+        line.starts_with("waiting for the identity lease: the identity's lease is held by"),
+        "{line}"
+    );
+    waiting.terminate();
+    let status = exit_within(&mut waiting, Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "a waiting server stopped by SIGTERM: {status}"
+    );
+
+    // Stopped in the instant it takes over: whatever it took, it lets go.
+    let mut standby = echo_serve(&machines, 1, &links[1], &[], &[]);
+    first_log_line(&standby);
+    primary.terminate();
+    standby.terminate();
+    assert!(exit_within(&mut primary, Duration::from_secs(10)).success());
+    let status = exit_within(&mut standby, Duration::from_secs(10));
+    assert!(status.success(), "stopped as it took over: {status}");
+    let stopped = Instant::now();
+    let next = echo_serve(&machines, 0, &links[0], &[], &[]);
+    assert_eq!(id_and_ticket(&next).0, machines.id);
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the next server waited {took:?}: the lease was left to expire"
+    );
 }

@@ -20,7 +20,7 @@ use iroh_identity::{KeyFormat, encode_key};
 
 use crate::campaigns::figure;
 use crate::support::{
-    Account, NOBODY, SERVICE_USER, SHARED_GROUP, Site,
+    Account, NOBODY, OTHER_USER, SERVICE_USER, SHARED_GROUP, Site,
     child::{Action, Holder, Task, run_to_end, run_within},
     make_dir, shell_as,
 };
@@ -32,18 +32,36 @@ fn skip_unless_root() -> bool {
 /// The variable the children take their key from, as services take `IROH_SECRET`.
 const VARIABLE: &str = "TEST_IROH_SECRET";
 
-/// A new key, as the hex an `IROH_SECRET` holds.
-fn new_secret() -> (SecretKey, String) {
-    let key = SecretKey::generate();
-    let hex = String::from_utf8(encode_key(&key, KeyFormat::Hex).to_vec()).expect("hex");
-    (key, hex.trim().to_owned())
+/// A new key, given to children as the hex an `IROH_SECRET` holds.
+struct Secret {
+    key: SecretKey,
+    hex: String,
 }
 
-/// A task on the key in [`VARIABLE`], waiting `wait_ms` for its identity.
-fn env_task(action: Action, wait_ms: u64) -> Task {
-    let mut task = Task::new(action, "/nonexistent/unused.key").lock_wait_ms(wait_ms);
-    task.key_env = Some(VARIABLE.to_owned());
-    task
+impl Secret {
+    fn new() -> Self {
+        let key = SecretKey::generate();
+        let hex = String::from_utf8(encode_key(&key, KeyFormat::Hex).to_vec()).expect("hex");
+        Self {
+            key,
+            hex: hex.trim().to_owned(),
+        }
+    }
+
+    /// A child of `site` doing `action` as `uid` with this key in [`VARIABLE`], waiting
+    /// `wait_ms` for its identity.
+    fn child(&self, site: &Site, uid: u32, action: Action, wait_ms: u64) -> Command {
+        self.child_in(site, uid, uid, action, wait_ms)
+    }
+
+    /// The same, in the primary group `gid`.
+    fn child_in(&self, site: &Site, uid: u32, gid: u32, action: Action, wait_ms: u64) -> Command {
+        let mut task = Task::new(action, "/nonexistent/unused.key").lock_wait_ms(wait_ms);
+        task.key_env = Some(VARIABLE.to_owned());
+        let mut command = site.child_in(&task, uid, gid, &[]);
+        command.env(VARIABLE, &self.hex);
+        command
+    }
 }
 
 /// The names of this crate's host locks that the process `pid` has now, as every user
@@ -88,10 +106,10 @@ fn one_user_in_two_group_sets_meets_one_lock() {
     // group (systemd's `Group=`, `sg`) does not trust it. Both still meet one lock.
     let site = Site::new();
     let account = Account::create("iroh-id-groups", &site.path("home"), 0o775);
-    let (_, hex) = new_secret();
+    let secret = Secret::new();
     let child = |action, gid, wait_ms| {
-        let mut command = site.child_in(&env_task(action, wait_ms), account.uid, gid, &[]);
-        command.env(VARIABLE, &hex).env("HOME", &account.home);
+        let mut command = secret.child_in(&site, account.uid, gid, action, wait_ms);
+        command.env("HOME", &account.home);
         command
     };
     for (holding, other) in [(account.gid, SHARED_GROUP), (SHARED_GROUP, account.gid)] {
@@ -133,19 +151,15 @@ fn one_user_in_two_group_sets_creates_one_keychain_entry_and_runs_it_once() {
                 let mut command = site.child_in(&task, account.uid, gid, &[]);
                 service.env(&mut command);
                 command.env("HOME", &account.home);
-                crate::support::Killed::new(command.spawn().expect("spawn a racer"))
+                crate::support::process::Process::start(&mut command)
             })
             .collect();
         std::thread::sleep(Duration::from_millis(1500));
-        use crate::support::child::{Outcome, outcome};
+        use crate::support::child::{Outcome, outcome_within};
 
         let outcomes: Vec<Outcome> = racers
             .into_iter()
-            .map(|racer| {
-                let mut racer = racer.into_inner();
-                let _ = racer.kill();
-                outcome(racer)
-            })
+            .map(|racer| outcome_within(racer, Duration::ZERO))
             .collect();
         let ran: Vec<&str> = outcomes.iter().filter_map(Outcome::id).collect();
         assert_eq!(
@@ -198,16 +212,15 @@ fn a_homeless_users_identity_opens_whatever_another_user_planted_in_tmp() {
         &[],
         &format!("mkdir -m 777 '{}'", planted.display()),
     );
-    let (key, hex) = new_secret();
-    let mut first = site.child(&env_task(Action::Hold, 0), HOMELESS, &[]);
-    first.env(VARIABLE, &hex);
-    let holder = Holder::start(first);
+    let secret = Secret::new();
+    let key = &secret.key;
+    let holder = Holder::start(secret.child(&site, HOMELESS, Action::Hold, 0));
     assert_eq!(holder.id, key.public().to_string());
     // Two copies of one key file, each the user's: one runs, the other is told.
     let home = site.path("home");
     make_dir(&home, HOMELESS, HOMELESS, 0o700);
     let copy = home.join("endpoint.key");
-    fs::write(&copy, encode_key(&key, KeyFormat::Pkcs8Pem)).expect("write the copy");
+    fs::write(&copy, encode_key(key, KeyFormat::Pkcs8Pem)).expect("write the copy");
     std::os::unix::fs::chown(&copy, Some(HOMELESS), Some(HOMELESS)).expect("chown");
     fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     let refused = run_to_end(site.child(
@@ -233,12 +246,9 @@ fn another_user_squatting_the_locks_names_neither_stops_nor_delays_it() {
     // holder is gone. The identity opens on the next name, at once; only when every name
     // is squatted does it fail, naming the squatter.
     let site = Site::new();
-    let (key, hex) = new_secret();
-    let victim = |action, wait_ms| {
-        let mut command = site.child(&env_task(action, wait_ms), SERVICE_USER, &[]);
-        command.env(VARIABLE, &hex);
-        command
-    };
+    let secret = Secret::new();
+    let key = &secret.key;
+    let victim = |action, wait_ms| secret.child(&site, SERVICE_USER, action, wait_ms);
     let mut squatters = Vec::new();
     let mut slowest = Duration::ZERO;
     for round in 0.. {
@@ -269,11 +279,10 @@ fn another_user_squatting_the_locks_names_neither_stops_nor_delays_it() {
         );
         // The attacker learns the name the holder listens on, and takes it after.
         let holder = Holder::start(victim(Action::Hold, 0));
-        let seen = lock_names_of(holder.child.id());
+        let seen = lock_names_of(holder.pid());
         drop(holder);
         assert!(!seen.is_empty(), "a holder's name is in /proc/net/unix");
-        let mut squat = Task::new(Action::Squat, "/nonexistent");
-        squat.names = seen;
+        let squat = Task::new(Action::Squat { names: seen }, "/nonexistent");
         squatters.push(Holder::until_ready(site.child(&squat, NOBODY, &[])));
     }
 }
@@ -285,14 +294,9 @@ fn two_users_with_one_secret_are_kept_apart() {
     }
     // A holder of another user proves it knows the lock's key: it is a holder, not a
     // squatter, and the second user is told the identity is in use.
-    const OTHER_USER: u32 = 61004;
     let site = Site::new();
-    let (_, hex) = new_secret();
-    let child = |uid, action, wait_ms| {
-        let mut command = site.child(&env_task(action, wait_ms), uid, &[]);
-        command.env(VARIABLE, &hex);
-        command
-    };
+    let secret = Secret::new();
+    let child = |uid, action, wait_ms| secret.child(&site, uid, action, wait_ms);
     let holder = Holder::start(child(SERVICE_USER, Action::Hold, 0));
     let refused = run_to_end(child(OTHER_USER, Action::Open, 300));
     let error = refused.expect_error();
@@ -312,12 +316,10 @@ fn the_os_cleaners_never_remove_a_held_lock() {
     // wiping /tmp. A user with no home, whose old lock was a file in /tmp.
     const HOMELESS: u32 = 61003;
     let site = Site::new();
-    let (_, hex) = new_secret();
+    let secret = Secret::new();
     let child = |action, wait_ms| {
-        let mut command = site.child(&env_task(action, wait_ms), HOMELESS, &[]);
-        command
-            .env(VARIABLE, &hex)
-            .env("XDG_RUNTIME_DIR", format!("/run/user/{HOMELESS}"));
+        let mut command = secret.child(&site, HOMELESS, action, wait_ms);
+        command.env("XDG_RUNTIME_DIR", format!("/run/user/{HOMELESS}"));
         command
     };
     let holder = Holder::start(child(Action::Hold, 0));
@@ -397,8 +399,8 @@ fn nothing_piles_up_per_identity() {
     let home = site.path("home");
     make_dir(&home, TENANT, TENANT, 0o700);
     let before = files_of(TENANT).len();
-    let mut task = env_task(Action::OpenKeys, 0);
-    task.runs = runs;
+    let mut task = Task::new(Action::OpenKeys { runs }, "/nonexistent/unused.key").lock_wait_ms(0);
+    task.key_env = Some(VARIABLE.to_owned());
     let mut command = site.child(&task, TENANT, &[]);
     command.env("HOME", &home);
     let start = Instant::now();
@@ -438,14 +440,10 @@ fn a_holder_of_the_same_user_is_never_taken_for_a_squatter() {
     // The kernel says who listens, whatever the holder does: stopped (SIGSTOP, a debugger,
     // a frozen cgroup), or flooded with connections by another user.
     let site = Site::new();
-    let (_, hex) = new_secret();
-    let child = |uid, action, wait_ms| {
-        let mut command = site.child(&env_task(action, wait_ms), uid, &[]);
-        command.env(VARIABLE, &hex);
-        command
-    };
+    let secret = Secret::new();
+    let child = |uid, action, wait_ms| secret.child(&site, uid, action, wait_ms);
     let holder = Holder::start(child(SERVICE_USER, Action::Hold, 0));
-    let pid = holder.child.id();
+    let pid = holder.pid();
     crate::support::signal(pid, libc::SIGSTOP);
     let refused = run_to_end(child(SERVICE_USER, Action::Open, 300));
     crate::support::signal(pid, libc::SIGCONT);
@@ -454,9 +452,13 @@ fn a_holder_of_the_same_user_is_never_taken_for_a_squatter() {
         "stopped: {refused}"
     );
 
-    let mut flood = Task::new(Action::Flood, "/nonexistent");
-    flood.names = lock_names_of(pid);
-    flood.runs = 3000;
+    let flood = Task::new(
+        Action::Flood {
+            names: lock_names_of(pid),
+            millis: 3000,
+        },
+        "/nonexistent",
+    );
     let flooder = Holder::until_ready(site.child(&flood, NOBODY, &[]));
     std::thread::sleep(Duration::from_millis(300));
     let mut most = 0;
@@ -488,17 +490,12 @@ fn a_silent_squatter_does_not_hide_another_users_holder() {
     }
     // The squatter takes the first name and never answers; the holder of another user,
     // on the next name, answers within the wait that they share.
-    const OTHER_USER: u32 = 61004;
     let site = Site::new();
-    let (_, hex) = new_secret();
-    let child = |uid, action, wait_ms| {
-        let mut command = site.child(&env_task(action, wait_ms), uid, &[]);
-        command.env(VARIABLE, &hex);
-        command
-    };
+    let secret = Secret::new();
+    let child = |uid, action, wait_ms| secret.child(&site, uid, action, wait_ms);
     let first = Holder::start(child(SERVICE_USER, Action::Hold, 0));
-    let mut squat = Task::new(Action::Squat, "/nonexistent");
-    squat.names = lock_names_of(first.child.id());
+    let names = lock_names_of(first.pid());
+    let squat = Task::new(Action::Squat { names }, "/nonexistent");
     drop(first);
     let _squatter = Holder::until_ready(site.child(&squat, NOBODY, &[]));
     let holder = Holder::start(child(SERVICE_USER, Action::Hold, 0));
@@ -518,22 +515,18 @@ fn silent_names_and_a_long_socket_table_do_not_slow_an_open() {
     // Another user binds a name it saw without listening on it, and makes the kernel's
     // table of unix sockets long (15,000), which is read only for an error's sake.
     let site = Site::new();
-    let (key, hex) = new_secret();
-    let child = |action, wait_ms| {
-        let mut command = site.child(&env_task(action, wait_ms), SERVICE_USER, &[]);
-        command.env(VARIABLE, &hex);
-        command
-    };
+    let secret = Secret::new();
+    let key = &secret.key;
+    let child = |action, wait_ms| secret.child(&site, SERVICE_USER, action, wait_ms);
     let first = Holder::start(child(Action::Hold, 0));
-    let mut squat = Task::new(Action::Squat, "/nonexistent");
-    squat.names = lock_names_of(first.child.id())
+    let names = lock_names_of(first.pid())
         .into_iter()
         .map(|name| format!("{name}!"))
         .collect();
+    let squat = Task::new(Action::Squat { names }, "/nonexistent");
     drop(first);
     let _squatter = Holder::until_ready(site.child(&squat, NOBODY, &[]));
-    let mut long = Task::new(Action::Sockets, "/nonexistent");
-    long.runs = 15_000;
+    let long = Task::new(Action::Sockets { count: 15_000 }, "/nonexistent");
     let _table = Holder::until_ready(site.child(&long, NOBODY, &[]));
     let mut slowest = Duration::ZERO;
     for _ in 0..5 {

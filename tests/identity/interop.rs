@@ -45,6 +45,22 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temporary path")
 }
 
+/// Has `openssl` generate a new Ed25519 key (PKCS#8 v1 PEM, as openssl 3.0 writes it).
+fn openssl_generate(path: &Path) {
+    run(
+        "openssl",
+        &["genpkey", "-algorithm", "ed25519", "-out", path_str(path)],
+    );
+}
+
+/// The public key `openssl` finds in a key file.
+fn openssl_public(path: &Path) -> [u8; 32] {
+    spki_public(&run(
+        "openssl",
+        &["pkey", "-in", path_str(path), "-pubout", "-outform", "DER"],
+    ))
+}
+
 #[test]
 #[cfg_attr(
     windows,
@@ -85,10 +101,7 @@ fn openssl_pkcs8_keys_pem_and_der_keep_the_id_openssl_prints() -> anyhow::Result
     let dir = temp_dir();
     let pem = dir.path().join("key.pem");
     let der = dir.path().join("key.der");
-    run(
-        "openssl",
-        &["genpkey", "-algorithm", "ed25519", "-out", path_str(&pem)],
-    );
+    openssl_generate(&pem);
     run(
         "openssl",
         &[
@@ -101,10 +114,7 @@ fn openssl_pkcs8_keys_pem_and_der_keep_the_id_openssl_prints() -> anyhow::Result
             path_str(&der),
         ],
     );
-    let public = spki_public(&run(
-        "openssl",
-        &["pkey", "-in", path_str(&pem), "-pubout", "-outform", "DER"],
-    ));
+    let public = openssl_public(&pem);
     for (path, format) in [(&pem, KeyFormat::Pkcs8PemV1), (&der, KeyFormat::Pkcs8Der)] {
         let content = fs::read(path)?;
         write_private(path, &content);
@@ -153,11 +163,7 @@ fn an_exported_pkcs8_v1_key_is_read_by_openssl() -> anyhow::Result<()> {
     let path = dir.path().join("exported.pem");
     let key = new_key_file(&dir.path().join("endpoint.key"));
     write_private(&path, &encode_key(&key, KeyFormat::Pkcs8PemV1));
-    let public = run(
-        "openssl",
-        &["pkey", "-in", path_str(&path), "-pubout", "-outform", "DER"],
-    );
-    assert_eq!(key.public().as_bytes(), &spki_public(&public));
+    assert_eq!(key.public().as_bytes(), &openssl_public(&path));
     Ok(())
 }
 
@@ -169,16 +175,7 @@ fn an_exported_pkcs8_v1_key_is_read_by_openssl() -> anyhow::Result<()> {
 fn pem_that_openssl_reads_we_read_to_the_id_openssl_prints() -> anyhow::Result<()> {
     let dir = temp_dir();
     let generated = dir.path().join("generated.pem");
-    run(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            path_str(&generated),
-        ],
-    );
+    openssl_generate(&generated);
     // `-text` prints the key's fields after the armour.
     let with_text = run("openssl", &["pkey", "-in", path_str(&generated), "-text"]);
     assert!(String::from_utf8_lossy(&with_text).contains("priv:"));
@@ -217,10 +214,7 @@ fn pem_that_openssl_reads_we_read_to_the_id_openssl_prints() -> anyhow::Result<(
     for (name, content) in variants {
         let path = dir.path().join("variant.pem");
         write_private(&path, &content);
-        let openssl_id = spki_public(&run(
-            "openssl",
-            &["pkey", "-in", path_str(&path), "-pubout", "-outform", "DER"],
-        ));
+        let openssl_id = openssl_public(&path);
         let (ours, _) = decode_key(&content).unwrap_or_else(|problem| panic!("{name}: {problem}"));
         assert_eq!(ours.public().as_bytes(), &openssl_id, "{name}");
     }
@@ -235,16 +229,7 @@ fn pem_that_openssl_reads_we_read_to_the_id_openssl_prints() -> anyhow::Result<(
 fn a_bundle_with_the_private_key_anywhere_reads_it_as_openssl_does() -> anyhow::Result<()> {
     let dir = temp_dir();
     let private = dir.path().join("private.pem");
-    run(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            path_str(&private),
-        ],
-    );
+    openssl_generate(&private);
     let public = run("openssl", &["pkey", "-in", path_str(&private), "-pubout"]);
     let private_pem = fs::read(&private)?;
     let certificate =
@@ -259,10 +244,7 @@ fn a_bundle_with_the_private_key_anywhere_reads_it_as_openssl_does() -> anyhow::
     for (name, bundle) in bundles {
         let path = dir.path().join("bundle.pem");
         write_private(&path, &bundle);
-        let openssl_id = spki_public(&run(
-            "openssl",
-            &["pkey", "-in", path_str(&path), "-pubout", "-outform", "DER"],
-        ));
+        let openssl_id = openssl_public(&path);
         let (ours, _) = decode_key(&bundle).unwrap_or_else(|problem| panic!("{name}: {problem}"));
         assert_eq!(ours.public().as_bytes(), &openssl_id, "{name}");
         assert_eq!(load_key(&path)?.public(), ours.public(), "{name}");

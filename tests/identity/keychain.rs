@@ -306,7 +306,7 @@ fn a_second_process_with_the_same_entry_waits_then_is_refused_and_a_kill_release
     // Linux's lock tells its holder.
     #[cfg(target_os = "linux")]
     assert!(
-        error.contains(&format!("(process {}, uid 0)", holder.child.id())),
+        error.contains(&format!("(process {}, uid 0)", holder.pid())),
         "the error names the holder: {error}"
     );
     let id = holder.id.clone();

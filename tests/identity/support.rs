@@ -6,9 +6,7 @@ use std::{
     hash::{BuildHasher, RandomState},
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    process::Child,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -38,6 +36,7 @@ pub(crate) mod echo;
 pub(crate) mod etcd;
 #[cfg(all(feature = "etcd", target_os = "linux"))]
 pub(crate) mod net;
+pub(crate) mod process;
 #[cfg(all(feature = "etcd", target_os = "linux"))]
 pub(crate) mod proxy;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
@@ -267,44 +266,6 @@ pub(crate) fn uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// A child process that is killed and waited for when dropped: on every way out of a
-/// test, a failed assertion included.
-pub(crate) struct Killed(Option<Child>);
-
-impl Killed {
-    pub(crate) fn new(child: Child) -> Self {
-        Self(Some(child))
-    }
-
-    /// The child, no longer killed when dropped: to wait for its own end.
-    pub(crate) fn into_inner(mut self) -> Child {
-        self.0.take().expect("a child")
-    }
-}
-
-impl Deref for Killed {
-    type Target = Child;
-
-    fn deref(&self) -> &Child {
-        self.0.as_ref().expect("a child")
-    }
-}
-
-impl DerefMut for Killed {
-    fn deref_mut(&mut self) -> &mut Child {
-        self.0.as_mut().expect("a child")
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Whether a test that needs root `to` do something must be skipped; says so if it must.
 /// Under `cargo xtask test` (`IROH_IDENTITY_NO_SKIP` set), which runs the tests as root,
 /// nothing is skipped: the test fails instead.
@@ -331,6 +292,10 @@ pub(crate) const NOBODY: u32 = 65534;
 /// number.
 #[cfg(unix)]
 pub(crate) const SERVICE_USER: u32 = 61001;
+
+/// A third unprivileged user: another service on the same host, which may know the same
+/// secret as [`SERVICE_USER`] and must still be kept apart from it.
+pub(crate) const OTHER_USER: u32 = 61004;
 
 /// A group that is not root's: a Kubernetes pod's `fsGroup`, or a group that an attacker
 /// shares with a directory.

@@ -65,13 +65,13 @@ async fn an_old_ticket_reaches_the_server_after_a_crash_and_after_a_graceful_res
 -> anyhow::Result<()> {
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let first = Holder::start(Task::new(Action::Serve, &key).command());
+    let first = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
     let ticket = first.ticket().to_owned();
     let id = first.id.clone();
     echo_within(&ticket, b"before", WITHIN).await?;
 
     first.kill();
-    let second = Holder::start(Task::new(Action::Serve, &key).command());
+    let second = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
     assert_eq!(second.id, id);
     assert_eq!(second.ticket(), ticket, "the ticket changed after a crash");
     let after_crash = echo_within(&ticket, b"after a crash", WITHIN).await?;
@@ -83,7 +83,7 @@ async fn an_old_ticket_reaches_the_server_after_a_crash_and_after_a_graceful_res
     #[cfg(unix)]
     {
         second.terminate();
-        let third = Holder::start(Task::new(Action::Serve, &key).command());
+        let third = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
         assert!(second.exits_within(Duration::from_secs(10)).success());
         assert_eq!(
             third.ticket(),
@@ -113,15 +113,19 @@ async fn a_graceful_restart_keeps_the_port_while_a_vanished_peer_holds_up_the_cl
     // connections drain; a peer that vanished never answers, so that takes longest.
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let server = Holder::start(Task::new(Action::Serve, &key).command());
+    let server = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
     let ticket = server.ticket().to_owned();
-    let mut dial = Task::new(Action::Dial, &key);
-    dial.ticket = Some(ticket.clone());
+    let dial = Task::new(
+        Action::Dial {
+            ticket: ticket.clone(),
+        },
+        &key,
+    );
     Holder::start(dial.command()).kill();
 
     let start = Instant::now();
     server.terminate();
-    let next = Holder::start(Task::new(Action::Serve, &key).command());
+    let next = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
     let restart = start.elapsed();
     assert_eq!(next.ticket(), ticket, "the port was not kept");
     assert!(server.exits_within(Duration::from_secs(10)).success());
@@ -165,8 +169,12 @@ async fn through_a_relay_the_old_ticket_reaches_a_server_restarted_after_a_crash
     let (relay_map, relay_url, _relay) = iroh::test_utils::run_relay_server().await?;
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let mut serve = Task::new(Action::Serve, &key);
-    serve.relay = Some(relay_url.to_string());
+    let serve = Task::new(
+        Action::Serve {
+            relay: Some(relay_url.to_string()),
+        },
+        &key,
+    );
     let serve = || serve.command();
     let first = Holder::start(serve());
     let ticket: EndpointTicket = first.ticket().parse()?;
@@ -709,8 +717,12 @@ fn a_remembered_port_another_user_took_costs_no_wait() {
     };
     run(0).expect_id();
     let old_port = remembered_ipv4(&home.join("endpoint.key.ports"));
-    let mut squat = Task::new(Action::BindUdp, "/nonexistent");
-    squat.ports = vec![old_port];
+    let squat = Task::new(
+        Action::BindUdp {
+            ports: vec![old_port],
+        },
+        "/nonexistent",
+    );
     let squatter = Holder::until_ready(site.child(&squat, NOBODY, &[]));
     let start = Instant::now();
     let restarted = run(10_000);

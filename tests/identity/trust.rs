@@ -21,7 +21,9 @@ use crate::campaigns::figure;
 use crate::support::{
     NOBODY, SERVICE_USER, SHARED_GROUP, Site, builder,
     child::{self, Action, Outcome, Task, run_to_end},
-    identity_of, known_key, list, make_dir, shell_as, temp_dir, write_private,
+    identity_of, known_key, list, make_dir,
+    process::Process,
+    shell_as, temp_dir, write_private,
 };
 
 /// The attacker's key: one whose secret the attacker knows.
@@ -443,8 +445,8 @@ fn temporary_names_cannot_be_taken_in_advance() {
     let key = shared.join("endpoint.key");
     let task = Task::new(Action::Identity, &key).start_in(std::time::Duration::from_millis(500));
     let mut victim = site.child(&task, SERVICE_USER, &[]);
-    let victim = victim.spawn().expect("start the victim");
-    let pid = victim.id();
+    let victim = Process::start(&mut victim);
+    let pid = victim.pid();
     shell_as(
         NOBODY,
         &[],
@@ -576,7 +578,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         ])
         .stdout(std::process::Stdio::null());
     crate::support::as_user(&mut holder, NOBODY, &[]);
-    let holder = crate::support::Killed::new(holder.spawn().expect("run flock"));
+    let holder = Process::start(&mut holder);
     let locked = std::time::Instant::now();
     while !lock_is_held(&shared) {
         assert!(
@@ -602,12 +604,10 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
 
     // An open that waits for ever for its identity, and the key tool (the default
     // wait), side by side: both wait for the directory lock 5 s at most.
-    let unbounded = crate::support::Killed::new(
-        Task::new(Action::Open, shared.join("unbounded.key"))
+    let unbounded = Process::start(
+        &mut Task::new(Action::Open, shared.join("unbounded.key"))
             .lock_wait_ms(u64::MAX)
-            .command()
-            .spawn()
-            .expect("start the open"),
+            .command(),
     );
     let generated = shared.join("generated.key");
     let start = std::time::Instant::now();
@@ -616,7 +616,7 @@ fn a_lock_held_on_the_key_directory_delays_creation_only_by_the_lock_wait() {
         .output()
         .expect("run iroh-identity");
     let took_generate = start.elapsed();
-    let unbounded = child::outcome(unbounded.into_inner());
+    let unbounded = child::outcome(unbounded);
     let took_unbounded = start.elapsed();
     drop(holder);
     assert!(output.status.success(), "{output:?}");

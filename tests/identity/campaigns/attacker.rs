@@ -14,9 +14,11 @@ use std::{
 
 use super::{figure, size};
 use crate::support::{
-    Killed, NOBODY, SERVICE_USER, SHARED_GROUP, Snapshot, as_user,
+    NOBODY, SERVICE_USER, SHARED_GROUP, Snapshot, as_user,
     child::{Action, Report, Task, outcome, run_within},
-    make_dir, runnable_by_others, skip_unless_root, temp_dir,
+    make_dir,
+    process::Process,
+    runnable_by_others, skip_unless_root, temp_dir,
 };
 
 #[test]
@@ -43,19 +45,15 @@ fn a_directory_swapped_for_a_link_while_it_is_created_never_leads_anywhere() {
     let before = (Snapshot::of(&file), Snapshot::of(&dir));
 
     let runs = size(300, 3000);
-    let mut attacker = Task::new(Action::Swap, &shared);
-    attacker.runs = runs;
-    attacker.targets = vec![file.clone(), dir.clone()];
-    let mut attacker = attacker.command_at(&exe);
+    let targets = vec![file.clone(), dir.clone()];
+    let mut attacker = Task::new(Action::Swap { runs, targets }, &shared).command_at(&exe);
     as_user(&mut attacker, NOBODY, &[SHARED_GROUP]);
-    let attacker = Killed::new(attacker.spawn().expect("start the attacker"));
-    let mut victim = Task::new(Action::CreateMany, &shared);
-    victim.runs = runs;
-    let mut victim = victim.command_at(&exe);
+    let attacker = Process::start(&mut attacker);
+    let mut victim = Task::new(Action::CreateMany { runs }, &shared).command_at(&exe);
     as_user(&mut victim, SERVICE_USER, &[SHARED_GROUP]);
     let start = Instant::now();
     let victim = run_within(victim, Duration::from_secs(120));
-    let attacker = outcome(attacker.into_inner());
+    let attacker = outcome(attacker);
 
     let (created, refused) = victim.expect(|report| match report {
         Report::Created { created, refused } => Some((*created, *refused)),
@@ -107,19 +105,15 @@ fn what_is_planted_on_the_path_after_it_was_checked_is_never_followed() {
         .to_owned();
 
     let runs = size(100, 1000);
-    let mut attacker = Task::new(Action::Toggle, &shared);
-    attacker.runs = runs;
-    attacker.targets = vec![other.clone()];
-    let mut attacker = attacker.command_at(&exe);
+    let target = other.clone();
+    let mut attacker = Task::new(Action::Toggle { runs, target }, &shared).command_at(&exe);
     as_user(&mut attacker, NOBODY, &[]);
-    let attacker = Killed::new(attacker.spawn().expect("start the attacker"));
-    let mut victim = Task::new(Action::OpenMany, &shared);
-    victim.runs = runs;
-    let mut victim = victim.command_at(&exe);
+    let attacker = Process::start(&mut attacker);
+    let mut victim = Task::new(Action::OpenMany { runs }, &shared).command_at(&exe);
     as_user(&mut victim, SERVICE_USER, &[]);
     let start = Instant::now();
     let victim = run_within(victim, Duration::from_secs(300));
-    let attacker = outcome(attacker.into_inner());
+    let attacker = outcome(attacker);
     let (ids, refused) = victim.expect(|report| match report {
         Report::Opened { ids, refused } => Some((ids.clone(), *refused)),
         _ => None,

@@ -22,7 +22,7 @@ fn failovers_never_run_two_holders_at_once() {
     let rounds = size(3, 102);
     let etcd = Etcd::single();
     let machines = Machines::new();
-    let links = [machines.link(0, &etcd), machines.link(1, &etcd)];
+    let links = machines.links(&etcd);
     let mut machine = 0;
     let mut holder = machines.serve(machine, &links[machine]);
     let (_, mut token, _) = holder

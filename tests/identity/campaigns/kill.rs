@@ -9,7 +9,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,7 +18,9 @@ use iroh_identity::{decode_key, load_key};
 use super::{figure, size};
 use crate::support::{
     child::{Action, Task, outcome, run_to_end},
-    list, random_u64, temp_dir,
+    list,
+    process::Process,
+    random_u64, temp_dir,
 };
 
 /// Where in its life a killed first run was, as seen from what it left.
@@ -64,10 +66,10 @@ impl<'a> Watch<'a> {
     }
 
     /// Polls until `event` is seen, the run exits, or 10 s pass.
-    fn until(&self, event: impl Fn(&Self) -> bool, running: &mut Child) {
+    fn until(&self, event: impl Fn(&Self) -> bool, running: &mut Process) {
         let start = Instant::now();
         while !event(self) && start.elapsed() < Duration::from_secs(10) {
-            if running.try_wait().is_ok_and(|status| status.is_some()) {
+            if running.exited().is_some() {
                 return;
             }
         }
@@ -82,9 +84,7 @@ fn spans() -> (u64, u64, u64) {
         let dir = temp_dir();
         let watch = Watch::new(dir.path());
         let start = Instant::now();
-        let mut running = first_run(&dir.path().join("endpoint.key"))
-            .spawn()
-            .expect("spawn");
+        let mut running = Process::start(&mut first_run(&dir.path().join("endpoint.key")));
         let micros = || start.elapsed().as_micros() as u64;
         watch.until(Watch::has_new_temp_file, &mut running);
         let temp_at = micros();
@@ -113,7 +113,7 @@ fn a_kill_at_any_instant_leaves_no_key_or_a_whole_one() -> anyhow::Result<()> {
     for n in 0..kills {
         let path = dir.path().join("endpoint.key");
         let watch = Watch::new(dir.path());
-        let mut running = first_run(&path).spawn()?;
+        let mut running = Process::start(&mut first_run(&path));
         // A third of the kills anywhere in the run's life, a third while it creates the
         // key, a third while it binds.
         let delay = match n % 3 {
@@ -128,8 +128,8 @@ fn a_kill_at_any_instant_leaves_no_key_or_a_whole_one() -> anyhow::Result<()> {
             }
         };
         std::thread::sleep(Duration::from_micros(delay));
-        // An error only if it had exited already, which is one more instant.
-        let _ = running.kill();
+        // If it had exited already, that was one more instant.
+        running.kill();
         let said = outcome(running);
 
         let leftovers: Vec<String> = list(dir.path())

@@ -12,7 +12,9 @@ use iroh_identity::load_key;
 use super::{figure, size};
 use crate::support::{
     child::{Action, Outcome, Task, outcome},
-    list, temp_dir,
+    list,
+    process::Process,
+    temp_dir,
 };
 
 const RACERS: usize = 16;
@@ -28,7 +30,7 @@ fn round(action: Action, lock_wait_ms: Option<u64>) -> Vec<Outcome> {
         .trace();
     task.lock_wait_ms = lock_wait_ms;
     let racers: Vec<_> = (0..RACERS)
-        .map(|_| task.command().spawn().expect("spawn racer"))
+        .map(|_| Process::start(&mut task.command()))
         .collect();
     let outcomes: Vec<Outcome> = racers.into_iter().map(outcome).collect();
 
@@ -53,7 +55,7 @@ fn campaign(name: &str, action: Action, lock_wait_ms: Option<u64>) {
     let (mut in_use, mut failures) = (0, Vec::new());
     let start = Instant::now();
     for _ in 0..rounds {
-        for outcome in round(action, lock_wait_ms) {
+        for outcome in round(action.clone(), lock_wait_ms) {
             match outcome.error() {
                 None => {
                     outcome.expect_id();
@@ -115,7 +117,7 @@ fn racing_first_runs_on_an_empty_keychain_entry_all_get_the_same_key() {
                         .env_remove("XDG_RUNTIME_DIR")
                         .env("TMPDIR", "relative");
                 }
-                command.spawn().expect("spawn racer")
+                Process::start(&mut command)
             })
             .collect();
         let outcomes: Vec<Outcome> = racers.into_iter().map(outcome).collect();

@@ -23,7 +23,9 @@ use iroh_tickets::endpoint::EndpointTicket;
 
 use crate::support::{
     child::{Action, Holder, Task, outcome},
-    echo, echo_within, list, loopback, random_u64, temp_dir,
+    echo, echo_within, list, loopback,
+    process::Process,
+    random_u64, temp_dir,
 };
 
 /// How soon the old ticket must reach a restarted server.
@@ -51,7 +53,7 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
     let restarts = size(4, 100);
     let dir = temp_dir();
     let key = dir.path().join("server.key");
-    let mut server = Holder::start(Task::new(Action::Serve, &key).command());
+    let mut server = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
     let ticket = server.ticket().to_owned();
     let long_lived = loopback(iroh::Endpoint::builder(presets::Minimal))
         .bind()
@@ -72,7 +74,7 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
             #[cfg(unix)]
             {
                 server.terminate();
-                let next = Holder::start(Task::new(Action::Serve, &key).command());
+                let next = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
                 assert!(server.exits_within(Duration::from_secs(10)).success());
                 next
             }
@@ -80,7 +82,7 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
             unreachable!("a graceful restart needs SIGTERM")
         } else {
             server.kill();
-            Holder::start(Task::new(Action::Serve, &key).command())
+            Holder::start(Task::new(Action::Serve { relay: None }, &key).command())
         };
         let ready = start.elapsed();
         assert_eq!(server.ticket(), ticket, "restart {n} changed the ticket");
@@ -152,7 +154,7 @@ fn a_kill_while_the_ports_file_is_replaced_leaves_the_old_ports_or_the_new() {
             .command()
     };
     // A first run makes the key and the ports file.
-    outcome(open().spawn().expect("spawn")).expect_id();
+    outcome(Process::start(&mut open())).expect_id();
     let mut life = Duration::ZERO;
     let (mut old, mut new, mut during_write, mut most_leftovers) = (0, 0, 0, 0);
     for n in 0..kills {
@@ -163,7 +165,7 @@ fn a_kill_while_the_ports_file_is_replaced_leaves_the_old_ports_or_the_new() {
         // all the same.)
         let _squatter = UdpSocket::bind(("0.0.0.0", port));
         let started = Instant::now();
-        let mut running = open().spawn().expect("spawn");
+        let mut running = Process::start(&mut open());
         if n == 0 {
             // Not killed: how long a run lives.
             outcome(running).expect_id();
@@ -180,8 +182,7 @@ fn a_kill_while_the_ports_file_is_replaced_leaves_the_old_ports_or_the_new() {
             }
             std::thread::sleep(Duration::from_micros(random_u64() % 300));
         }
-        let _ = running.kill();
-        let _ = running.wait();
+        running.kill();
         let leftovers = ports_temp_files(dir.path());
         during_write += usize::from(leftovers > 0);
         most_leftovers = most_leftovers.max(leftovers);

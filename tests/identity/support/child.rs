@@ -5,9 +5,8 @@
 //! [`Report`]s, one JSON value a line on stdout behind `@child `.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -15,7 +14,7 @@ use iroh::{RelayConfig, RelayMap, RelayUrl, endpoint::presets, protocol::Router}
 use iroh_tickets::endpoint::EndpointTicket;
 use serde::{Deserialize, Serialize};
 
-use super::echo;
+use super::{echo, process::Process};
 
 /// The environment variable that carries the [`Task`].
 const TASK: &str = "IROH_IDENTITY_TEST_TASK";
@@ -26,8 +25,8 @@ const MARK: &str = "@child ";
 /// How long a `Hold` or `Serve` child keeps its endpoint if nobody stops it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
 
-/// What a child does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a child does, with what only that needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Action {
     /// Takes the identity, reports its id, and lets it go.
     Identity,
@@ -35,43 +34,46 @@ pub(crate) enum Action {
     Open,
     /// As `Open`, then reports `Ready` and keeps the endpoint until killed.
     Hold,
-    /// Serves echo on all interfaces (or through `relay`), reports its id and a ticket,
-    /// then `Ready`, and closes gracefully on SIGTERM.
-    Serve,
+    /// Serves echo on all interfaces, or through `relay` (the URL of a relay with a
+    /// self-signed certificate) and no IP socket at all; reports its id and a ticket
+    /// (that holds only the relay, with one), then `Ready`, and closes gracefully on
+    /// SIGTERM.
+    Serve { relay: Option<String> },
     /// A peer without a key file: connects to `ticket`, reports `Ready`, stays connected.
-    Dial,
+    Dial { ticket: String },
     /// The victim of the directory-swap attack: takes the identity at `PATH/N/endpoint.key`
-    /// for each run N, where `PATH/N` is missing; reports `Created`.
-    CreateMany,
-    /// The attacker of the directory-swap attack: for each run N, renames `PATH/N` away
-    /// as soon as it appears and puts a link to one of `targets` in its place; reports
-    /// `Swapped`.
-    Swap,
-    /// The victim of the planted-directory race: for each run N, takes the identity at
-    /// `PATH/appN/endpoint.key` a moment after the attacker started on it, then leaves
-    /// `PATH/doneN`; reports `Opened`.
-    OpenMany,
-    /// The attacker of the planted-directory race: for each run N, until `PATH/doneN`
-    /// appears, puts something at `PATH/appN` and takes it away again, as fast as it
-    /// can: a directory of its own that every user may write on even runs, a link to
-    /// `targets[0]` on odd ones; reports `Swapped`.
-    Toggle,
+    /// for each of `runs` runs N, where `PATH/N` is missing; reports `Created`.
+    CreateMany { runs: usize },
+    /// The attacker of the directory-swap attack: for each of `runs` runs N, renames
+    /// `PATH/N` away as soon as it appears and puts a link to one of `targets` in its
+    /// place; reports `Swapped`.
+    Swap { runs: usize, targets: Vec<PathBuf> },
+    /// The victim of the planted-directory race: for each of `runs` runs N, takes the
+    /// identity at `PATH/appN/endpoint.key` a moment after the attacker started on it,
+    /// then leaves `PATH/doneN`; reports `Opened`.
+    OpenMany { runs: usize },
+    /// The attacker of the planted-directory race: for each of `runs` runs N, until
+    /// `PATH/doneN` appears, puts something at `PATH/appN` and takes it away again, as
+    /// fast as it can: a directory of its own that every user may write on even runs, a
+    /// link to `target` on odd ones; reports `Swapped`.
+    Toggle { runs: usize, target: PathBuf },
     /// The squatter of the host lock: binds each abstract unix socket name of `names` and
-    /// listens on it, never accepting; reports `Ready` and keeps them until killed.
-    Squat,
+    /// listens on it, never accepting (a name ending in `!` is bound without listening);
+    /// reports `Ready` and keeps them until killed.
+    Squat { names: Vec<String> },
     /// The squatter of remembered ports: binds UDP on every interface, IPv4 and IPv6, on
     /// each of `ports`; reports `Ready` and keeps them until killed.
-    BindUdp,
+    BindUdp { ports: Vec<u16> },
     /// The flooder of the host lock: connects to each of `names` and lets go, as fast as
-    /// it can, on 4 threads, for `runs` milliseconds, keeping each connection open for a
-    /// while; reports `Ready` once it started.
-    Flood,
-    /// Makes `runs` unix sockets, bound to nothing, and keeps them until killed: a long
+    /// it can, on 4 threads, for `millis` milliseconds, keeping each connection open for
+    /// a while; reports `Ready` once it started.
+    Flood { names: Vec<String>, millis: u64 },
+    /// Makes `count` unix sockets, bound to nothing, and keeps them until killed: a long
     /// table of unix sockets; reports `Ready`.
-    Sockets,
+    Sockets { count: usize },
     /// Takes `runs` identities of new keys one after the other, each from the variable
     /// `key_env`, and lets each go; reports `Opened`.
-    OpenKeys,
+    OpenKeys { runs: usize },
 }
 
 /// Everything a child needs to know: what to do, to which key, and how.
@@ -89,6 +91,9 @@ pub(crate) struct Task {
     pub start_at_ms: Option<u64>,
     /// Log everything, iroh's TRACE lines included, to stderr (to search it for secrets).
     pub trace: bool,
+    /// Log WARN and ERROR lines to stderr, each starting with milliseconds since the
+    /// epoch.
+    pub log: bool,
     /// The largest file the child may write, in bytes (`RLIMIT_FSIZE`).
     pub file_size_limit: Option<u64>,
     /// `Open` and `Hold` bind iroh's sockets on all interfaces (where stable addressing
@@ -96,39 +101,36 @@ pub(crate) struct Task {
     pub all_interfaces: bool,
     /// Take the key from the default location of an application, not from `path`.
     pub default_location: bool,
-    /// The ticket a `Dial` child connects to.
-    pub ticket: Option<String>,
-    /// The URL of a relay (with a self-signed certificate): `Serve` uses it and no IP
-    /// socket at all, and hands out a ticket that holds only the relay.
-    pub relay: Option<String>,
-    /// How many runs a `CreateMany` or `Swap` child makes.
-    pub runs: usize,
-    /// The paths a `Swap` child's links point to, in turn.
-    pub targets: Vec<PathBuf>,
     /// Take the key from this keychain entry (service, account), not from `path`.
     pub keychain: Option<(String, String)>,
-    /// Guard the identity with a lease in the etcd at these endpoints.
-    pub etcd: Vec<String>,
-    /// The lease's TTL in seconds; the crate's default when `None`.
-    pub lease_ttl_s: Option<u64>,
-    /// The abstract socket names a `Squat` child binds.
-    pub names: Vec<String>,
-    /// The UDP ports a `BindUdp` child binds.
-    pub ports: Vec<u16>,
-    /// The lease's prefix; the crate's default when `None`.
-    pub lease_prefix: Option<String>,
+    /// Guard the identity with a lease in etcd.
+    pub lease: Option<LeaseTask>,
+    /// How a `Hold` child behaves while it holds.
+    pub holding: Holding,
+}
+
+/// The lease a child takes, in etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LeaseTask {
+    /// The members' client URLs.
+    pub endpoints: Vec<String>,
+    /// The TTL in seconds.
+    pub ttl_s: u64,
+    /// The key's prefix; the crate's default when `None`.
+    pub prefix: Option<String>,
     /// TLS to etcd: the CA's certificate, and the client's certificate and key if any.
-    pub etcd_tls: Option<EtcdTls>,
-    /// The etcd user and password of the lease.
-    pub etcd_user: Option<(String, String)>,
-    /// Threads that spin for ever beside the holder once it holds (a busy program).
+    pub tls: Option<EtcdTls>,
+    /// The etcd user and password.
+    pub user: Option<(String, String)>,
+}
+
+/// What a child that holds its endpoint does meanwhile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Holding {
+    /// How long it keeps its endpoint if nobody stops it; `HOLD_AT_MOST` unless set.
+    pub at_most_ms: Option<u64>,
+    /// Threads that spin for ever beside it once it holds (a busy program).
     pub busy_threads: usize,
-    /// Log WARN and ERROR lines to stderr, each starting with milliseconds since the
-    /// epoch.
-    pub log: bool,
-    /// How long a `Hold` child keeps its endpoint if nobody stops it; `HOLD_AT_MOST`
-    /// unless set.
-    pub hold_ms: Option<u64>,
     /// Once it holds, a task of the application's blocks the runtime's thread this long.
     pub block_runtime_ms: Option<u64>,
 }
@@ -150,62 +152,61 @@ impl Task {
             key_env: None,
             start_at_ms: None,
             trace: false,
+            log: false,
             file_size_limit: None,
             all_interfaces: false,
             default_location: false,
-            ticket: None,
-            relay: None,
-            runs: 0,
-            targets: Vec::new(),
             keychain: None,
-            etcd: Vec::new(),
-            lease_ttl_s: None,
-            names: Vec::new(),
-            ports: Vec::new(),
-            lease_prefix: None,
-            etcd_tls: None,
-            etcd_user: None,
-            busy_threads: 0,
-            log: false,
-            hold_ms: None,
-            block_runtime_ms: None,
+            lease: None,
+            holding: Holding::default(),
         }
     }
 
     /// Guards the identity with a lease in the etcd at `endpoints`, of `ttl_s` seconds.
     #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn lease(mut self, endpoints: Vec<String>, ttl_s: u64) -> Self {
-        self.etcd = endpoints;
-        self.lease_ttl_s = Some(ttl_s);
+        self.lease = Some(LeaseTask {
+            endpoints,
+            ttl_s,
+            prefix: None,
+            tls: None,
+            user: None,
+        });
         self
+    }
+
+    /// The lease, for the methods that set its details.
+    #[cfg(feature = "etcd")]
+    fn lease_mut(&mut self) -> &mut LeaseTask {
+        self.lease.as_mut().expect("a lease, set first")
     }
 
     /// Talks to etcd over TLS: `ca` verifies etcd, `identity` (a certificate and its key)
     /// is the client's.
     #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn etcd_tls(mut self, ca: PathBuf, identity: Option<(PathBuf, PathBuf)>) -> Self {
-        self.etcd_tls = Some(EtcdTls { ca, identity });
+        self.lease_mut().tls = Some(EtcdTls { ca, identity });
         self
     }
 
     /// Authenticates to etcd as `user`.
     #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn etcd_user(mut self, user: &str, password: &str) -> Self {
-        self.etcd_user = Some((user.to_owned(), password.to_owned()));
+        self.lease_mut().user = Some((user.to_owned(), password.to_owned()));
         self
     }
 
     /// Keeps the lease's key under `prefix`.
     #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn lease_prefix(mut self, prefix: &str) -> Self {
-        self.lease_prefix = Some(prefix.to_owned());
+        self.lease_mut().prefix = Some(prefix.to_owned());
         self
     }
 
     /// A `Hold` child keeps its endpoint for up to `hold` if nobody stops it.
     #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn hold_for(mut self, hold: Duration) -> Self {
-        self.hold_ms = Some(u64::try_from(hold.as_millis()).expect("a short hold"));
+        self.holding.at_most_ms = Some(u64::try_from(hold.as_millis()).expect("a short hold"));
         self
     }
 
@@ -395,67 +396,60 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Waits for a started child and collects what it said.
-pub(crate) fn outcome(child: Child) -> Outcome {
-    let output = child.wait_with_output().expect("wait for child");
-    Outcome {
-        status: output.status,
-        reports: String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(report_in)
-            .collect(),
-        stdout: output.stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+/// Waits for a started child to exit and collects what it said.
+pub(crate) fn outcome(process: Process) -> Outcome {
+    Outcome::of(process.finish(None))
+}
+
+/// What a started child said once it exited, or was killed when `limit` had passed.
+pub(crate) fn outcome_within(process: Process, limit: Duration) -> Outcome {
+    Outcome::of(process.finish(Some(limit)))
 }
 
 /// Runs a child to the end.
 pub(crate) fn run_to_end(mut command: Command) -> Outcome {
-    outcome(command.spawn().expect("spawn child"))
-}
-
-/// Waits for a started child and collects its output, killing it after `limit` (its
-/// output then ends there).
-#[cfg(all(feature = "etcd", target_os = "linux"))]
-pub(crate) fn wait_within(child: Child, limit: Duration) -> std::process::Output {
-    let mut child = super::Killed::new(child);
-    let start = Instant::now();
-    while child.try_wait().expect("try_wait").is_none() && start.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = child.kill();
-    child
-        .into_inner()
-        .wait_with_output()
-        .expect("the child's output")
+    outcome(Process::start(&mut command))
 }
 
 /// Runs a child to the end, killing it and failing the test if it takes longer than
 /// `limit`: for what must not hang.
 #[cfg(unix)]
 pub(crate) fn run_within(mut command: Command, limit: Duration) -> Outcome {
-    let mut child = command.spawn().expect("spawn child");
-    let start = Instant::now();
-    while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let outcome = outcome(child);
-            panic!("the child did not finish within {limit:?}: {outcome}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    outcome(child)
+    let mut process = Process::start(&mut command);
+    let in_time = process.exit_within(limit).is_some();
+    let outcome = outcome_within(process, Duration::ZERO);
+    assert!(
+        in_time,
+        "the child did not finish within {limit:?}: {outcome}"
+    );
+    outcome
 }
 
-/// A child that holds an open endpoint (`Hold` or `Serve`); killed (SIGKILL) when
-/// dropped.
+impl Outcome {
+    fn of((status, stdout, stderr): (ExitStatus, Vec<u8>, Vec<u8>)) -> Self {
+        Self {
+            status,
+            reports: String::from_utf8_lossy(&stdout)
+                .lines()
+                .filter_map(report_in)
+                .collect(),
+            stdout,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+}
+
+/// How long a holder may take to say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// A child that holds something (an open endpoint, names, a port) once it said it is
+/// ready; its [`Process`] kills it when dropped.
 pub(crate) struct Holder {
-    pub child: Child,
+    pub process: Process,
+    /// The id it said; empty if it said none.
     pub id: String,
     /// What a `Serve` child hands out.
     pub ticket: Option<String>,
-    /// Kept open so that the child can still write when it exits by itself.
-    _stdout: BufReader<ChildStdout>,
 }
 
 impl Holder {
@@ -467,31 +461,31 @@ impl Holder {
     }
 
     /// Starts a child that holds something (`Squat`, `BindUdp`, or a holder) and waits
-    /// until it says it is ready; `id` is empty unless it said one.
+    /// until it says it is ready, or exits; fails if it reports anything else first.
     pub(crate) fn until_ready(mut command: Command) -> Self {
-        let mut child = super::Killed::new(command.spawn().expect("spawn child"));
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut process = Process::start(&mut command);
+        let ready = process
+            .report(READY_WITHIN, |report| {
+                matches!(report, Report::Ready).then_some(())
+            })
+            .is_some();
         let (mut id, mut ticket) = (None, None);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stdout.read_line(&mut line).expect("read child stdout") == 0 {
-                break;
-            }
-            match report_in(&line) {
-                Some(Report::Ready) => break,
-                Some(Report::Id(reported)) => id = Some(reported),
-                Some(Report::Ticket(reported)) => ticket = Some(reported),
-                Some(other) => panic!("holder failed: {other:?}"),
-                None => {}
+        for report in process.said() {
+            match report {
+                Report::Ready => break,
+                Report::Id(reported) => id = Some(reported),
+                Report::Ticket(reported) => ticket = Some(reported),
+                other => panic!("holder failed: {other:?}"),
             }
         }
-        let id = id.unwrap_or_default();
+        assert!(
+            ready || process.exited().is_some(),
+            "the child was not ready within {READY_WITHIN:?}"
+        );
         Self {
-            child: child.into_inner(),
-            id,
+            process,
+            id: id.unwrap_or_default(),
             ticket,
-            _stdout: stdout,
         }
     }
 
@@ -502,42 +496,102 @@ impl Holder {
             .expect("a serve child says its ticket")
     }
 
-    /// Kills the holder with SIGKILL: no close, no clean-up, as in a crash.
+    /// Kills it (SIGKILL), as in a crash, and returns once it is gone.
     pub(crate) fn kill(mut self) {
-        self.child.kill().expect("kill holder");
-        self.child.wait().expect("reap holder");
+        self.process.kill();
     }
 
-    /// Asks a `Serve` child to close gracefully (SIGTERM) and returns without waiting;
-    /// dropping the holder then waits for it to exit (and kills it if it is still there).
-    #[cfg(unix)]
-    pub(crate) fn terminate(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: sends a signal to our own child, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill -TERM");
-    }
-
-    /// Waits up to `limit` for the child to exit by itself.
-    #[cfg(unix)]
+    /// Waits up to `limit` for it to exit by itself (after a [`terminate`](Process::terminate),
+    /// say), or fails the test.
     pub(crate) fn exits_within(mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the child did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.process.exits_within(limit)
     }
 }
 
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Holder {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Holder {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+/// What a test child reports, read from its stdout as it comes.
+impl Process {
+    /// The first report that `pick` takes, with when it arrived: waiting up to `limit`
+    /// while the child's stdout lasts.
+    pub(crate) fn report<T>(
+        &self,
+        limit: Duration,
+        pick: impl Fn(&Report) -> Option<T>,
+    ) -> Option<(Instant, T)> {
+        self.stdout_line(limit, |line| report_in(line).as_ref().and_then(&pick))
+    }
+
+    /// Everything it reported so far.
+    pub(crate) fn said(&self) -> Vec<Report> {
+        self.stdout_lines()
+            .iter()
+            .filter_map(|line| report_in(line))
+            .collect()
+    }
+}
+
+/// What a child that holds a lease reports.
+#[cfg(feature = "etcd")]
+impl Process {
+    /// The fencing token and the wall-clock time at which it started holding, with when
+    /// that arrived: waiting up to `limit`.
+    pub(crate) fn holding(&self, limit: Duration) -> Option<(Instant, i64, u64)> {
+        self.report(limit, |report| match report {
+            Report::Holding { token, at_ms } => Some((*token, *at_ms)),
+            _ => None,
+        })
+        .map(|(at, (token, at_ms))| (at, token, at_ms))
+    }
+
+    /// Why and when it said it lost its lease (and closed its endpoint), waiting up to
+    /// `limit`.
+    pub(crate) fn lost(&self, limit: Duration) -> Option<(String, u64)> {
+        self.report(limit, |report| match report {
+            Report::Lost { reason, at_ms } => Some((reason.clone(), *at_ms)),
+            _ => None,
+        })
+        .map(|(_, lost)| lost)
+    }
+
+    /// When it closed on SIGTERM, waiting up to `limit`.
+    pub(crate) fn closed(&self, limit: Duration) -> Option<u64> {
+        self.report(limit, |report| match report {
+            Report::Closed { at_ms } => Some(*at_ms),
+            _ => None,
+        })
+        .map(|(_, at_ms)| at_ms)
+    }
+
+    /// The error it reported, waiting up to `limit`.
+    pub(crate) fn error(&self, limit: Duration) -> Option<String> {
+        self.report(limit, |report| match report {
+            Report::Error(error) => Some(error.clone()),
+            _ => None,
+        })
+        .map(|(_, error)| error)
+    }
+
+    /// The time (epoch ms) of its first log line that holds `text`, waiting up to `limit`
+    /// (a child started with [`Task::log`], whose lines start with that time).
+    pub(crate) fn logged(&self, text: &str, limit: Duration) -> Option<u64> {
+        self.stderr_line(limit, |line| {
+            line.contains(text)
+                .then(|| line.split_whitespace().next()?.parse().ok())
+                .flatten()
+        })
     }
 }
 
@@ -581,28 +635,28 @@ pub(crate) fn run() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        match task.action {
+        match &task.action {
             Action::Identity => match builder(&task).open().await {
                 Ok(identity) => say(Report::Id(identity.id().to_string())),
                 Err(err) => say(Report::Error(chain(&err))),
             },
             Action::Open | Action::Hold => open(&task).await,
-            Action::Serve => serve(&task).await,
-            Action::Dial => dial(&task).await,
-            Action::CreateMany => create_many(&task).await,
+            Action::Serve { relay } => serve(&task, relay.as_deref()).await,
+            Action::Dial { ticket } => dial(ticket).await,
+            Action::CreateMany { runs } => create_many(&task.path, *runs).await,
             #[cfg(unix)]
-            Action::Swap => swap(&task),
-            Action::OpenMany => open_many(&task).await,
+            Action::Swap { runs, targets } => swap(&task.path, *runs, targets),
+            Action::OpenMany { runs } => open_many(&task.path, *runs).await,
             #[cfg(unix)]
-            Action::Toggle => toggle(&task),
+            Action::Toggle { runs, target } => toggle(&task.path, *runs, target),
             #[cfg(target_os = "linux")]
-            Action::Squat => squat(&task),
-            Action::BindUdp => bind_udp(&task),
+            Action::Squat { names } => squat(names),
+            Action::BindUdp { ports } => bind_udp(ports),
             #[cfg(target_os = "linux")]
-            Action::Flood => flood(&task),
+            Action::Flood { names, millis } => flood(names, *millis),
             #[cfg(target_os = "linux")]
-            Action::Sockets => sockets(&task),
-            Action::OpenKeys => open_keys(&task).await,
+            Action::Sockets { count } => sockets(*count),
+            Action::OpenKeys { runs } => open_keys(&task, *runs).await,
             #[cfg(not(target_os = "linux"))]
             action => panic!("{action:?} is a task of unix's or Linux's tests"),
         }
@@ -662,15 +716,15 @@ async fn open(task: &Task) {
         Ok(endpoint) => {
             say(Report::Id(endpoint.id().to_string()));
             lease.say_holding();
-            spin(task.busy_threads);
-            if let Some(ms) = task.block_runtime_ms {
+            spin(task.holding.busy_threads);
+            if let Some(ms) = task.holding.block_runtime_ms {
                 // Work that never yields, as an application may have: this runtime has one
                 // thread, which it holds up.
                 tokio::spawn(async move { std::thread::sleep(Duration::from_millis(ms)) });
             }
             if task.action == Action::Hold {
                 say(Report::Ready);
-                let at_most = task.hold_ms.map_or(HOLD_AT_MOST, Duration::from_millis);
+                let at_most = (task.holding.at_most_ms).map_or(HOLD_AT_MOST, Duration::from_millis);
                 hold(&endpoint, &lease, at_most).await;
             }
             endpoint.close().await;
@@ -703,13 +757,13 @@ impl Lease {
     fn of(task: &Task) -> Self {
         #[cfg(feature = "etcd")]
         {
-            let etcd = (!task.etcd.is_empty()).then(|| {
+            let etcd = task.lease.as_ref().map(|task| {
                 use iroh_identity::etcd_client::{
                     Certificate, ConnectOptions, Identity, TlsOptions,
                 };
 
                 let mut options = ConnectOptions::new();
-                if let Some(tls) = &task.etcd_tls {
+                if let Some(tls) = &task.tls {
                     let read = |path: &PathBuf| std::fs::read(path).expect("a TLS file");
                     let mut config =
                         TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)));
@@ -718,21 +772,19 @@ impl Lease {
                     }
                     options = options.with_tls(config);
                 }
-                if let Some((user, password)) = &task.etcd_user {
+                if let Some((user, password)) = &task.user {
                     options = options.with_user(user, password);
                 }
-                let mut lease = iroh_identity::EtcdLease::new(task.etcd.clone())
+                let mut lease = iroh_identity::EtcdLease::new(task.endpoints.clone())
                     .connect_options(options)
                     .on_wait(|wait| {
                         say(Report::Waiting {
                             why: wait.to_string(),
                             at_ms: super::now_ms(),
                         })
-                    });
-                if let Some(ttl) = task.lease_ttl_s {
-                    lease = lease.ttl(Duration::from_secs(ttl));
-                }
-                if let Some(prefix) = &task.lease_prefix {
+                    })
+                    .ttl(Duration::from_secs(task.ttl_s));
+                if let Some(prefix) = &task.prefix {
                     lease = lease.prefix(prefix.clone());
                 }
                 lease
@@ -741,7 +793,7 @@ impl Lease {
         }
         #[cfg(not(feature = "etcd"))]
         {
-            assert!(task.etcd.is_empty(), "leases need the etcd feature");
+            assert!(task.lease.is_none(), "leases need the etcd feature");
             Self {}
         }
     }
@@ -785,13 +837,13 @@ impl Lease {
 }
 
 /// Serves echo until SIGTERM, then closes gracefully.
-async fn serve(task: &Task) {
+async fn serve(task: &Task, relay: Option<&str>) {
     let lease = Lease::of(task);
     let mut builder = lease.builder(super::stable_builder(&task.path));
     if let Some(ms) = task.lock_wait_ms {
         builder = builder.lock_wait(Duration::from_millis(ms));
     }
-    let relay = task.relay.as_ref().map(|url| {
+    let relay = relay.map(|url| {
         let url: RelayUrl = url.parse().expect("a relay URL");
         RelayMap::from(RelayConfig::new(url, None))
     });
@@ -827,13 +879,8 @@ async fn serve(task: &Task) {
 }
 
 /// Connects to the ticket's endpoint and stays connected.
-async fn dial(task: &Task) {
-    let ticket: EndpointTicket = task
-        .ticket
-        .as_deref()
-        .expect("a dial task has a ticket")
-        .parse()
-        .expect("a ticket");
+async fn dial(ticket: &str) {
+    let ticket: EndpointTicket = ticket.parse().expect("a ticket");
     let client = super::loopback(iroh::Endpoint::builder(presets::Minimal))
         .bind()
         .await
@@ -851,18 +898,18 @@ async fn dial(task: &Task) {
 }
 
 /// The victim of the directory-swap attack.
-async fn create_many(task: &Task) {
+async fn create_many(dir: &Path, runs: usize) {
     let (mut created, mut refused) = (0, 0);
-    for run in 0..task.runs {
+    for run in 0..runs {
         // In step with the attacker: wait until it has dealt with the previous run.
         if run > 0 {
-            let previous = task.path.join((run - 1).to_string());
+            let previous = dir.join((run - 1).to_string());
             let start = Instant::now();
             while !previous.is_symlink() && start.elapsed() < Duration::from_millis(200) {
                 std::thread::yield_now();
             }
         }
-        let path = task.path.join(run.to_string()).join("endpoint.key");
+        let path = dir.join(run.to_string()).join("endpoint.key");
         match iroh_identity::Identity::open(path).await {
             Ok(_) => created += 1,
             Err(_) => refused += 1,
@@ -873,13 +920,13 @@ async fn create_many(task: &Task) {
 
 /// The attacker of the directory-swap attack.
 #[cfg(unix)]
-fn swap(task: &Task) {
+fn swap(dir: &Path, runs: usize, targets: &[PathBuf]) {
     use std::{fs, os::unix::fs::symlink};
 
     let mut swapped = 0;
-    for run in 0..task.runs {
-        let name = task.path.join(run.to_string());
-        let away = task.path.join(format!(".moved-{run}"));
+    for run in 0..runs {
+        let name = dir.join(run.to_string());
+        let away = dir.join(format!(".moved-{run}"));
         let start = Instant::now();
         let moved = loop {
             if fs::rename(&name, &away).is_ok() {
@@ -891,43 +938,43 @@ fn swap(task: &Task) {
         };
         swapped += usize::from(moved);
         // Fails only if the victim made the directory again meanwhile: the next run.
-        let _ = symlink(&task.targets[run % task.targets.len()], &name);
+        let _ = symlink(&targets[run % targets.len()], &name);
     }
     say(Report::Swapped(swapped));
 }
 
 /// The victim of the planted-directory race.
-async fn open_many(task: &Task) {
+async fn open_many(dir: &Path, runs: usize) {
     let (mut ids, mut refused) = (Vec::new(), 0);
-    for run in 0..task.runs {
+    for run in 0..runs {
         // Land anywhere in the attacker's cycle.
         std::thread::sleep(Duration::from_micros(super::random_u64() % 2000));
-        let path = task.path.join(format!("app{run}")).join("endpoint.key");
+        let path = dir.join(format!("app{run}")).join("endpoint.key");
         match iroh_identity::Identity::open(path).await {
             Ok(identity) => ids.push(identity.id().to_string()),
             Err(_) => refused += 1,
         }
-        std::fs::write(task.path.join(format!("done{run}")), b"").expect("mark the run done");
+        std::fs::write(dir.join(format!("done{run}")), b"").expect("mark the run done");
     }
     say(Report::Opened { ids, refused });
 }
 
 /// The attacker of the planted-directory race.
 #[cfg(unix)]
-fn toggle(task: &Task) {
+fn toggle(dir: &Path, runs: usize, target: &Path) {
     use std::{fs, os::unix::fs::PermissionsExt};
 
     let mut swapped = 0;
-    for run in 0..task.runs {
-        let name = task.path.join(format!("app{run}"));
-        let stage = task.path.join(format!(".stage{run}"));
+    for run in 0..runs {
+        let name = dir.join(format!("app{run}"));
+        let stage = dir.join(format!(".stage{run}"));
         if run % 2 == 0 {
             fs::create_dir(&stage).expect("mkdir");
             fs::set_permissions(&stage, fs::Permissions::from_mode(0o777)).expect("chmod");
         } else {
-            std::os::unix::fs::symlink(&task.targets[0], &stage).expect("symlink");
+            std::os::unix::fs::symlink(target, &stage).expect("symlink");
         }
-        let done = task.path.join(format!("done{run}"));
+        let done = dir.join(format!("done{run}"));
         let start = Instant::now();
         while !done.exists() && start.elapsed() < Duration::from_secs(5) {
             if fs::rename(&stage, &name).is_ok() {
@@ -943,7 +990,7 @@ fn toggle(task: &Task) {
 
 /// The squatter of the host lock's names.
 #[cfg(target_os = "linux")]
-fn squat(task: &Task) {
+fn squat(names: &[String]) {
     use std::os::{
         fd::{FromRawFd, OwnedFd},
         linux::net::SocketAddrExt,
@@ -951,8 +998,7 @@ fn squat(task: &Task) {
     };
 
     // A name ending in `!` is bound by a stream socket that does not listen.
-    let held: Vec<OwnedFd> = task
-        .names
+    let held: Vec<OwnedFd> = names
         .iter()
         .map(|name| match name.strip_suffix('!') {
             Some(name) => {
@@ -991,15 +1037,14 @@ fn squat(task: &Task) {
 
 /// The flooder of the host lock.
 #[cfg(target_os = "linux")]
-fn flood(task: &Task) {
+fn flood(names: &[String], millis: u64) {
     use std::os::{
         linux::net::SocketAddrExt,
         unix::net::{SocketAddr, UnixStream},
     };
 
-    let until = Instant::now() + Duration::from_millis(task.runs as u64);
-    let addresses: Vec<SocketAddr> = task
-        .names
+    let until = Instant::now() + Duration::from_millis(millis);
+    let addresses: Vec<SocketAddr> = names
         .iter()
         .map(|name| SocketAddr::from_abstract_name(name).expect("an abstract name"))
         .collect();
@@ -1030,16 +1075,16 @@ fn flood(task: &Task) {
 
 /// A long table of unix sockets.
 #[cfg(target_os = "linux")]
-fn sockets(task: &Task) {
+fn sockets(count: usize) {
     use std::os::unix::net::UnixDatagram;
 
     let limit = libc::rlimit {
-        rlim_cur: task.runs as u64 + 100,
-        rlim_max: task.runs as u64 + 100,
+        rlim_cur: count as u64 + 100,
+        rlim_max: count as u64 + 100,
     };
     // SAFETY: valid arguments; this child runs one test on one thread.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    let held: Vec<UnixDatagram> = (0..task.runs)
+    let held: Vec<UnixDatagram> = (0..count)
         .filter_map(|_| UnixDatagram::unbound().ok())
         .collect();
     say(Report::Ready);
@@ -1048,11 +1093,11 @@ fn sockets(task: &Task) {
 }
 
 /// The squatter of remembered ports.
-fn bind_udp(task: &Task) {
+fn bind_udp(ports: &[u16]) {
     use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 
     let mut held = Vec::new();
-    for &port in &task.ports {
+    for &port in ports {
         held.push(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind IPv4"));
         // IPv6 only, as iroh binds it; a host without IPv6 has nothing to take.
         let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)
@@ -1071,10 +1116,10 @@ fn bind_udp(task: &Task) {
 }
 
 /// Takes the identities of `runs` new keys one after the other.
-async fn open_keys(task: &Task) {
+async fn open_keys(task: &Task, runs: usize) {
     let variable = task.key_env.as_deref().expect("a variable for the keys");
     let (mut ids, mut refused) = (Vec::new(), 0);
-    for _ in 0..task.runs {
+    for _ in 0..runs {
         let key = iroh::SecretKey::generate();
         let hex = data_encoding::HEXLOWER.encode(&key.to_bytes());
         // SAFETY: this child runs one test on one thread, and nothing else of it reads the

@@ -17,11 +17,11 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use super::proxy::Proxy;
+use super::{process::Process, proxy::Proxy};
 
 /// The package that gives `etcd` (`cargo xtask test` installs it).
 const PACKAGE: &str = "etcd-server";
@@ -84,7 +84,7 @@ struct Member {
     peer_port: u16,
     metrics_port: u16,
     data_dir: PathBuf,
-    process: Option<Child>,
+    process: Option<Process>,
 }
 
 impl Etcd {
@@ -210,7 +210,7 @@ impl Etcd {
                 .arg("--trusted-ca-file")
                 .arg(tls.path("ca.pem"));
         }
-        let process = command.spawn().unwrap_or_else(|err| {
+        let process = Process::try_start(&mut command).unwrap_or_else(|err| {
             panic!("cannot start etcd ({err}); install {PACKAGE}, as `cargo xtask test` does")
         });
         member.process = Some(process);
@@ -219,9 +219,7 @@ impl Etcd {
     /// Kills member `i` (SIGKILL) and waits until it is gone.
     pub(crate) fn kill_member(&mut self, i: usize) {
         if let Some(mut process) = self.members[i].process.take() {
-            super::signal(process.id(), libc::SIGCONT);
-            let _ = process.kill();
-            let _ = process.wait();
+            process.kill();
         }
     }
 
@@ -330,15 +328,22 @@ impl Etcd {
         if self.auth {
             command.arg(format!("--user={}:{}", ROOT.0, ROOT.1));
         }
-        let child = command
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run etcdctl ({err}); install etcd-client"));
-        super::child::wait_within(child, within + Duration::from_secs(5))
+        let process = Process::try_start(
+            command
+                .args(args)
+                .env("ETCDCTL_API", "3")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .unwrap_or_else(|err| panic!("cannot run etcdctl ({err}); install etcd-client"));
+        // Killed if it takes longer: the status then says so.
+        let (status, stdout, stderr) = process.finish(Some(within + Duration::from_secs(5)));
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
     }
 
     /// The lease that `key` is bound to now (0: none, or no such key).

@@ -1,84 +1,93 @@
-//! Machines of their own on this host: a network namespace each, joined to the host's by a
-//! veth pair on a /30 subnet of its own, made here and removed when the value is dropped.
+//! Machines of their own on this host: a network namespace each, joined by a veth pair to
+//! a hub, a namespace of the test's own where the machines reach the tests' services;
+//! made here and removed when the value is dropped.
 //!
-//! A process entered into a [`Namespace`] has its own loopback, its own abstract unix
-//! sockets and its own ports, as on another machine; it reaches the host (where the tests'
-//! etcd proxies listen) at [`Namespace::host_side`], and the host reaches it at the
-//! second address of the link's subnet.
+//! A process entered into a machine's namespace has its own loopback, its own abstract
+//! unix sockets and its own ports, as on another machine; it reaches the hub at
+//! [`Network::service_address`]. The host's own namespace gets no interface: an address
+//! added there would show up in the addresses of every endpoint the host's tests bind
+//! (iroh lists the machine's interfaces), and in their tickets. The services (the tests'
+//! proxies to etcd and to a relay) listen in the hub and talk to the host's loopback:
+//! a socket belongs to the namespace of the thread that made it.
 
 use std::{
     fs::File,
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, TcpListener},
     os::{fd::AsRawFd, unix::process::CommandExt},
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-/// The subnets are taken from `10.201.0.0/16`, a /30 each.
-const FIRST_OCTETS: [u8; 2] = [10, 201];
-
-/// Where test processes take turns to pick a free subnet.
-const ALLOCATION_LOCK: &str = "/run/iroh-identity-test-net.lock";
-
-/// A network namespace and the veth pair that joins it to the host.
-pub(crate) struct Namespace {
-    name: String,
-    host_veth: String,
-    host_side: Ipv4Addr,
+/// Machines in namespaces of their own, and the hub that joins them.
+pub(crate) struct Network {
+    hub: Namespace,
+    machines: Vec<Namespace>,
 }
 
-impl Namespace {
-    /// Makes a namespace with loopback up, a veth pair to the host on a free /30 subnet, and
-    /// a default route through the host.
-    pub(crate) fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, Ordering::Relaxed);
-        // Interface names have 15 bytes at most: "ii" + pid + count + one letter.
-        let name = format!("ii{:x}x{n:x}", std::process::id());
-        let (host_veth, machine_veth) = (format!("{name}h"), format!("{name}m"));
-        ip(&["netns", "add", &name]);
-        // Removed on drop from here on, whatever fails next.
-        let mut namespace = Self {
-            name,
-            host_veth: host_veth.clone(),
-            host_side: Ipv4Addr::UNSPECIFIED,
-        };
-        ip(&[
-            "link",
-            "add",
-            &host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &machine_veth,
-        ]);
-        ip(&["link", "set", &machine_veth, "netns", &namespace.name]);
-        let (host_side, addr) = allocate(&host_veth);
-        namespace.host_side = host_side;
-        ip(&["link", "set", &host_veth, "up"]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["-n", namespace.name.as_str()];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
-        inside(&["addr", "add", &format!("{addr}/30"), "dev", &machine_veth]);
-        inside(&["link", "set", &machine_veth, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        inside(&["route", "add", "default", "via", &host_side.to_string()]);
-        namespace
+impl Network {
+    /// `count` machines, each linked to the hub on a /30 of `10.201.0.0/16` (the network is
+    /// the test's own: no other test sees these addresses).
+    pub(crate) fn new(count: u8) -> Self {
+        let hub = Namespace::new("h");
+        let machines = (0..count)
+            .map(|m| {
+                let machine = Namespace::new(&format!("m{m}"));
+                let (hub_end, machine_end) =
+                    (format!("{}h", machine.name), format!("{}m", machine.name));
+                // Made in the hub, its peer in the machine: the host never has either.
+                hub.ip(&[
+                    "link",
+                    "add",
+                    &hub_end,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &machine_end,
+                    "netns",
+                    &machine.name,
+                ]);
+                let (service, addr) = (Ipv4Addr::new(10, 201, m, 1), Ipv4Addr::new(10, 201, m, 2));
+                hub.ip(&["addr", "add", &format!("{service}/30"), "dev", &hub_end]);
+                hub.ip(&["link", "set", &hub_end, "up"]);
+                machine.ip(&["addr", "add", &format!("{addr}/30"), "dev", &machine_end]);
+                machine.ip(&["link", "set", &machine_end, "up"]);
+                machine.ip(&["route", "add", "default", "via", &service.to_string()]);
+                machine
+            })
+            .collect();
+        Self { hub, machines }
     }
 
-    /// The host's address on this namespace's link: where it reaches the host.
-    pub(crate) fn host_side(&self) -> Ipv4Addr {
-        self.host_side
+    /// Where machine `m` reaches the tests' services: the hub's end of its link. Every
+    /// machine reaches every one of these.
+    pub(crate) fn service_address(&self, m: usize) -> Ipv4Addr {
+        assert!(m < self.machines.len(), "no machine {m}");
+        Ipv4Addr::new(10, 201, u8::try_from(m).expect("a few machines"), 1)
     }
 
-    /// Makes `command` run in this namespace. Call it before `as_user`, while the child may
+    /// A listener on a free port of `ip`, in the hub.
+    pub(crate) fn listen(&self, ip: Ipv4Addr) -> TcpListener {
+        let handle = self.hub.handle();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // This thread alone enters the hub: its socket stays there.
+                    // SAFETY: setns on a handle we opened; it changes this thread only.
+                    let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(entered, 0, "enter the hub: {}", io::Error::last_os_error());
+                    TcpListener::bind((ip, 0)).expect("listen in the hub")
+                })
+                .join()
+                .expect("the hub's thread")
+        })
+    }
+
+    /// Makes `command` run on machine `m`. Call it before `as_user`, while the child may
     /// still enter a namespace (which needs root).
-    pub(crate) fn enter<'a>(&self, command: &'a mut Command) -> &'a mut Command {
-        let handle = File::open(format!("/run/netns/{}", self.name)).expect("open the netns");
+    pub(crate) fn enter<'a>(&self, m: usize, command: &'a mut Command) -> &'a mut Command {
+        let handle = self.machines[m].handle();
         // SAFETY: setns is async-signal-safe; the handle is moved into the closure and
         // outlives the fork. It is opened close-on-exec, so the program does not inherit it.
         unsafe {
@@ -93,59 +102,44 @@ impl Namespace {
     }
 }
 
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        // Deleting the namespace destroys the veth end inside it, and with it its peer; the
-        // host's end is deleted by name too, for a pair that never got into the namespace.
-        for args in [
-            ["netns", "del", &self.name],
-            ["link", "del", &self.host_veth],
-        ] {
-            let _ = Command::new("ip")
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
+/// A network namespace with loopback up; deleted on drop, with the veth ends in it and
+/// so their peers.
+struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    fn new(role: &str) -> Self {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        // Interface names (the namespace's name and a letter) have 15 bytes at most.
+        let name = format!("ii{:x}{role}{n:x}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let namespace = Self { name };
+        namespace.ip(&["link", "set", "lo", "up"]);
+        namespace
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    fn handle(&self) -> File {
+        File::open(format!("/run/netns/{}", self.name)).expect("open the namespace")
     }
 }
 
-/// Gives `veth` the first address of a /30 subnet of `10.201.0.0/16` that no interface of
-/// the host uses, and returns it with the second, the namespace's. Test processes take
-/// turns under a lock, so that two never pick the same one.
-fn allocate(veth: &str) -> (Ipv4Addr, Ipv4Addr) {
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(ALLOCATION_LOCK)
-        .expect("open the subnet lock");
-    lock.lock().expect("take the subnet lock");
-    let output = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .expect("run ip addr");
-    let used: Vec<Ipv4Addr> = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .filter_map(|word| word.split('/').next()?.parse().ok())
-        .collect();
-    let start = (super::random_u64() % (1 << 14)) as u32;
-    let base = (0..1u32 << 14)
-        .map(|i| (start + i) % (1 << 14))
-        .map(|block| {
-            let [_, _, c, d] = (block * 4).to_be_bytes();
-            Ipv4Addr::new(FIRST_OCTETS[0], FIRST_OCTETS[1], c, d)
-        })
-        .find(|base| {
-            let first = u32::from(*base);
-            !used.iter().any(|addr| (u32::from(*addr) & !3) == first)
-        })
-        .expect("a free /30 in 10.201.0.0/16");
-    let host_side = Ipv4Addr::from(u32::from(base) + 1);
-    let addr = Ipv4Addr::from(u32::from(base) + 2);
-    ip(&["addr", "add", &format!("{host_side}/30"), "dev", veth]);
-    drop(lock);
-    (host_side, addr)
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Runs `ip ARGS`; fails the test if it fails.

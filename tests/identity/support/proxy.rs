@@ -9,7 +9,8 @@
 use std::{
     collections::VecDeque,
     io::{Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, RawFd},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -41,6 +42,8 @@ pub(crate) struct Faults {
 /// A running proxy from [`Proxy::addr`] to one service address.
 pub(crate) struct Proxy {
     addr: SocketAddr,
+    /// The listener's descriptor, to wake the acceptor when the proxy stops.
+    listening: RawFd,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -59,9 +62,9 @@ struct State {
 }
 
 impl Proxy {
-    /// Listens on `ip` (a free port) and forwards every connection to `target`.
-    pub(crate) fn start(ip: Ipv4Addr, target: SocketAddr) -> Self {
-        let listener = TcpListener::bind((ip, 0)).expect("bind the proxy");
+    /// Accepts on `listener` and forwards every connection to `target`, from the
+    /// namespace of the thread that calls this (the listener's may be another).
+    pub(crate) fn start(listener: TcpListener, target: SocketAddr) -> Self {
         let addr = listener.local_addr().expect("the proxy's address");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -73,17 +76,21 @@ impl Proxy {
             changed: Condvar::new(),
         });
         let accepting = Arc::clone(&shared);
+        let listening = listener.as_raw_fd();
         let acceptor = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
+            loop {
+                let accepted = listener.accept();
                 if accepting.lock().stopped {
                     return;
                 }
-                accepting.connect(client, target);
+                if let Ok((client, _)) = accepted {
+                    accepting.connect(client, target);
+                }
             }
         });
         Self {
             addr,
+            listening,
             shared,
             acceptor: Some(acceptor),
         }
@@ -118,8 +125,10 @@ impl Drop for Proxy {
         self.shared.lock().stopped = true;
         self.shared.changed.notify_all();
         self.cut();
-        // Wakes the acceptor, which then sees that it is stopped.
-        let _ = TcpStream::connect_timeout(&self.addr, CONNECT_WITHIN);
+        // Wakes the acceptor from its accept, which then sees that it is stopped. (A
+        // connection to it would not do: it may listen in a namespace this thread is not in.)
+        // SAFETY: the acceptor owns the listener until it is joined, just below.
+        unsafe { libc::shutdown(self.listening, libc::SHUT_RDWR) };
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }

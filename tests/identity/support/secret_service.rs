@@ -9,14 +9,14 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use super::Killed;
+use super::process::Process;
 
 /// The packages that give the tools below (`.ci/run` installs them).
 const PACKAGES: &str = "dbus gnome-keyring libsecret-tools libglib2.0-bin";
@@ -28,8 +28,8 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 /// Its daemons are killed when it is dropped: the keyring first, then the bus (fields
 /// drop in order).
 pub(crate) struct SecretService {
-    keyring: Killed,
-    _bus: Killed,
+    keyring: Process,
+    _bus: Process,
     address: String,
     dir: tempfile::TempDir,
     /// The user whose session it is; this process's when `None`.
@@ -74,12 +74,11 @@ impl SecretService {
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         as_user(&mut bus);
-        let mut bus = Killed::new(spawn(&mut bus));
-        let mut address = String::new();
-        BufReader::new(bus.stdout.take().expect("piped"))
-            .read_line(&mut address)
-            .expect("read the bus address");
-        let address = address.trim().to_owned();
+        let bus = spawn(&mut bus);
+        let address = bus
+            .stdout_line(READY_WITHIN, |line| Some(line.trim().to_owned()))
+            .map(|(_, address)| address)
+            .unwrap_or_default();
         assert!(!address.is_empty(), "dbus-daemon printed no address");
         let mut keyring = Command::new("gnome-keyring-daemon");
         keyring
@@ -90,14 +89,14 @@ impl SecretService {
             .stdin(Stdio::piped());
         as_user(&mut keyring);
         let mut service = Self {
-            keyring: Killed::new(spawn(&mut keyring)),
+            keyring: spawn(&mut keyring),
             _bus: bus,
             address,
             dir,
             user,
         };
         // The password of the new login keyring, which is then unlocked.
-        let mut password = service.keyring.stdin.take().expect("piped");
+        let mut password = service.keyring.stdin();
         password
             .write_all(b"test password")
             .expect("write the password");
@@ -133,9 +132,7 @@ impl SecretService {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.keyring.id()).expect("a pid");
-        // SAFETY: a signal to our own child, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill");
+        self.keyring.signal(signal);
     }
 
     /// What `secret-tool` finds in the entry `service`/`account`, byte for byte; `None`
@@ -238,7 +235,7 @@ impl SecretService {
             if owned.contains("true") && self.has_default() {
                 return;
             }
-            if let Some(status) = self.keyring.try_wait().expect("poll the keyring") {
+            if let Some(status) = self.keyring.exited() {
                 panic!("gnome-keyring-daemon exited: {status}");
             }
             assert!(
@@ -283,9 +280,9 @@ fn bus_config(run: &Path) -> String {
     )
 }
 
-fn spawn(command: &mut Command) -> Child {
+fn spawn(command: &mut Command) -> Process {
     let program = command.get_program().to_string_lossy().into_owned();
-    command.stderr(Stdio::null()).spawn().unwrap_or_else(|err| {
+    Process::try_start(command.stderr(Stdio::null())).unwrap_or_else(|err| {
         panic!("cannot start {program} ({err}); install {PACKAGES}, as .ci/run does")
     })
 }

@@ -4,12 +4,13 @@
 //! The lease may expire once etcd has confirmed no keep-alive for its TTL (etcd counts
 //! from a keep-alive's arrival, which is after its sending); the holder closes its
 //! endpoint a margin before that. A timer on the application's runtime fires only when
-//! the runtime gets to it: a runtime busy with other work, or a process starved of CPU,
-//! kept two holders for seconds (1568 ms measured under a CPU limit of 1 ms per 100 ms,
-//! with busy threads beside it). A thread that sleeps until the deadline is woken by the
-//! kernel, ahead of threads that have been running, and its first act needs no runtime:
-//! the first poll of [`Endpoint::close`] makes the endpoint refuse new connections and
-//! start closing its own at once; the rest of the close is handed to the runtime.
+//! the runtime gets to it: a task that never yields on a runtime of one thread kept two
+//! holders for 9.7 s. A thread that sleeps until the deadline needs only the CPU, and its
+//! first act needs no runtime: the first poll of [`Endpoint::close`] makes the endpoint
+//! refuse new connections and start closing its own at once; the rest of the close is
+//! handed to the runtime. A process starved of CPU is another matter: the kernel wakes
+//! this thread as late as any other (RELIABILITY.md measures how late); only the margin
+//! covers that.
 
 use std::{
     sync::{Arc, Condvar, Mutex, MutexGuard},
@@ -21,8 +22,8 @@ use iroh::Endpoint;
 use tokio::{runtime::Handle, sync::Notify};
 use tracing::error;
 
-use super::keeper::{Record, State};
-use crate::guard::lease::LeaseLoss;
+use super::state::{Record, State};
+use crate::guard::lease::problem::LeaseLoss;
 
 /// How long before the lease could expire the holder closes its endpoint: a fifth of the
 /// TTL, 500 ms at least.
@@ -118,7 +119,7 @@ impl Fence {
     }
 
     /// Whether the lease was lost or let go of.
-    pub(super) fn is_over(&self) -> bool {
+    fn is_over(&self) -> bool {
         self.lock().over
     }
 
@@ -131,17 +132,24 @@ impl Fence {
         notified.await;
     }
 
-    /// The lease was let go of: the thread ends without fencing.
-    pub(super) fn release(&self) {
+    /// The lease is let go of, its endpoint closed: the thread ends without fencing.
+    /// `false` if it was lost first: a close by the fence looks like any other close to
+    /// whoever watches the endpoint, and the loss must stand.
+    pub(super) fn release(&self) -> bool {
         let mut state = self.lock();
+        if state.over {
+            return false;
+        }
         state.over = true;
         state.endpoint = None;
         drop(state);
         self.wake.notify_all();
+        true
     }
 
     /// The lease is lost, or may be: closes the endpoint first, then records and logs the
-    /// loss. Only the first call does anything.
+    /// loss. Only the first call, or [`release`](Self::release), does anything: the one
+    /// that sets `over`.
     pub(super) fn lose(&self, cause: LeaseLoss) {
         let mut state = self.lock();
         if state.over {

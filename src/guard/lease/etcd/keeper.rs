@@ -1,5 +1,5 @@
 //! Keeping a lease that was taken: the keep-alives, the watch on its key, and the
-//! release when the endpoint closes; and what each lease taken is doing.
+//! release when the endpoint closes.
 //!
 //! The keeper talks to one member at a time, in sessions. A session opens a keep-alive
 //! stream and reads the key (both at once), checks that the key is still the lease's and
@@ -24,17 +24,18 @@ use std::{
 
 use etcd_client::{EventType, LeaseKeepAliveStream, LeaseKeeper, WatchOptions, WatchStream};
 use iroh::Endpoint;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{
     RETRY,
     fence::{Fence, margin},
     members::{Failure, Members},
+    state::{Record, State},
 };
 use crate::{
     error::Error,
-    guard::lease::{Held, LeaseLoss, Pending},
+    guard::lease::{Held, Pending, problem::LeaseLoss},
 };
 
 /// How often a keep-alive is sent: a sixth of the TTL (see [`patience`] for why).
@@ -56,77 +57,6 @@ pub(super) fn renewal_interval(ttl: Duration) -> Duration {
 /// TTL below 5 s cannot hold both.
 pub(super) fn patience(ttl: Duration) -> Duration {
     (ttl - margin(ttl) - renewal_interval(ttl)) / 2
-}
-
-/// The last lease taken with an [`EtcdLease`](super::EtcdLease): which one (a count), and
-/// its state.
-#[derive(Debug)]
-pub(super) struct Latest {
-    pub(super) taken: u64,
-    pub(super) state: State,
-}
-
-/// The state of one lease taken, and of the [`EtcdLease`](super::EtcdLease)'s latest while
-/// it is the last taken: a keeper that is still letting an older lease go never overwrites
-/// a newer one.
-#[derive(Debug, Clone)]
-pub(super) struct Record {
-    own: Arc<std::sync::Mutex<State>>,
-    latest: Arc<watch::Sender<Latest>>,
-    taken: u64,
-}
-
-impl Record {
-    /// Records a new lease as the value's latest.
-    pub(super) fn new(latest: &Arc<watch::Sender<Latest>>, token: i64) -> Self {
-        let state = State::Held { token };
-        let mut taken = 0;
-        latest.send_modify(|latest| {
-            latest.taken += 1;
-            latest.state = state.clone();
-            taken = latest.taken;
-        });
-        Self {
-            own: Arc::new(std::sync::Mutex::new(state)),
-            latest: Arc::clone(latest),
-            taken,
-        }
-    }
-
-    fn get(&self) -> State {
-        self.own
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    pub(super) fn set(&self, state: State) {
-        *self
-            .own
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state.clone();
-        self.latest.send_if_modified(|latest| {
-            let ours = latest.taken == self.taken;
-            if ours {
-                latest.state = state;
-            }
-            ours
-        });
-    }
-}
-
-/// What a lease taken with an [`EtcdLease`](super::EtcdLease) is doing.
-#[derive(Debug, Clone)]
-pub(super) enum State {
-    /// Not held: not yet taken, or released.
-    Free,
-    Held {
-        token: i64,
-    },
-    Lost {
-        key: String,
-        cause: LeaseLoss,
-    },
 }
 
 /// A lease this process holds, until its keeper is given the endpoint.
@@ -421,11 +351,11 @@ impl Keeper {
 
     /// The endpoint closed: revokes the lease, so that a standby takes it at once.
     async fn release(mut self) {
-        if self.fence.is_over() && !matches!(self.record.get(), State::Held { .. }) {
-            // Lost, and fenced already: only the lease is left to let go.
+        if !self.fence.release() {
+            // Lost, and fenced: the endpoint closed because of it. Only the lease is left
+            // to let go.
             return self.revoke().await;
         }
-        self.fence.release();
         match self.members.revoke(self.lease).await {
             Ok(()) => debug!(key = %self.key, "released the identity's lease"),
             Err(err) => {

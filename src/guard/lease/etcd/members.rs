@@ -8,7 +8,7 @@ use etcd_client::{Client, ConnectOptions, ResponseHeader};
 use tokio::task::JoinSet;
 
 use super::REQUEST_TIMEOUT;
-use crate::guard::lease::LeaseRefusal;
+use crate::guard::lease::problem::LeaseRefusal;
 
 /// How long the members are asked, at each take, which cluster they belong to: a member
 /// that does not answer by then is left out of the check, not waited for.
