@@ -107,21 +107,40 @@ impl fmt::Display for FileKind {
 
 /// A user, a group or a well-known principal of Windows (`BUILTIN\Users`, Everyone), as
 /// an [`Error::UntrustedPath`](crate::Error::UntrustedPath) names one.
+///
+/// Boxed, so that an [`Error`](crate::Error) stays small.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Principal {
+pub struct Principal(Box<Named>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named {
+    sid: String,
+    name: Option<String>,
+}
+
+impl Principal {
+    #[cfg_attr(not(windows), allow(dead_code, reason = "named on Windows only"))]
+    pub(crate) fn new(sid: String, name: Option<String>) -> Self {
+        Self(Box::new(Named { sid, name }))
+    }
+
     /// Its security identifier, as Windows writes it (`S-1-5-32-545`); `icacls` takes it
     /// as `*S-1-5-32-545`.
-    pub sid: String,
+    pub fn sid(&self) -> &str {
+        &self.0.sid
+    }
+
     /// Its account name (`BUILTIN\Users`), where this host knows one.
-    pub name: Option<String>,
+    pub fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
+    }
 }
 
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.name {
-            Some(name) => write!(f, "{name} ({})", self.sid),
-            None => f.write_str(&self.sid),
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.sid()),
+            None => f.write_str(self.sid()),
         }
     }
 }

@@ -310,7 +310,7 @@ impl fmt::Display for Untrusted<'_> {
                      folder on the way belongs to you, SYSTEM or Administrators, and if you did \
                      not put {shown} there, remove it; if you did, as another user, run \
                      `icacls \"{shown}\" /setowner *{sid}`",
-                    sid = user.sid,
+                    sid = user.sid(),
                 );
             }
             TrustProblem::WritableBy { principal } => write!(
@@ -375,7 +375,7 @@ impl fmt::Display for Icacls<'_> {
         write!(
             f,
             "run `icacls \"{path}\" /inheritance:d` then `icacls \"{path}\" /remove:g *{}`",
-            self.principal.sid
+            self.principal.sid()
         )
     }
 }
@@ -433,9 +433,9 @@ mod tests {
             let Some(TrustProblem::ReadableBy { principal }) = &problem else {
                 panic!("{who}: {problem:?}");
             };
-            assert_eq!(principal.sid, sid);
+            assert_eq!(principal.sid(), sid);
             assert!(
-                principal.name.as_deref().is_some_and(|n| n.ends_with(name)),
+                principal.name().is_some_and(|n| n.ends_with(name)),
                 "{principal}"
             );
             let message = message(key, PathKind::KeyFile, problem.as_ref().expect("refused"));
@@ -458,7 +458,7 @@ mod tests {
             assert!(
                 matches!(
                     judged(&me(), &dacl, PathKind::KeyFile),
-                    Some(TrustProblem::WritableBy { principal }) if principal.sid == "S-1-5-32-545"
+                    Some(TrustProblem::WritableBy { principal }) if principal.sid() == "S-1-5-32-545"
                 ),
                 "{rights}"
             );
@@ -474,8 +474,8 @@ mod tests {
             let Some(TrustProblem::OwnedBy { owner, user }) = &problem else {
                 panic!("{problem:?}");
             };
-            assert_eq!(owner.sid, other);
-            assert_eq!(user.sid, me());
+            assert_eq!(owner.sid(), other);
+            assert_eq!(user.sid(), me());
             let path = r"C:\keys\endpoint.key";
             let message = message(path, kind, problem.as_ref().expect("refused"));
             assert!(
@@ -501,7 +501,7 @@ mod tests {
             assert_eq!(judged("SY", &dacl, PathKind::Directory), None, "{rights}");
             let problem = judged("SY", &dacl, PathKind::KeyDirectory);
             assert!(
-                matches!(&problem, Some(TrustProblem::WritableBy { principal }) if principal.sid == sid),
+                matches!(&problem, Some(TrustProblem::WritableBy { principal }) if principal.sid() == sid),
                 "{rights}: {problem:?}"
             );
             let path = r"C:\ProgramData\app";
@@ -547,7 +547,7 @@ mod tests {
         let dacl = format!("(D;;FR;;;BU)(A;;FA;;;{})(A;;FR;;;AU)", me());
         assert!(matches!(
             judged(&me(), &dacl, PathKind::KeyFile),
-            Some(TrustProblem::ReadableBy { principal }) if principal.sid == "S-1-5-11"
+            Some(TrustProblem::ReadableBy { principal }) if principal.sid() == "S-1-5-11"
         ));
     }
 
@@ -558,7 +558,7 @@ mod tests {
         assert!(
             matches!(
                 &problem,
-                Some(TrustProblem::WritableBy { principal }) if principal.sid == "S-1-1-0"
+                Some(TrustProblem::WritableBy { principal }) if principal.sid() == "S-1-1-0"
             ),
             "{problem:?}"
         );

@@ -136,10 +136,7 @@ impl Sid {
 
     /// Who it is, with its account name where this host knows one.
     pub(crate) fn principal(&self) -> Principal {
-        Principal {
-            sid: self.to_string(),
-            name: self.account_name(),
-        }
+        Principal::new(self.to_string(), self.account_name())
     }
 
     /// `DOMAIN\name`, or the name alone for a principal of no domain (Everyone).

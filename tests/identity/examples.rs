@@ -105,6 +105,10 @@ fn persistent_reports_an_error_in_one_line_and_fails() {
 
 /// A running `echo serve`: its process, killed when dropped, and what it printed first.
 struct Server {
+    #[cfg_attr(
+        not(unix),
+        allow(dead_code, reason = "only signalled on unix; killed when dropped everywhere")
+    )]
     process: Process,
     id: String,
     ticket: String,

@@ -295,6 +295,7 @@ pub(crate) const SERVICE_USER: u32 = 61001;
 
 /// A third unprivileged user: another service on the same host, which may know the same
 /// secret as [`SERVICE_USER`] and must still be kept apart from it.
+#[cfg(unix)]
 pub(crate) const OTHER_USER: u32 = 61004;
 
 /// A group that is not root's: a Kubernetes pod's `fsGroup`, or a group that an attacker

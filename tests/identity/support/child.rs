@@ -176,7 +176,7 @@ impl Task {
     }
 
     /// The lease, for the methods that set its details.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     fn lease_mut(&mut self) -> &mut LeaseTask {
         self.lease.as_mut().expect("a lease, set first")
     }
@@ -402,6 +402,7 @@ pub(crate) fn outcome(process: Process) -> Outcome {
 }
 
 /// What a started child said once it exited, or was killed when `limit` had passed.
+#[cfg(unix)]
 pub(crate) fn outcome_within(process: Process, limit: Duration) -> Outcome {
     Outcome::of(process.finish(Some(limit)))
 }
@@ -503,6 +504,7 @@ impl Holder {
 
     /// Waits up to `limit` for it to exit by itself (after a [`terminate`](Process::terminate),
     /// say), or fails the test.
+    #[cfg(unix)]
     pub(crate) fn exits_within(mut self, limit: Duration) -> ExitStatus {
         self.process.exits_within(limit)
     }
@@ -544,7 +546,7 @@ impl Process {
 }
 
 /// What a child that holds a lease reports.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 impl Process {
     /// The fencing token and the wall-clock time at which it started holding, with when
     /// that arrived: waiting up to `limit`.
