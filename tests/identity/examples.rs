@@ -107,7 +107,10 @@ fn persistent_reports_an_error_in_one_line_and_fails() {
 struct Server {
     #[cfg_attr(
         not(unix),
-        allow(dead_code, reason = "only signalled on unix; killed when dropped everywhere")
+        allow(
+            dead_code,
+            reason = "only signalled on unix; killed when dropped everywhere"
+        )
     )]
     process: Process,
     id: String,

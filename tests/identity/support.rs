@@ -146,11 +146,13 @@ pub(crate) fn symlink(target: &Path, link: &Path) -> io::Result<()> {
 /// Writes a private file (`0600`; on Windows, a DACL of the user, SYSTEM and
 /// Administrators alone), as a well-kept key file is.
 pub(crate) fn write_private(path: &Path, content: &[u8]) {
-    fs::write(path, content).expect("write file");
     #[cfg(unix)]
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    {
+        fs::write(path, content).expect("write file");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     #[cfg(windows)]
-    crate::windows::make_private(path);
+    crate::windows::write_private(path, content);
 }
 
 /// A random number, without a dependency.

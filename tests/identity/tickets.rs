@@ -61,6 +61,12 @@ fn ipv4_port(endpoint: &Endpoint) -> u16 {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine 8 keeps a killed process's UDP socket open in wineserver while receives are \
+              pending (seen for over 5 s after 1 in about 8 kills), so the next start must take \
+              a new port"
+)]
 async fn an_old_ticket_reaches_the_server_after_a_crash_and_after_a_graceful_restart()
 -> anyhow::Result<()> {
     let dir = temp_dir();

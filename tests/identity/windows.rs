@@ -155,11 +155,70 @@ fn set_dacl(path: &Path, dacl: &str) {
     assert_eq!(error, 0, "SetNamedSecurityInfoW {}: {dacl}", path.display());
 }
 
-/// Makes the file at `path` private, as `chmod 600` does on unix: only the user, SYSTEM
-/// and Administrators may use it. (A file made in a private folder inherits as much on
-/// Windows; Wine gives it the mode of the unix umask instead.)
-pub(crate) fn make_private(path: &Path) {
-    set_dacl(path, &format!("(A;;FA;;;SY)(A;;FA;;;BA)(A;;FA;;;{})", me()));
+/// Writes `content` to a new file at `path` (what was there is removed first) that only
+/// the user, SYSTEM and Administrators may use, as `chmod 600` makes one on unix. The
+/// file is created with that DACL, as a careful program does: Wine keeps a DACL as unix
+/// mode bits, and one set on an existing file (`SetNamedSecurityInfoW`) leaves others
+/// their read bits there, while one given at creation does not.
+#[allow(unsafe_code)]
+pub(crate) fn write_private(path: &Path, content: &[u8]) {
+    use std::{io::Write, os::windows::io::FromRawHandle};
+    use windows_sys::Win32::{
+        Foundation::INVALID_HANDLE_VALUE,
+        Security::SECURITY_ATTRIBUTES,
+        Storage::FileSystem::{CREATE_NEW, CreateFileW, FILE_ATTRIBUTE_NORMAL, FILE_GENERIC_WRITE},
+    };
+
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            panic!("remove {}: {err}", path.display())
+        }
+        _ => {}
+    }
+    let sddl = wide(&format!("D:P(A;;FA;;;SY)(A;;FA;;;BA)(A;;FA;;;{})", me()));
+    let mut descriptor = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated string and a pointer to write the descriptor to, freed
+    // below.
+    let ok = unsafe {
+        ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            sddl.as_ptr(),
+            SDDL_REVISION_1,
+            &mut descriptor,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_ne!(ok, 0, "an owner-only descriptor");
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: descriptor,
+        bInheritHandle: 0,
+    };
+    let name = wide(path.as_os_str().to_str().expect("a UTF-8 path"));
+    // SAFETY: a NUL-terminated path and attributes that outlive the call; the handle
+    // returned is owned by the `File` made from it.
+    let handle = unsafe {
+        CreateFileW(
+            name.as_ptr(),
+            FILE_GENERIC_WRITE,
+            0,
+            &attributes,
+            CREATE_NEW,
+            FILE_ATTRIBUTE_NORMAL,
+            std::ptr::null_mut(),
+        )
+    };
+    // SAFETY: the descriptor made above, no longer used.
+    unsafe { LocalFree(descriptor) };
+    assert_ne!(
+        handle,
+        INVALID_HANDLE_VALUE,
+        "create {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a handle just opened, owned by nothing else.
+    let mut file = unsafe { fs::File::from_raw_handle(handle) };
+    file.write_all(content).expect("write the file");
 }
 
 /// The user the tests run as.

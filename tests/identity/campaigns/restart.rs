@@ -48,6 +48,12 @@ fn spread(mut times: Vec<Duration>) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine 8 keeps a killed process's UDP socket open in wineserver while receives are \
+              pending (seen for over 5 s after 1 in about 8 kills), so the next start must take \
+              a new port"
+)]
 async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> anyhow::Result<()> {
     // At least two, so that both kinds of restart happen.
     let restarts = size(4, 100);
@@ -85,7 +91,12 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
             Holder::start(Task::new(Action::Serve { relay: None }, &key).command())
         };
         let ready = start.elapsed();
-        assert_eq!(server.ticket(), ticket, "restart {n} changed the ticket");
+        assert_eq!(
+            server.ticket(),
+            ticket,
+            "restart {n} changed the ticket; the server said: {}",
+            server.stderr_text()
+        );
         let reconnect = echo_within(&ticket, b"after a restart", WITHIN).await?;
         if graceful {
             after_close.push(reconnect);

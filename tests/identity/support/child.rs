@@ -608,7 +608,9 @@ pub(crate) fn run() {
         // SAFETY: umask has no preconditions; this child runs one test on one thread.
         unsafe { libc::umask(umask as libc::mode_t) };
     }
-    if task.trace {
+    // `IROH_IDENTITY_CHILD_TRACE` set in a test's environment traces every child: to see
+    // what a child did in a test that does not ask for it.
+    if task.trace || std::env::var_os("IROH_IDENTITY_CHILD_TRACE").is_some() {
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)

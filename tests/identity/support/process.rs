@@ -257,7 +257,6 @@ impl Process {
     }
 
     /// All it printed on stderr so far.
-    #[cfg(unix)]
     pub(crate) fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.bytes()).into_owned()
     }
