@@ -86,9 +86,10 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The key file belongs to the current user and group or others may access it:
-    /// guarantee 5, the key stays private. On unix, key files are `0600` and the
-    /// directories the crate creates `0700`, whatever the umask.
+    /// The key file belongs to the current user and group or others may access it
+    /// (unix): guarantee 5, the key stays private. On unix, key files are `0600` and the
+    /// directories the crate creates `0700`, whatever the umask. (On Windows a key others
+    /// may read is an [`Error::UntrustedPath`] with [`TrustProblem::ReadableBy`].)
     ///
     /// Like OpenSSH, the crate refuses such a key. Fix it with `chmod 600 PATH` (in a
     /// Kubernetes secret volume, with `defaultMode: 0400`), or accept it with
@@ -115,7 +116,8 @@ pub enum Error {
     /// A directory above the key, a symbolic link on the way to it, or the key file
     /// itself can be changed by a user other than this process's user and root, who
     /// could then replace the identity (or plant one whose secret they know): guarantee
-    /// 9, no other local user can replace, plant or stall an identity.
+    /// 9, no other local user can replace, plant or stall an identity. On Windows, also a
+    /// key file that another may read: guarantee 5, the key stays private.
     ///
     /// Before a key is read or created, every directory from `/` down to it, every
     /// symbolic link on the way and the key itself must belong to the process's user or
@@ -131,11 +133,23 @@ pub enum Error {
     /// kernel's `fs.protected_hardlinks` is off; there, another user can also make a key
     /// already in such a directory refused by linking it: keep keys out of them).
     ///
-    /// The path is walked one name at a time through descriptors, as the kernel would, and
-    /// never looked up by name again: what is planted on it after it was checked is never
-    /// followed. New directories and files are made through the descriptor of their
-    /// directory, never through a link, with random temporary names. All of these checks,
-    /// and only these, are what
+    /// On Windows the same rules are read from each path's owner and DACL: SYSTEM,
+    /// Administrators and TrustedInstaller stand where root stands; a folder where others
+    /// may only add files or folders is accepted above the key as a sticky directory is,
+    /// but not as the key's own folder; and a key file that anyone else may read is
+    /// refused, as Win32-OpenSSH refuses one. The error names the principal
+    /// ([`TrustProblem::OwnedBy`], [`WritableBy`](TrustProblem::WritableBy),
+    /// [`ReadableBy`](TrustProblem::ReadableBy)) and the `icacls` command that fixes it.
+    /// The key files and folders the crate makes grant only the user, SYSTEM and
+    /// Administrators, inheriting nothing.
+    ///
+    /// The path is walked one name at a time, as the kernel would, and never looked up by
+    /// name again: what is planted on it after it was checked is never followed. On unix
+    /// it is walked through descriptors, and new directories and files are made through
+    /// the descriptor of their directory; on Windows every folder walked is held open so
+    /// that no one can rename or remove it meanwhile, and links and junctions are opened
+    /// as themselves, never followed unjudged. Temporary files get random names. All of
+    /// these checks, and only these, are what
     /// [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions)
     /// turns off, with the mode check of [`Error::InsecurePermissions`].
     #[error("{}", Untrusted { key, path, kind, owner, problem })]
@@ -146,8 +160,9 @@ pub enum Error {
         path: PathBuf,
         /// What `path` is.
         kind: PathKind,
-        /// Its owner, group and permission bits.
-        owner: Ownership,
+        /// Its owner, group and permission bits (unix); `None` on Windows, where
+        /// `problem` names the principal.
+        owner: Option<Ownership>,
         /// Who else could change it.
         problem: TrustProblem,
     },

@@ -102,10 +102,11 @@ const FRESH_BIND_PAUSE: Duration = Duration::from_millis(100);
 ///   any user stall any identity.
 /// - A child made with `fork` and no `exec` keeps its parent's lock for the parent's user,
 ///   until both have let go, but answers no other user.
-/// - Elsewhere than on Linux (macOS, the BSDs, Windows) the lock is a lock file in a
-///   private directory of the user's (`~/.local/state/iroh-identity`, the local
-///   application data on Windows), removed by its holder: per user, so two users of one
-///   host are not kept apart there, and not run here.
+/// - Elsewhere than on Linux the lock is a file of the user's, in a private directory
+///   (`~/.local/state/iroh-identity`; on Windows `iroh-identity\locks` in the local
+///   application data, one byte-range lock per identity): per user, so two users of one
+///   host are not kept apart there. Windows' form is run under Wine; macOS' and the
+///   BSDs' are not run here.
 pub struct Identity {
     key: SecretKey,
     source: KeySource,

@@ -43,8 +43,9 @@
 //!    deleted ([`Builder::open`]).
 //! 3. **Keys are created crash-safely**: a kill leaves no key or a whole one.
 //! 4. **First-run races settle**: processes that create a key at once end with one.
-//! 5. **The key stays private**: `0600`, and a key others may read is refused
-//!    ([`Error::InsecurePermissions`]).
+//! 5. **The key stays private**: `0600` (Windows: a DACL of the user, SYSTEM and
+//!    Administrators alone), and a key others may read is refused
+//!    ([`Error::InsecurePermissions`]; on Windows [`Error::UntrustedPath`]).
 //! 6. **Read-only keys work**: nothing has to be written (a Kubernetes secret).
 //! 7. **One live endpoint per identity on a host**, whatever its key came from, its
 //!    process's groups, other users or the OS's cleaners do ([`Identity`]).
@@ -60,10 +61,14 @@
 //!
 //! # Limitations
 //!
-//! - Linux is what is run. Windows is compiled in CI; macOS is not even compiled here,
-//!   for want of Apple's toolchain. Elsewhere than on unix, files get no modes and no
-//!   owner checks, and the host lock is a lock file of the user's ([`Identity`] says
-//!   what that means).
+//! - **Where it is run.** Linux runs every test. Windows runs the suite under Wine in CI
+//!   (`cargo xtask test-windows`): every guarantee but 12 (whose tests need Linux's
+//!   network namespaces; the lease is the same code) holds there in the form Windows
+//!   gives it: DACLs for modes and owners, a byte-range lock of the user's for the host
+//!   lock (per user: [`Identity`] says what that means), the Credential Manager for the
+//!   secret store. What Wine cannot show (symbolic links, a DACL naming `Users`) is
+//!   named in RELIABILITY.md. macOS is compiled nowhere here, for want of Apple's
+//!   toolchain: nothing is claimed for it.
 //! - The host lock is per host and, on Linux, per network namespace: two machines, or
 //!   two containers with network namespaces of their own, need a lease (guarantee 12).
 //! - The checks of who may change a key see owners and modes, not ACLs; in a rootless
@@ -104,7 +109,7 @@ pub use guard::lease::problem::{LeaseLoss, LeaseRefusal};
 pub use identity::{Builder, DEFAULT_LOCK_WAIT, Identity};
 pub use key::{KeyFormat, KeyProblem, decode_key, encode_key};
 pub use store::{KeyLocation, KeySource, keychain::KeychainProblem};
-pub use sys::{FileKind, Ownership};
+pub use sys::{FileKind, Ownership, Principal};
 pub use tools::{KeyReport, inspect_key, load_key, store_new_key};
 #[cfg(feature = "keyring")]
 pub use tools::{delete_keychain_entry, load_keychain_key, store_new_keychain_key};

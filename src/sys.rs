@@ -1,7 +1,8 @@
 //! The platform, behind one set of functions and types: directories used through their
-//! descriptor, files opened without hanging or following links, owners and modes, locks
-//! and the identity of the process. Mechanism only: what is trusted is decided in
-//! `store::trust`.
+//! descriptor (unix) or held open so that they stay where they are (Windows), files
+//! opened without hanging or following links, owners and modes or DACLs, locks and the
+//! identity of the process. Mechanism only: what is trusted is decided in
+//! [`crate::trust`].
 
 #[cfg(unix)]
 mod unix;
@@ -13,18 +14,19 @@ mod linux;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) use linux::*;
 
-#[cfg(not(unix))]
-mod other;
-#[cfg(not(unix))]
-pub(crate) use other::*;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use windows::*;
 
-use std::{
-    fmt,
-    fs::{FileType, Metadata},
-};
+// A system without a room of its own would get none of the checks: refused, not built.
+#[cfg(not(any(unix, windows)))]
+compile_error!("iroh-identity runs on unix and Windows only");
+
+use std::{fmt, fs::FileType};
 
 /// Who owns a file and who may use it: its user, group and permission bits (unix
-/// notions; elsewhere there are none to tell).
+/// notions; on Windows a [`Principal`] is named instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ownership {
     /// The owner's user id.
@@ -103,24 +105,51 @@ impl fmt::Display for FileKind {
     }
 }
 
-/// What a file is: its kind, and its owner and mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stat {
-    pub(crate) kind: FileKind,
-    pub(crate) owner: Ownership,
+/// A user, a group or a well-known principal of Windows (`BUILTIN\Users`, Everyone), as
+/// an [`Error::UntrustedPath`](crate::Error::UntrustedPath) names one.
+///
+/// Boxed, so that an [`Error`](crate::Error) stays small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal(Box<Named>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named {
+    sid: String,
+    name: Option<String>,
 }
 
-impl Stat {
-    /// The stat of an open file. Where files have no unix owner, everything looks like
-    /// the process's own, private.
-    pub(crate) fn of(metadata: &Metadata) -> Self {
-        Self {
-            kind: FileKind::of(metadata.file_type()),
-            owner: owner(metadata).unwrap_or(Ownership {
-                uid: 0,
-                gid: 0,
-                mode: 0o700,
-            }),
+impl Principal {
+    #[cfg_attr(not(windows), allow(dead_code, reason = "named on Windows only"))]
+    pub(crate) fn new(sid: String, name: Option<String>) -> Self {
+        Self(Box::new(Named { sid, name }))
+    }
+
+    /// Its security identifier, as Windows writes it (`S-1-5-32-545`); `icacls` takes it
+    /// as `*S-1-5-32-545`.
+    pub fn sid(&self) -> &str {
+        &self.0.sid
+    }
+
+    /// Its account name (`BUILTIN\Users`), where this host knows one.
+    pub fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.sid()),
+            None => f.write_str(self.sid()),
         }
     }
+}
+
+/// What a file is: its kind, who owns it and may change it (unix: its [`Ownership`];
+/// Windows: its owner and DACL), and how many names it has.
+#[derive(Debug, Clone)]
+pub(crate) struct Stat {
+    pub(crate) kind: FileKind,
+    pub(crate) owner: Owner,
+    pub(crate) links: u64,
 }

@@ -14,11 +14,16 @@ use super::walk::{Checks, Reached, Walk};
 use crate::{
     error::{Error, Operation},
     sys::Dir,
+    trust::PathKind,
 };
 
-/// Creates the directories the walk found missing (`0700`), each one made durable.
+/// Creates the directories the walk found missing (`0700`; on Windows granting only the
+/// user, SYSTEM and Administrators), each one made durable. One that a racing process
+/// made is checked, the last as the home of what is kept there.
 pub(crate) fn create_missing(walk: &mut Walk<'_>, reached: &mut Reached) -> Result<(), Error> {
-    for name in std::mem::take(&mut reached.missing) {
+    let missing = std::mem::take(&mut reached.missing);
+    let last = missing.len().saturating_sub(1);
+    for (index, name) in missing.into_iter().enumerate() {
         let dir = Arc::clone(reached.dir());
         let path = dir.path().join(&name);
         let entered = match dir.create_dir(&name, 0o700) {
@@ -32,7 +37,12 @@ pub(crate) fn create_missing(walk: &mut Walk<'_>, reached: &mut Reached) -> Resu
                 let found = dir
                     .open_dir(&name)
                     .map_err(|err| Error::io(Operation::OpenDirectory, &path, err))?;
-                walk.check_directory(&found)?;
+                let kind = if index == last {
+                    PathKind::KeyDirectory
+                } else {
+                    PathKind::Directory
+                };
+                walk.check_directory(&found, kind)?;
                 found
             }
             Err(err) => return Err(Error::io(Operation::CreateDirectory, path, err)),
@@ -53,7 +63,7 @@ pub(crate) fn create_missing(walk: &mut Walk<'_>, reached: &mut Reached) -> Resu
 )]
 pub(crate) fn private_dir(path: &Path) -> Result<Arc<Dir>, Error> {
     let mut walk = Walk::new(path, Checks::Enforce);
-    let mut reached = walk.walk_to(path)?;
+    let mut reached = walk.walk_to_home(path)?;
     create_missing(&mut walk, &mut reached)?;
     Ok(Arc::clone(reached.dir()))
 }

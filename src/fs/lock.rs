@@ -1,43 +1,109 @@
 //! Lock files of the user's: an identity's host lock where there are no abstract sockets
 //! (macOS, the BSDs, Windows), and a keychain entry's creation lock everywhere. An OS lock
-//! on a file, `NAME.lock`, in a private directory of the user's that every process of the
-//! user finds in the same place, whatever its groups or environment: `HOME/.local/state/
-//! iroh-identity` from the user database on unix, `iroh-identity` in the local application
-//! data on Windows. When it cannot be made or is not private, taking the lock fails: there
-//! is no second place.
+//! in a private directory of the user's that every process of the user finds in the same
+//! place, whatever its groups or environment: `HOME/.local/state/iroh-identity` from the
+//! user database on unix, `iroh-identity` in the local application data (the user's known
+//! folder, not `%LOCALAPPDATA%`) on Windows. When it cannot be made or is not private,
+//! taking the lock fails: there is no second place.
 //!
-//! A lock file is removed by its holder when it lets go, so that nothing piles up; the one
-//! that a waiter locks is checked to still be the one with the name, or it tries again.
-//! Like the directory, it is per user: two users of one host are not kept apart here.
+//! - **Unix**: a file per lock, `NAME.lock`, locked with `flock` and removed by its holder
+//!   when it lets go, so that nothing piles up; the one that a waiter locks is checked to
+//!   still be the one with the name, or it tries again.
+//! - **Windows**: one file, `locks`, for all of the user's locks, and a lock is an
+//!   exclusive byte-range lock (`LockFileEx`) on one byte of it, at an offset derived from
+//!   the lock's name (62 bits of its hash; a byte past the end of a file can be locked, and
+//!   the file stays empty). Nothing is ever removed: a file removed while it is open is
+//!   only marked for removal on Windows, and a waiter that opens it meanwhile would lock a
+//!   file on its way out (Wine lets it); and every process that has it open shares it
+//!   without `FILE_SHARE_DELETE`, so no one can remove or rename it while a lock is held.
+//!
+//! Like the directory, a lock is per user: two users of one host are not kept apart here.
 
 use std::{
     ffi::OsString,
-    fs::{File, TryLockError},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
-
-use tracing::debug;
 
 use super::dirs::private_dir;
 use crate::{error::Error, sys::Dir};
 
 /// A lock file this process holds: locked, and removed when dropped.
+#[cfg(unix)]
 #[derive(Debug)]
 pub(crate) struct LockFile {
     dir: Arc<Dir>,
     name: OsString,
-    _file: File,
+    _file: std::fs::File,
 }
 
+#[cfg(unix)]
 impl Drop for LockFile {
     fn drop(&mut self) {
         // Removed while still locked: a waiter that opened it meanwhile finds it is no
         // longer the lock file and tries again.
         if let Err(err) = self.dir.remove_file(&self.name) {
-            debug!(%err, "cannot remove a lock file");
+            tracing::debug!(%err, "cannot remove a lock file");
         }
     }
+}
+
+/// A lock this process holds: a byte of the user's file of locks, unlocked when dropped.
+#[cfg(windows)]
+#[derive(Debug)]
+pub(crate) struct LockFile {
+    dir: Arc<Dir>,
+    file: std::fs::File,
+    offset: u64,
+}
+
+#[cfg(windows)]
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Unlocked before the handle is closed: Windows releases a closed handle's locks
+        // too, but promises no time for it.
+        let Err(err) = crate::sys::unlock_byte(&self.file, self.offset) else {
+            return;
+        };
+        // Wine 8 answers ERROR_LOCK_VIOLATION (33) to an unlock of a byte that is not
+        // locked, where Windows answers ERROR_NOT_LOCKED (Wine bug 59711: std's
+        // `File::unlock` fails so under Wine though it released the lock). Unlocking the
+        // byte this handle locked succeeds under Wine too, as measured, so an error here
+        // is not expected; when one comes, another handle's attempt at the byte tells a
+        // misreport (the byte can be taken: it was released) from a real failure (it
+        // cannot: still held), which is logged. Closing the handle next releases it
+        // whichever it was.
+        if !is_free(&self.dir, self.offset) {
+            tracing::warn!(%err, "cannot release a lock; it is released when its handle closes");
+        }
+    }
+}
+
+/// The file of all the user's locks on Windows.
+#[cfg(windows)]
+const LOCKS: &str = "locks";
+
+/// The byte of [`LOCKS`] that the lock `name` is: 62 bits of its hash, far below the
+/// largest offset Windows takes.
+#[cfg(windows)]
+fn offset_of(name: &OsString) -> u64 {
+    let hash = blake3::hash(name.as_encoded_bytes());
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(bytes) >> 2
+}
+
+/// Whether another handle can take the byte at `offset` now, letting go of it at once.
+#[cfg(windows)]
+fn is_free(dir: &Dir, offset: u64) -> bool {
+    let Ok(file) = dir.open_lock_file(LOCKS.as_ref()) else {
+        return false;
+    };
+    let free = matches!(crate::sys::try_lock_byte(&file, offset), Ok(true));
+    if free {
+        let _ = crate::sys::unlock_byte(&file, offset);
+    }
+    free
 }
 
 /// The user's directory of lock files, made and checked on first use.
@@ -57,14 +123,17 @@ fn dir() -> Result<Arc<Dir>, Error> {
 fn path() -> Result<PathBuf, Error> {
     #[cfg(unix)]
     let base = crate::sys::home_of(crate::sys::process().uid).map(|home| home.join(".local/state"));
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     let base = directories::BaseDirs::new().map(|dirs| dirs.data_local_dir().to_owned());
     base.map(|base| base.join("iroh-identity"))
         .ok_or(Error::NoHomeDirectory)
 }
 
 /// Takes the lock file `name` if no process holds it: `None` while one does.
+#[cfg(unix)]
 pub(crate) fn try_lock(name: &OsString) -> Result<Option<LockFile>, Error> {
+    use std::fs::TryLockError;
+
     let dir = dir()?;
     let name = name.clone();
     let unreachable = |source| Error::HostLock {
@@ -88,10 +157,30 @@ pub(crate) fn try_lock(name: &OsString) -> Result<Option<LockFile>, Error> {
     }))
 }
 
+/// Takes the lock `name` if no process holds it: `None` while one does.
+#[cfg(windows)]
+pub(crate) fn try_lock(name: &OsString) -> Result<Option<LockFile>, Error> {
+    let dir = dir()?;
+    let unreachable = |source| Error::HostLock {
+        path: Some(dir.path().join(LOCKS)),
+        source,
+    };
+    let file = dir.open_lock_file(LOCKS.as_ref()).map_err(unreachable)?;
+    let offset = offset_of(name);
+    match crate::sys::try_lock_byte(&file, offset) {
+        Ok(true) => Ok(Some(LockFile { dir, file, offset })),
+        Ok(false) => Ok(None),
+        Err(err) => Err(unreachable(err)),
+    }
+}
+
 /// Whether a process holds the lock file `name`, found without taking it for more than an
 /// instant; `None` when that cannot be told.
+#[cfg(unix)]
 #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
 pub(crate) fn is_held(name: &OsString) -> Option<bool> {
+    use std::fs::TryLockError;
+
     let dir = dir().ok()?;
     let file = match dir.open_file_no_follow(name) {
         Ok(Some(file)) => file,
@@ -103,5 +192,22 @@ pub(crate) fn is_held(name: &OsString) -> Option<bool> {
         Ok(()) => Some(false),
         Err(TryLockError::WouldBlock) => Some(true),
         Err(TryLockError::Error(_)) => None,
+    }
+}
+
+/// Whether a process holds the lock `name`, found without taking it for more than an
+/// instant; `None` when that cannot be told.
+#[cfg(windows)]
+pub(crate) fn is_held(name: &OsString) -> Option<bool> {
+    let dir = dir().ok()?;
+    let file = dir.open_lock_file(LOCKS.as_ref()).ok()?;
+    let offset = offset_of(name);
+    match crate::sys::try_lock_byte(&file, offset) {
+        Ok(true) => {
+            let _ = crate::sys::unlock_byte(&file, offset);
+            Some(false)
+        }
+        Ok(false) => Some(true),
+        Err(_) => None,
     }
 }

@@ -9,9 +9,10 @@
 //!
 //! Their names end in 64 random bits from the operating system: another user who may
 //! add names to the directory (a sticky `/tmp`) cannot create them first to keep a key
-//! from being created. Each is locked (`flock`) by its writer for as long as it exists,
-//! so that a leftover of a killed run is told from a file that another process is still
-//! writing: only an unlocked one is removed.
+//! from being created. Each is held by its writer for as long as it exists (on unix
+//! locked with `flock`; on Windows open, which no sweep can then open), so that a
+//! leftover of a killed run is told from a file that another process is still writing:
+//! only one that no one holds is removed.
 
 use std::{
     ffi::{OsStr, OsString},
@@ -42,7 +43,8 @@ struct TempFile<'a> {
 }
 
 impl<'a> TempFile<'a> {
-    /// Creates `.NAME.tmp-RANDOM` in `dir` (`0600` on unix), for a file to be named `name`.
+    /// Creates `.NAME.tmp-RANDOM` in `dir`, private and held, for a file to be named
+    /// `name`.
     fn create(dir: &'a Dir, name: &OsStr) -> Result<Self, Error> {
         let mut attempt = 0;
         loop {
@@ -50,13 +52,8 @@ impl<'a> TempFile<'a> {
                 .map_err(|err| Error::io(Operation::CreateTemporaryFile, dir.path(), err.into()))?;
             let mut temp_name = prefix(name);
             temp_name.push(format!("{random:016x}"));
-            match dir.create_private_file(&temp_name) {
+            match dir.create_temporary_file(&temp_name) {
                 Ok(file) => {
-                    // Held until the file is gone: a sweep removes only unlocked ones.
-                    // Where files cannot be locked, no sweep can lock one either.
-                    if let Err(err) = file.try_lock() {
-                        debug!(%err, "cannot lock a temporary file");
-                    }
                     return Ok(Self {
                         dir,
                         name: temp_name,
@@ -131,33 +128,28 @@ fn is_temporary_name(entry_name: &OsStr, prefix: &OsStr) -> bool {
 }
 
 /// Removes the temporary files that killed runs of this user left in `dir` for the file
-/// `name`: those that no live writer holds locked. Another user's files are theirs,
-/// whatever their names.
+/// `name`: those that no live writer holds ([`Dir::remove_abandoned`]). Another user's
+/// files are theirs, whatever their names.
 fn remove_leftovers(dir: &Dir, name: &OsStr) {
     let prefix = prefix(name);
-    let uid = sys::process().uid;
+    let process = sys::process();
     for entry_name in dir.names() {
         if !is_temporary_name(&entry_name, &prefix) {
             continue;
         }
         let ours = matches!(
             dir.stat_at(&entry_name),
-            Ok(Some(stat)) if stat.kind == sys::FileKind::File && stat.owner.uid == uid
+            Ok(Some(stat)) if stat.kind == sys::FileKind::File && process.owns(&stat.owner)
         );
         if !ours {
             continue;
         }
-        // A live writer holds its file locked for as long as it exists. The lock taken
-        // here is held until the file is removed.
-        let _abandoned = match dir.open_file_no_follow(&entry_name) {
-            Ok(Some(file)) if file.try_lock().is_ok() => file,
-            _ => continue,
-        };
         let path = dir.path().join(&entry_name);
-        match dir.remove_file(&entry_name) {
-            Ok(()) => {
+        match dir.remove_abandoned(&entry_name) {
+            Ok(true) => {
                 debug!(path = %path.display(), "removed a temporary file of an interrupted run")
             }
+            Ok(false) => {}
             Err(err) => debug!(path = %path.display(), %err, "cannot remove a temporary file"),
         }
     }

@@ -11,7 +11,7 @@
 use std::{
     collections::VecDeque,
     ffi::{OsStr, OsString},
-    fs::{File, Metadata},
+    fs::File,
     io,
     path::{Component, Path, PathBuf},
     sync::Arc,
@@ -19,7 +19,7 @@ use std::{
 
 use crate::{
     error::{Error, Operation},
-    sys::{self, Dir, FileKind, Ownership, Process},
+    sys::{self, Dir, FileKind, Owner, Process, Stat},
     trust::{self, PathKind, TrustProblem},
 };
 
@@ -94,16 +94,27 @@ impl<'a> Walk<'a> {
     }
 
     /// Walks to the directory the key is in, checking every directory and link on the
-    /// way. It stops where the path stops existing: what is missing is created later, by
-    /// this process, private, from the deepest directory reached.
+    /// way, and the key's directory as its home ([`PathKind::KeyDirectory`]). It stops
+    /// where the path stops existing: what is missing is created later, by this process,
+    /// private, from the deepest directory reached.
     pub(crate) fn walk_to_key_dir(&mut self) -> Result<Reached, Error> {
         let key = self.key;
-        self.walk_to(key.parent().unwrap_or(Path::new("/")))
+        self.walk_to_home(key.parent().unwrap_or(Path::new("/")))
     }
 
     /// Walks to the directory `dir` (relative to the current directory when relative),
-    /// as [`walk_to_key_dir`](Self::walk_to_key_dir) walks to the key's.
-    pub(crate) fn walk_to(&mut self, dir: &Path) -> Result<Reached, Error> {
+    /// as [`walk_to_key_dir`](Self::walk_to_key_dir) walks to the key's, and judges it as
+    /// the home of what the crate keeps there when it exists.
+    pub(crate) fn walk_to_home(&mut self, dir: &Path) -> Result<Reached, Error> {
+        let reached = self.walk_to(dir)?;
+        if reached.missing.is_empty() {
+            self.check_directory(reached.dir(), PathKind::KeyDirectory)?;
+        }
+        Ok(reached)
+    }
+
+    /// Walks to the directory `dir`, every directory and link on the way checked.
+    fn walk_to(&mut self, dir: &Path) -> Result<Reached, Error> {
         let absolute = if dir.is_absolute() {
             dir.to_owned()
         } else {
@@ -129,7 +140,7 @@ impl<'a> Walk<'a> {
         let stat = dir
             .stat()
             .map_err(|err| Error::io(Operation::CheckDirectory, root, err))?;
-        self.judge(dir.path(), PathKind::Directory, stat.owner)?;
+        self.judge(dir.path(), PathKind::Directory, &stat.owner)?;
         Ok(Arc::new(dir))
     }
 
@@ -151,6 +162,10 @@ impl<'a> Walk<'a> {
             let path = dir.path().join(&name);
             match dir.open_file_no_follow(&name) {
                 Ok(Some(file)) => {
+                    if through_link.is_some() {
+                        // A link led to another directory: the key's home is that one.
+                        self.check_directory(&dir, PathKind::KeyDirectory)?;
+                    }
                     self.key_dir = Some(dir);
                     return Ok(Some(file));
                 }
@@ -171,7 +186,7 @@ impl<'a> Walk<'a> {
                     let gone = io::ErrorKind::NotFound.into();
                     Error::io(Operation::CheckDirectory, &path, gone)
                 })?;
-            let target = self.follow(&dir, &name, &path, link.owner)?;
+            let target = self.follow(&dir, &name, &path, &link.owner)?;
             let mut steps = steps(&target);
             let Some(Step::Name(file)) = steps.pop_back() else {
                 return Err(Error::NotAFile {
@@ -188,13 +203,11 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Checks the open key file: owner, mode and links.
-    pub(crate) fn check_key_file(&mut self, metadata: &Metadata) -> Result<(), Error> {
-        let Some(owner) = sys::owner(metadata) else {
-            return Ok(());
-        };
-        let links = sys::links(metadata);
-        if links > 1 && self.key_dir_is_shared()? {
+    /// Checks the open key file, of `stat`: owner, mode (unix) or DACL (Windows), and
+    /// links.
+    pub(crate) fn check_key_file(&mut self, stat: &Stat) -> Result<(), Error> {
+        let Stat { owner, links, .. } = stat;
+        if *links > 1 && self.key_dir_is_shared()? {
             // In a directory where others may add names (a sticky `/tmp`, a group's),
             // a second name may be another user's link to a file of this user's: a
             // planted identity that passes every check of owner and mode.
@@ -202,31 +215,36 @@ impl<'a> Walk<'a> {
                 key: self.key.to_owned(),
                 path: self.key.to_owned(),
                 kind: PathKind::KeyFile,
-                owner,
-                problem: TrustProblem::HardLinked { links },
+                owner: sys::ownership(owner),
+                problem: TrustProblem::HardLinked { links: *links },
             });
         }
-        if owner.uid == self.process.uid && owner.mode & 0o077 != 0 {
-            let exposed = Error::InsecurePermissions {
-                path: self.key.to_owned(),
-                mode: owner.mode,
-                kubernetes_secret: self.kubernetes_secret,
-            };
-            return self.refuse(exposed);
-        }
-        if owner.uid == self.process.uid {
-            return Ok(());
-        }
-        if owner.uid == 0 && owner.mode & 0o004 != 0 {
-            // Root's choice, and the default of a Kubernetes secret: accepted, but every
-            // user of the host can copy this identity (and hold its lock).
-            tracing::warn!(
-                path = %self.key.display(),
-                mode = format_args!("{:04o}", owner.mode),
-                "the key file is readable by every user of this host; make it readable \
-                 only by this process's user or group (for a Kubernetes secret: fsGroup with \
-                 defaultMode: 0440)"
-            );
+        // Unix's mode bits; on Windows who may read the key is the trust rules' (its
+        // DACL names each reader).
+        #[cfg(unix)]
+        {
+            if owner.uid == self.process.uid && owner.mode & 0o077 != 0 {
+                let exposed = Error::InsecurePermissions {
+                    path: self.key.to_owned(),
+                    mode: owner.mode,
+                    kubernetes_secret: self.kubernetes_secret,
+                };
+                return self.refuse(exposed);
+            }
+            if owner.uid == self.process.uid {
+                return Ok(());
+            }
+            if owner.uid == 0 && owner.mode & 0o004 != 0 {
+                // Root's choice, and the default of a Kubernetes secret: accepted, but
+                // every user of the host can copy this identity (and hold its lock).
+                tracing::warn!(
+                    path = %self.key.display(),
+                    mode = format_args!("{:04o}", owner.mode),
+                    "the key file is readable by every user of this host; make it readable \
+                     only by this process's user or group (for a Kubernetes secret: fsGroup \
+                     with defaultMode: 0440)"
+                );
+            }
         }
         self.judge(self.key, PathKind::KeyFile, owner)
     }
@@ -239,16 +257,17 @@ impl<'a> Walk<'a> {
         let stat = dir
             .stat()
             .map_err(|err| Error::io(Operation::CheckDirectory, dir.path(), err))?;
-        Ok(stat.owner.mode & 0o022 != 0)
+        Ok(trust::others_may_add_names(&stat.owner, self.process))
     }
 
-    /// Checks a directory that this process did not create and did not walk: one that a
-    /// racing process made while this one was creating the same path.
-    pub(crate) fn check_directory(&mut self, dir: &Dir) -> Result<(), Error> {
+    /// Checks `dir` as a directory of `kind`: one that this process did not walk (a
+    /// racing process made it while this one was creating the same path), or the home of
+    /// a key.
+    pub(crate) fn check_directory(&mut self, dir: &Dir, kind: PathKind) -> Result<(), Error> {
         let stat = dir
             .stat()
             .map_err(|err| Error::io(Operation::CheckDirectory, dir.path(), err))?;
-        self.judge(dir.path(), PathKind::Directory, stat.owner)
+        self.judge(dir.path(), kind, &stat.owner)
     }
 
     /// Walks `steps` down from the last directory of `chain`, pushing every directory it
@@ -286,7 +305,7 @@ impl<'a> Walk<'a> {
                     let stat = entered
                         .stat()
                         .map_err(|err| Error::io(Operation::CheckDirectory, &path, err))?;
-                    self.judge(&path, PathKind::Directory, stat.owner)?;
+                    self.judge(&path, PathKind::Directory, &stat.owner)?;
                     chain.push(Arc::new(entered));
                     continue;
                 }
@@ -302,7 +321,7 @@ impl<'a> Walk<'a> {
             {
                 None => return missing_end(self.key, name, steps),
                 Some(stat) if stat.kind == FileKind::SymbolicLink => {
-                    let target = self.follow(&dir, &name, &path, stat.owner)?;
+                    let target = self.follow(&dir, &name, &path, &stat.owner)?;
                     steps.push_front(Step::EndOfLink(path));
                     for step in self::steps(&target).into_iter().rev() {
                         steps.push_front(step);
@@ -324,7 +343,7 @@ impl<'a> Walk<'a> {
         dir: &Dir,
         name: &OsStr,
         path: &Path,
-        owner: Ownership,
+        owner: &Owner,
     ) -> Result<PathBuf, Error> {
         self.judge(path, PathKind::SymbolicLink, owner)?;
         self.links += 1;
@@ -339,7 +358,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The rules of [`trust`] for one directory, link or foreign key file.
-    fn judge(&mut self, path: &Path, kind: PathKind, owner: Ownership) -> Result<(), Error> {
+    fn judge(&mut self, path: &Path, kind: PathKind, owner: &Owner) -> Result<(), Error> {
         let Some(problem) = trust::problem(owner, self.process, kind) else {
             return Ok(());
         };
@@ -347,13 +366,16 @@ impl<'a> Walk<'a> {
             key: self.key.to_owned(),
             path: path.to_owned(),
             kind,
-            owner,
+            owner: sys::ownership(owner),
             problem,
         };
         match (&self.checks, kind) {
             // What lies beyond a directory or link that another user controls is theirs:
             // not even a report follows it.
-            (Checks::Report(_), PathKind::Directory | PathKind::SymbolicLink) => Err(err),
+            (
+                Checks::Report(_),
+                PathKind::Directory | PathKind::KeyDirectory | PathKind::SymbolicLink,
+            ) => Err(err),
             _ => self.refuse(err),
         }
     }

@@ -27,7 +27,7 @@ use super::{Family, Ports};
 use crate::{
     error::{Error, Operation},
     fs::temp,
-    sys::{self, Dir, FileKind},
+    sys::{Dir, FileKind},
 };
 
 /// What is appended to the key file's name to name its ports file.
@@ -125,8 +125,12 @@ fn read_text(dir: &Dir, name: &OsStr) -> io::Result<Option<String>> {
         let kind = FileKind::of(metadata.file_type());
         return Err(io::Error::other(format!("it is {kind}, not a file")));
     }
-    if let Some(owner) = sys::owner(&metadata) {
-        let uid = sys::process().uid;
+    // Unix owners and modes. On Windows the ports file is in the key's directory, where
+    // no one else may add or change a file (its home rule, `crate::trust`), and is made
+    // private like the key.
+    #[cfg(unix)]
+    if let Some(owner) = crate::sys::owner(&metadata) {
+        let uid = crate::sys::process().uid;
         if owner.uid != uid {
             return Err(io::Error::other(format!(
                 "it belongs to uid {}, not to this process's user (uid {uid})",

@@ -77,14 +77,14 @@ pub(super) async fn wait_until_free(addr: SocketAddr, deadline: Deadline) -> Fre
     } else {
         deadline
     };
-    let me = sys::process().uid;
+    let me = sys::process();
     let mut other_user = None;
     let mut attempt = || match try_bind(addr) {
         Ok(()) => Ok(Some(true)),
         Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
             let users = sys::udp_port_users(addr.port()).unwrap_or_default();
-            other_user = users.iter().copied().find(|&uid| uid != me);
-            let ours = users.contains(&me);
+            other_user = users.iter().copied().find(|&uid| !me.is_user(uid));
+            let ours = users.iter().any(|&uid| me.is_user(uid));
             Ok((!here && !ours && other_user.is_some()).then_some(false))
         }
         Err(err) => Err(err),

@@ -36,7 +36,7 @@ use crate::{
         walk::{Checks, Reached, Walk},
     },
     key::{self, KeyFormat, KeyProblem},
-    sys::{Dir, FileKind},
+    sys::{Dir, FileKind, Stat},
     wait::{self, Deadline, Waited},
 };
 
@@ -183,7 +183,9 @@ impl<'a> KeyFile<'a> {
                 kind: FileKind::of(metadata.file_type()),
             });
         }
-        self.walk.check_key_file(&metadata)?;
+        let stat = Stat::of_file(&file, &metadata)
+            .map_err(|err| Error::io(Operation::ReadKeyMetadata, path, err))?;
+        self.walk.check_key_file(&stat)?;
         let too_large = |len| Error::InvalidKey {
             path: path.into(),
             problem: KeyProblem::TooLarge { len },

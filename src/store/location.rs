@@ -84,9 +84,9 @@ impl KeyLocation {
     /// later: the entry then holds a key no endpoint ran, which the next open loads). A
     /// desktop app that lets its user unlock the store should give it a longer lock wait.
     ///
-    /// Only GNOME Keyring (the Secret Service) is run here; the Windows Credential
-    /// Manager is compiled in CI, the macOS Keychain is not: both are the `keyring`
-    /// crate's own stores. Creating an entry needs the user's home, for its lock file; a
+    /// GNOME Keyring (the Secret Service) is run here, and the Windows Credential Manager
+    /// under Wine; the macOS Keychain is not compiled here. All are the `keyring` crate's
+    /// own stores. Creating an entry needs the user's home, for its lock file; a
     /// process that does not trust that directory (its group may write it, and the
     /// process is not in the group) cannot create one, and says why.
     #[cfg(feature = "keyring")]

@@ -21,24 +21,23 @@ use super::{FileKind, Ownership, Stat};
 /// The longest file name the file systems this crate runs on accept, in bytes.
 pub(crate) const NAME_MAX: usize = 255;
 
+/// Who owns a file and who may use it, as the rules judge it: its user, group and mode.
+pub(crate) type Owner = Ownership;
+
 /// The owner and mode in `metadata`.
 pub(crate) fn owner(metadata: &Metadata) -> Option<Ownership> {
-    Some(Ownership {
-        uid: metadata.uid(),
-        gid: metadata.gid(),
-        mode: metadata.mode() & 0o7777,
-    })
+    Some(Stat::of(metadata).owner)
+}
+
+/// The owner and mode of `owner`, for an error to name.
+pub(crate) fn ownership(owner: &Owner) -> Option<Ownership> {
+    Some(*owner)
 }
 
 /// The users whose UDP sockets are bound to a port: not told on this system.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) fn udp_port_users(_port: u16) -> Option<Vec<u32>> {
     None
-}
-
-/// How many names (hard links) the file of `metadata` has.
-pub(crate) fn links(metadata: &Metadata) -> u64 {
-    metadata.nlink()
 }
 
 /// Who this process acts as when it touches files: its effective user, and (asked only
@@ -49,6 +48,16 @@ pub(crate) struct Process {
 }
 
 impl Process {
+    /// Whether `owner` is this process's user.
+    pub(crate) fn owns(self, owner: &Owner) -> bool {
+        owner.uid == self.uid
+    }
+
+    /// Whether `uid` is this process's user.
+    pub(crate) fn is_user(self, uid: u32) -> bool {
+        uid == self.uid
+    }
+
     /// Whether `gid` is the process's effective group or one of its supplementary groups.
     #[allow(unsafe_code)]
     pub(crate) fn in_group(self, gid: u32) -> bool {
@@ -232,9 +241,11 @@ impl Dir {
         }
     }
 
-    /// Creates the file `name`, that only its owner can read and write (exactly `0600`
-    /// whatever the umask); fails if anything, a symbolic link included, is there.
-    pub(crate) fn create_private_file(&self, name: &OsStr) -> io::Result<File> {
+    /// Creates the temporary file `name`, that only its owner can read and write (exactly
+    /// `0600` whatever the umask), and locks it, so that
+    /// [`remove_abandoned`](Self::remove_abandoned) passes it over for as long as it is
+    /// open; fails if anything, a symbolic link included, is there.
+    pub(crate) fn create_temporary_file(&self, name: &OsStr) -> io::Result<File> {
         let c_name = c_path(name)?;
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
         let file = File::from(open_fd(
@@ -245,6 +256,10 @@ impl Dir {
         )?);
         // The umask may have taken bits away from 0600 (never added any).
         file.set_permissions(Permissions::from_mode(0o600))?;
+        // Where files cannot be locked, no sweep can lock one either.
+        if let Err(err) = file.try_lock() {
+            tracing::debug!(%err, "cannot lock a temporary file");
+        }
         Ok(file)
     }
 
@@ -334,6 +349,19 @@ impl Dir {
             result => return result,
         }
         self.link(&c_from, &c_to)
+    }
+
+    /// Removes the file `name` if no writer holds it locked: `Ok(false)` while one does.
+    /// A temporary file is locked by its writer for as long as it exists, so one that is
+    /// not was left by a writer that was killed. The lock taken here is held until the
+    /// file is removed.
+    pub(crate) fn remove_abandoned(&self, name: &OsStr) -> io::Result<bool> {
+        let _abandoned = match self.open_file_no_follow(name)? {
+            Some(file) if file.try_lock().is_ok() => file,
+            _ => return Ok(false),
+        };
+        self.remove_file(name)?;
+        Ok(true)
     }
 
     /// Renames `from` to `to`, replacing what is there.
@@ -469,6 +497,24 @@ impl Dir {
 }
 
 impl Stat {
+    /// What the file of `metadata` is.
+    pub(crate) fn of(metadata: &Metadata) -> Self {
+        Self {
+            kind: FileKind::of(metadata.file_type()),
+            owner: Ownership {
+                uid: metadata.uid(),
+                gid: metadata.gid(),
+                mode: metadata.mode() & 0o7777,
+            },
+            links: metadata.nlink(),
+        }
+    }
+
+    /// What the open file `file`, of `metadata`, is.
+    pub(crate) fn of_file(_file: &File, metadata: &Metadata) -> io::Result<Self> {
+        Ok(Self::of(metadata))
+    }
+
     fn from_raw(stat: &libc::stat) -> Self {
         let kind = match stat.st_mode & libc::S_IFMT {
             libc::S_IFDIR => FileKind::Directory,
@@ -489,6 +535,9 @@ impl Stat {
                 #[allow(clippy::useless_conversion)]
                 mode: u32::from(stat.st_mode) & 0o7777,
             },
+            // `nlink_t` is u64 on Linux x86_64 and u16 or u32 elsewhere.
+            #[allow(clippy::useless_conversion)]
+            links: u64::from(stat.st_nlink),
         }
     }
 }

@@ -12,8 +12,11 @@
 
 use std::fmt;
 
+// Other users, as real users of a unix host.
+#[cfg(unix)]
 mod attacker;
-#[cfg(feature = "etcd")]
+// Machines are network namespaces and users of their own.
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 mod failover;
 mod filesystem;
 mod hostile;

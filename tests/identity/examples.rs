@@ -48,9 +48,9 @@ fn persistent_prints_the_same_id_on_every_run_and_exits_promptly() {
 }
 
 #[test]
-#[cfg(feature = "keyring")]
+#[cfg(all(feature = "keyring", any(target_os = "linux", windows)))]
 fn persistent_keeps_its_key_in_the_keychain_when_asked() {
-    let service = crate::support::secret_service::SecretService::start();
+    let service = crate::keychain::Store::start();
     let run = || {
         let output = service
             .command(example("persistent"))
@@ -75,7 +75,10 @@ fn persistent_keeps_its_key_in_the_keychain_when_asked() {
     assert_eq!(key.public().to_string(), first);
 }
 
+// `HOME` chooses it; on Windows it is the user's known folder:
+// `windows::persistent_without_a_path_uses_the_local_application_data`.
 #[test]
+#[cfg(unix)]
 fn persistent_without_a_path_uses_the_per_user_data_directory() {
     let home = temp_dir();
     let expected = home
@@ -102,6 +105,13 @@ fn persistent_reports_an_error_in_one_line_and_fails() {
 
 /// A running `echo serve`: its process, killed when dropped, and what it printed first.
 struct Server {
+    #[cfg_attr(
+        not(unix),
+        allow(
+            dead_code,
+            reason = "only signalled on unix; killed when dropped everywhere"
+        )
+    )]
     process: Process,
     id: String,
     ticket: String,
@@ -126,6 +136,7 @@ impl Server {
 
     /// Sends `signal` (Ctrl-C is SIGINT; `systemctl stop` and `docker stop` send
     /// SIGTERM), then returns the exit status within a bound.
+    #[cfg(unix)]
     fn stop(mut self, signal: libc::c_int) -> std::process::ExitStatus {
         self.process.signal(signal);
         self.process.exits_within(Duration::from_secs(10))
@@ -171,10 +182,15 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_gracefully_on_ctrl_c_an
     let server = Server::start(&key);
     let (id, ticket) = (server.id.clone(), server.ticket.clone());
     assert_echo(&ticket, "hello, persistent world");
+    // Windows has no signal to send a process without a console of its own: there each
+    // stop is a kill (TerminateProcess), which keeps the ticket as well.
+    #[cfg(unix)]
     assert!(
         server.stop(libc::SIGINT).success(),
         "echo serve did not exit cleanly on Ctrl-C"
     );
+    #[cfg(windows)]
+    drop(server);
 
     // `open` remembers the ports beside the key: the same ticket, and the old one works.
     let restarted = Server::start(&key);
@@ -192,23 +208,31 @@ fn echo_serve_keeps_its_ticket_across_restarts_and_stops_gracefully_on_ctrl_c_an
         "the ticket changed after a crash"
     );
     assert_echo(&ticket, "after a crash");
-    let status = after_crash.stop(libc::SIGTERM);
-    assert!(
-        status.success(),
-        "echo serve did not exit cleanly on SIGTERM: {status}"
-    );
+    #[cfg(unix)]
+    {
+        let status = after_crash.stop(libc::SIGTERM);
+        assert!(
+            status.success(),
+            "echo serve did not exit cleanly on SIGTERM: {status}"
+        );
+    }
+    #[cfg(windows)]
+    drop(after_crash);
 
     // Stopped gracefully, it released its identity and its port: the next one keeps both.
     let after_sigterm = Server::start(&key);
     assert_eq!(after_sigterm.ticket, ticket);
     assert_echo(&ticket, "after SIGTERM");
+    #[cfg(unix)]
     assert!(after_sigterm.stop(libc::SIGTERM).success());
+    #[cfg(windows)]
+    drop(after_sigterm);
     assert_eq!(list(dir.path()), ["server.key", "server.key.ports"]);
 }
 
 /// An `echo serve` with a lease in an etcd that machine `m` reaches through `link`, as
 /// `command` (machine `m`'s user, in its namespace) runs it, with `args` added.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 fn echo_serve(
     machines: &crate::lease::Machines,
     m: usize,
@@ -231,7 +255,7 @@ fn echo_serve(
 
 /// Waits up to `limit` for `server` to exit; after that, kills it: the status then says
 /// so.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 fn exit_within(server: &mut Process, limit: Duration) -> std::process::ExitStatus {
     server.exit_within(limit).unwrap_or_else(|| {
         server.kill();
@@ -240,7 +264,7 @@ fn exit_within(server: &mut Process, limit: Duration) -> std::process::ExitStatu
 }
 
 /// The first line that `server` writes on stderr.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 fn first_log_line(server: &Process) -> String {
     server
         .stderr_line(Duration::from_secs(30), |line| Some(line.to_owned()))
@@ -249,7 +273,7 @@ fn first_log_line(server: &Process) -> String {
 
 /// The README's production setup: etcd with TLS, client certificates and authentication,
 /// given with etcdctl's flags, the password in `ETCD_PASSWORD`.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 #[test]
 fn echo_with_etcd_over_tls_and_auth_waits_for_the_lease_takes_over_and_exits_when_it_is_lost() {
     use std::os::unix::process::ExitStatusExt;
@@ -333,7 +357,7 @@ fn echo_with_etcd_over_tls_and_auth_waits_for_the_lease_takes_over_and_exits_whe
 
 /// Finding 9: SIGTERM is handled from the start, before the lease is taken: a waiting
 /// server stops cleanly, and one stopped as it takes over lets the lease go.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 #[test]
 fn echo_with_etcd_stops_cleanly_on_sigterm_while_it_waits_and_as_it_takes_over() {
     use crate::lease::{Machines, skip_unless_root};

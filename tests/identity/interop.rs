@@ -62,6 +62,10 @@ fn openssl_public(path: &Path) -> [u8; 32] {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "runs openssl and ssh-keygen, which the Wine prefix does not have"
+)]
 fn an_ssh_keygen_ed25519_key_keeps_the_id_of_its_pub_file() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("id_ed25519");
@@ -89,6 +93,10 @@ fn an_ssh_keygen_ed25519_key_keeps_the_id_of_its_pub_file() -> anyhow::Result<()
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "runs openssl and ssh-keygen, which the Wine prefix does not have"
+)]
 fn openssl_pkcs8_keys_pem_and_der_keep_the_id_openssl_prints() -> anyhow::Result<()> {
     let dir = temp_dir();
     let pem = dir.path().join("key.pem");
@@ -131,6 +139,10 @@ fn hex_and_base32_read_as_iroh_reads_them() -> anyhow::Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "runs openssl and ssh-keygen, which the Wine prefix does not have"
+)]
 fn an_exported_openssh_key_is_read_by_ssh_keygen() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("exported");
@@ -142,6 +154,10 @@ fn an_exported_openssh_key_is_read_by_ssh_keygen() -> anyhow::Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "runs openssl and ssh-keygen, which the Wine prefix does not have"
+)]
 fn an_exported_pkcs8_v1_key_is_read_by_openssl() -> anyhow::Result<()> {
     let dir = temp_dir();
     let path = dir.path().join("exported.pem");
@@ -152,6 +168,10 @@ fn an_exported_pkcs8_v1_key_is_read_by_openssl() -> anyhow::Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "runs openssl and ssh-keygen, which the Wine prefix does not have"
+)]
 fn pem_that_openssl_reads_we_read_to_the_id_openssl_prints() -> anyhow::Result<()> {
     let dir = temp_dir();
     let generated = dir.path().join("generated.pem");
@@ -202,6 +222,10 @@ fn pem_that_openssl_reads_we_read_to_the_id_openssl_prints() -> anyhow::Result<(
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "runs openssl and ssh-keygen, which the Wine prefix does not have"
+)]
 fn a_bundle_with_the_private_key_anywhere_reads_it_as_openssl_does() -> anyhow::Result<()> {
     let dir = temp_dir();
     let private = dir.path().join("private.pem");

@@ -1,10 +1,11 @@
-//! Guarantee 11: keys in the OS secret store, against a real one: GNOME Keyring on a
-//! private session bus ([`SecretService`]). The store is reached only from child
-//! processes, each given the session's environment. The first-run race is a campaign
-//! (`campaigns::race`).
+//! Guarantee 11: keys in the OS secret store, against a real one ([`Store`]): GNOME
+//! Keyring on a private session bus on Linux, the Credential Manager on Windows. The store
+//! is reached only from child processes, each given the session's environment. The
+//! first-run race is a campaign (`campaigns::race`).
 
+#[cfg(target_os = "linux")]
+use std::fs;
 use std::{
-    fs,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -14,23 +15,30 @@ use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyByt
 use iroh::SecretKey;
 use iroh_identity::{KeyFormat, decode_key, encode_key};
 
+#[cfg(target_os = "linux")]
+use crate::support::{Snapshot, list};
 use crate::support::{
-    Snapshot,
     child::{Action, Holder, Outcome, Task, run_to_end},
-    list,
-    secret_service::SecretService,
     temp_dir, write_private,
 };
+
+#[cfg(windows)]
+pub(crate) use crate::support::credential_manager::CredentialManager as Store;
+/// The secret store the tests run against: GNOME Keyring on a private bus of its own on
+/// Linux; on Windows the Credential Manager of the user (under Wine, of the Wine prefix),
+/// held by one test at a time.
+#[cfg(target_os = "linux")]
+pub(crate) use crate::support::secret_service::SecretService as Store;
 
 const ACCOUNT: &str = "endpoint";
 
 /// A child that does `action` with the key of the entry `entry`/[`ACCOUNT`], waiting
 /// half a second for the identity.
-fn task(service: &SecretService, action: Action, entry: &str) -> Command {
+fn task(service: &Store, action: Action, entry: &str) -> Command {
     task_waiting(service, action, entry, 500)
 }
 
-fn task_waiting(service: &SecretService, action: Action, entry: &str, wait_ms: u64) -> Command {
+fn task_waiting(service: &Store, action: Action, entry: &str, wait_ms: u64) -> Command {
     let mut command = Task::new(action, "/nonexistent/unused.key")
         .keychain(entry, ACCOUNT)
         .lock_wait_ms(wait_ms)
@@ -40,7 +48,7 @@ fn task_waiting(service: &SecretService, action: Action, entry: &str, wait_ms: u
 }
 
 /// The key tool in the session.
-fn tool(service: &SecretService, args: &[&str]) -> std::process::Output {
+fn tool(service: &Store, args: &[&str]) -> std::process::Output {
     service
         .command(env!("CARGO_BIN_EXE_iroh-identity"))
         .args(args)
@@ -54,7 +62,7 @@ fn path_str(path: &Path) -> &str {
 
 #[test]
 fn the_same_identity_on_every_run_and_the_entry_holds_a_key_file_byte_for_byte() {
-    let service = SecretService::start();
+    let service = Store::start();
     let first = run_to_end(task(&service, Action::Identity, "chat"));
     let id = first.expect_id().to_owned();
     for _ in 0..2 {
@@ -72,42 +80,46 @@ fn the_same_identity_on_every_run_and_the_entry_holds_a_key_file_byte_for_byte()
     assert_eq!(key.public().to_string(), id);
 
     // Its public key by a tool no one here wrote: OpenSSL, on the copy that the key tool
-    // exports (a PKCS#8 v1 file, which OpenSSL 3.0 reads).
-    let dir = temp_dir();
-    let exported = dir.path().join("exported.pem");
-    let export = tool(
-        &service,
-        &[
-            "keychain",
-            "export",
-            "chat",
-            ACCOUNT,
-            path_str(&exported),
-            "--format",
-            "pkcs8-v1",
-        ],
-    );
-    assert!(export.status.success(), "{export:?}");
-    assert_eq!(String::from_utf8_lossy(&export.stdout).trim(), id);
-    let public = Command::new("openssl")
-        .args([
-            "pkey",
-            "-in",
-            path_str(&exported),
-            "-pubout",
-            "-outform",
-            "DER",
-        ])
-        .output()
-        .expect("run openssl (see .ci/run)");
-    assert!(public.status.success(), "{public:?}");
-    assert_eq!(public.stdout.len(), 44, "an Ed25519 SubjectPublicKeyInfo");
-    assert_eq!(&public.stdout[12..], key.public().as_bytes());
+    // exports (a PKCS#8 v1 file, which OpenSSL 3.0 reads). (Not on Windows, which has no
+    // OpenSSL of its own.)
+    #[cfg(unix)]
+    {
+        let dir = temp_dir();
+        let exported = dir.path().join("exported.pem");
+        let export = tool(
+            &service,
+            &[
+                "keychain",
+                "export",
+                "chat",
+                ACCOUNT,
+                path_str(&exported),
+                "--format",
+                "pkcs8-v1",
+            ],
+        );
+        assert!(export.status.success(), "{export:?}");
+        assert_eq!(String::from_utf8_lossy(&export.stdout).trim(), id);
+        let public = Command::new("openssl")
+            .args([
+                "pkey",
+                "-in",
+                path_str(&exported),
+                "-pubout",
+                "-outform",
+                "DER",
+            ])
+            .output()
+            .expect("run openssl (see .ci/run)");
+        assert!(public.status.success(), "{public:?}");
+        assert_eq!(public.stdout.len(), 44, "an Ed25519 SubjectPublicKeyInfo");
+        assert_eq!(&public.stdout[12..], key.public().as_bytes());
+    }
 }
 
 #[test]
 fn a_file_identity_moves_into_the_store_and_out_again_with_its_id() {
-    let service = SecretService::start();
+    let service = Store::start();
     let dir = temp_dir();
     let file = dir.path().join("endpoint.key");
     let key = crate::support::new_key_file(&file);
@@ -176,7 +188,7 @@ fn a_file_identity_moves_into_the_store_and_out_again_with_its_id() {
 
 #[test]
 fn a_damaged_entry_is_an_error_that_names_it_and_it_is_left_unchanged() {
-    let service = SecretService::start();
+    let service = Store::start();
     // A secret with another key's public half: damage that a key file would show too.
     let mismatched = KeypairBytes {
         secret_key: [7; 32],
@@ -214,7 +226,9 @@ fn a_damaged_entry_is_an_error_that_names_it_and_it_is_left_unchanged() {
     }
 }
 
+// The Secret Service's D-Bus.
 #[test]
+#[cfg(target_os = "linux")]
 fn without_a_session_bus_it_is_a_clear_error_and_nothing_is_written() {
     let dir = temp_dir();
     let (home, run) = (dir.path().join("home"), dir.path().join("run"));
@@ -244,9 +258,11 @@ fn without_a_session_bus_it_is_a_clear_error_and_nothing_is_written() {
     assert!(list(&home).is_empty() && list(&run).is_empty());
 }
 
+// GNOME Keyring's lock; the Credential Manager has none.
 #[test]
+#[cfg(target_os = "linux")]
 fn a_locked_store_is_a_clear_error_and_nothing_is_written() {
-    let service = SecretService::start();
+    let service = Store::start();
     // One entry before the lock, so that the keyring's file exists to compare.
     run_to_end(task(&service, Action::Identity, "before")).expect_id();
     service.lock();
@@ -276,7 +292,7 @@ fn a_locked_store_is_a_clear_error_and_nothing_is_written() {
 
 #[test]
 fn a_second_process_with_the_same_entry_waits_then_is_refused_and_a_kill_releases_it() {
-    let service = SecretService::start();
+    let service = Store::start();
     let holder = Holder::start(task(&service, Action::Hold, "chat"));
     let start = Instant::now();
     let refused = run_to_end(task(&service, Action::Open, "chat"));
@@ -287,6 +303,8 @@ fn a_second_process_with_the_same_entry_waits_then_is_refused_and_a_kill_release
         error.contains(&holder.id),
         "the error names the identity: {error}"
     );
+    // Linux's lock tells its holder.
+    #[cfg(target_os = "linux")]
     assert!(
         error.contains(&format!("(process {}, uid 0)", holder.pid())),
         "the error names the holder: {error}"
@@ -299,7 +317,7 @@ fn a_second_process_with_the_same_entry_waits_then_is_refused_and_a_kill_release
 
 #[test]
 fn the_entry_and_a_key_file_of_the_same_identity_are_kept_apart() {
-    let service = SecretService::start();
+    let service = Store::start();
     let holder = Holder::start(task(&service, Action::Hold, "chat"));
     let stored = service.lookup("chat", ACCOUNT).expect("the entry exists");
     let dir = temp_dir();
@@ -319,7 +337,7 @@ fn the_entry_and_a_key_file_of_the_same_identity_are_kept_apart() {
 
 #[test]
 fn an_entry_holding_a_key_everyone_knows_is_refused_and_left_as_it_is() {
-    let service = SecretService::start();
+    let service = Store::start();
     let zero = encode_key(&SecretKey::from_bytes(&[0; 32]), KeyFormat::Pkcs8Pem);
     service.store("zeroed", ACCOUNT, &zero);
     let refused = run_to_end(task(&service, Action::Open, "zeroed"));
@@ -331,10 +349,12 @@ fn an_entry_holding_a_key_everyone_knows_is_refused_and_left_as_it_is() {
     );
 }
 
+// A daemon stopped with SIGSTOP; the Credential Manager is no process of its own.
 #[test]
+#[cfg(target_os = "linux")]
 fn a_store_that_does_not_answer_fails_by_the_deadline_and_writes_nothing() {
     // gnome-keyring stopped (SIGSTOP), as a hung daemon: every call waits for ever.
-    let service = SecretService::start();
+    let service = Store::start();
     service.stop();
     let wait = Duration::from_secs(1);
     let start = Instant::now();

@@ -13,20 +13,32 @@ mod endpoint;
 mod env_var;
 mod examples;
 mod format;
+// Abstract unix sockets, other users and the kernel's tables: Linux's host lock.
+#[cfg(target_os = "linux")]
 mod host;
 mod interop;
-#[cfg(feature = "keyring")]
+// A real secret store: GNOME Keyring on Linux, the Credential Manager on Windows.
+#[cfg(all(feature = "keyring", any(target_os = "linux", windows)))]
 mod keychain;
-#[cfg(feature = "etcd")]
+// Machines are network namespaces and users of their own.
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 mod lease;
 mod lock;
+// Unix modes; `windows` has their Windows counterparts.
+#[cfg(unix)]
 mod permissions;
 mod processes;
+// Unix modes and another user for whom they apply.
+#[cfg(unix)]
 mod read_only;
 mod secrets;
 mod support;
 mod tickets;
+// Unix owners, modes and other users; `windows` has their Windows counterparts.
+#[cfg(unix)]
 mod trust;
+#[cfg(windows)]
+mod windows;
 
 /// Not a test: the body of the child processes that other tests start.
 #[test]

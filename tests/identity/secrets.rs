@@ -75,11 +75,11 @@ async fn no_key_material_in_logs_errors_or_debug_output() -> anyhow::Result<()> 
 }
 
 #[test]
-#[cfg(feature = "keyring")]
+#[cfg(all(feature = "keyring", any(target_os = "linux", windows)))]
 fn no_key_material_from_the_keychain_in_logs_or_errors() {
     use iroh_identity::decode_key;
 
-    let service = crate::support::secret_service::SecretService::start();
+    let service = crate::keychain::Store::start();
     let child = |entry: &str, action: Action| {
         let mut command = Task::new(action, "/nonexistent/unused.key")
             .keychain(entry, "endpoint")

@@ -6,11 +6,14 @@ use std::{
     hash::{BuildHasher, RandomState},
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
+};
+#[cfg(unix)]
+use std::{
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    process::Command,
 };
 
 use data_encoding::{BASE32_NOPAD, BASE64, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
@@ -21,20 +24,22 @@ use iroh::{
 use iroh_identity::{KeyFormat, encode_key};
 use iroh_tickets::endpoint::EndpointTicket;
 
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 pub(crate) mod cgroup;
 pub(crate) mod child;
+#[cfg(all(feature = "keyring", windows))]
+pub(crate) mod credential_manager;
 /// The echo protocol of the `echo` example: one implementation for both.
 #[path = "../../examples/echo/protocol.rs"]
 pub(crate) mod echo;
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 pub(crate) mod etcd;
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 pub(crate) mod net;
 pub(crate) mod process;
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 pub(crate) mod proxy;
-#[cfg(feature = "keyring")]
+#[cfg(all(feature = "keyring", target_os = "linux"))]
 pub(crate) mod secret_service;
 
 /// A fresh directory, removed at the end of the test.
@@ -96,15 +101,24 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     pub(crate) fn of(path: &Path) -> Self {
-        use std::os::unix::fs::MetadataExt;
-
         let metadata = fs::symlink_metadata(path).expect("something is at the path");
         let file_type = metadata.file_type();
+        // Windows: the file index for the inode, the attributes for the mode.
+        #[cfg(unix)]
+        let (inode, mode) = {
+            use std::os::unix::fs::MetadataExt;
+            (metadata.ino(), metadata.mode())
+        };
+        #[cfg(windows)]
+        let (inode, mode) = {
+            use std::os::windows::fs::MetadataExt;
+            (crate::windows::file_index(path), metadata.file_attributes())
+        };
         Self {
             file_type,
-            inode: metadata.ino(),
+            inode,
             modified: metadata.modified().expect("mtime"),
-            mode: metadata.mode(),
+            mode,
             // Only small regular files: a 1 GiB sparse case must not be read whole here.
             content: (file_type.is_file() && metadata.len() < 1 << 20)
                 .then(|| fs::read(path).expect("read")),
@@ -121,10 +135,24 @@ impl Snapshot {
     }
 }
 
-/// Writes a private (0600) file, as a well-kept key file is.
+/// Makes `link` a symbolic link to the file `target`.
+pub(crate) fn symlink(target: &Path, link: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    return std::os::unix::fs::symlink(target, link);
+    #[cfg(windows)]
+    return std::os::windows::fs::symlink_file(target, link);
+}
+
+/// Writes a private file (`0600`; on Windows, a DACL of the user, SYSTEM and
+/// Administrators alone), as a well-kept key file is.
 pub(crate) fn write_private(path: &Path, content: &[u8]) {
-    fs::write(path, content).expect("write file");
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    #[cfg(unix)]
+    {
+        fs::write(path, content).expect("write file");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    #[cfg(windows)]
+    crate::windows::write_private(path, content);
 }
 
 /// A random number, without a dependency.
@@ -216,7 +244,9 @@ pub(crate) fn example(name: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("test binaries live in target/<profile>/deps");
-    let path = profile_dir.join("examples").join(name);
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
         "{} is missing: `cargo test` builds the examples before running tests",
@@ -226,11 +256,13 @@ pub(crate) fn example(name: &str) -> PathBuf {
 }
 
 /// Whether the tests run as root, who can read and write any file regardless of mode.
+#[cfg(unix)]
 pub(crate) fn is_root() -> bool {
     uid() == 0
 }
 
 /// The user the tests run as.
+#[cfg(unix)]
 pub(crate) fn uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
@@ -239,6 +271,7 @@ pub(crate) fn uid() -> u32 {
 /// Whether a test that needs root `to` do something must be skipped; says so if it must.
 /// Under `cargo xtask test` (`IROH_IDENTITY_NO_SKIP` set), which runs the tests as root,
 /// nothing is skipped: the test fails instead.
+#[cfg(unix)]
 pub(crate) fn skip_unless_root(to: &str) -> bool {
     let skip = !is_root();
     if skip {
@@ -253,29 +286,35 @@ pub(crate) fn skip_unless_root(to: &str) -> bool {
 
 /// The user that root-run tests drop to when permissions must really apply; the
 /// attacker of the local-attacker tests.
+#[cfg(unix)]
 pub(crate) const NOBODY: u32 = 65534;
 
 /// A second unprivileged user: the one a service runs as, when a test needs a user that
 /// is neither root nor the attacker. It needs no account: the kernel knows users by
 /// number.
+#[cfg(unix)]
 pub(crate) const SERVICE_USER: u32 = 61001;
 
 /// A third unprivileged user: another service on the same host, which may know the same
 /// secret as [`SERVICE_USER`] and must still be kept apart from it.
+#[cfg(unix)]
 pub(crate) const OTHER_USER: u32 = 61004;
 
 /// A group that is not root's: a Kubernetes pod's `fsGroup`, or a group that an attacker
 /// shares with a directory.
+#[cfg(unix)]
 pub(crate) const SHARED_GROUP: u32 = 61100;
 
 /// Makes `command` run as `uid` (its group the same number) with the supplementary
 /// `groups`, as a process of that user would. Root only.
+#[cfg(unix)]
 pub(crate) fn as_user<'a>(command: &'a mut Command, uid: u32, groups: &[u32]) -> &'a mut Command {
     as_user_in(command, uid, uid, groups)
 }
 
 /// Makes `command` run as `uid` with the primary group `gid` and the supplementary
 /// `groups`: as systemd's `Group=`, or `sg`, start a process of the user. Root only.
+#[cfg(unix)]
 pub(crate) fn as_user_in<'a>(
     command: &'a mut Command,
     uid: u32,
@@ -301,6 +340,7 @@ pub(crate) fn as_user_in<'a>(
 
 /// Runs a shell command line as `uid` with the supplementary `groups`, for an attacker's
 /// simple moves (mkdir, mv, ln); fails the test if it fails.
+#[cfg(unix)]
 pub(crate) fn shell_as(uid: u32, groups: &[u32], script: &str) {
     let mut command = Command::new("sh");
     command.args(["-c", script]);
@@ -314,6 +354,7 @@ pub(crate) fn shell_as(uid: u32, groups: &[u32], script: &str) {
 }
 
 /// A directory made for a test, given to `uid` (and `gid`) with `mode`.
+#[cfg(unix)]
 pub(crate) fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) {
     fs::create_dir(path).expect("mkdir");
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
@@ -322,11 +363,13 @@ pub(crate) fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) {
 
 /// A place for one test that acts as several users: a root-owned directory every user may
 /// enter, and this test binary where every user can run it.
+#[cfg(unix)]
 pub(crate) struct Site {
     pub(crate) root: tempfile::TempDir,
     exe: PathBuf,
 }
 
+#[cfg(unix)]
 impl Site {
     pub(crate) fn new() -> Self {
         let root = temp_dir();
@@ -360,6 +403,7 @@ impl Site {
 
 /// A user in the user database, with a home directory: made with the real `useradd`, and
 /// removed with `userdel` when dropped.
+#[cfg(unix)]
 pub(crate) struct Account {
     pub(crate) name: String,
     pub(crate) uid: u32,
@@ -368,6 +412,7 @@ pub(crate) struct Account {
     pub(crate) home: PathBuf,
 }
 
+#[cfg(unix)]
 impl Account {
     /// Makes the user `name` (its own group of the same name) with the home `home`, which
     /// is made too: the user's and its group's, with `mode`.
@@ -407,6 +452,7 @@ impl Account {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Account {
     fn drop(&mut self) {
         let _ = Command::new("userdel").arg(&self.name).output();
@@ -416,6 +462,7 @@ impl Drop for Account {
 
 /// This test binary, or a copy of it in `dir` when another user could not run it where
 /// it is (a checkout under `/root`, say).
+#[cfg(unix)]
 pub(crate) fn runnable_by_others(dir: &Path) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let others_may = |path: &Path, bits: u32| {
@@ -579,6 +626,7 @@ pub(crate) async fn echo_within(
 }
 
 /// Sends `signal` to the process `pid`, a child of this test.
+#[cfg(unix)]
 pub(crate) fn signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("a pid");
     // SAFETY: sends a signal to a child of ours that has not been reaped.

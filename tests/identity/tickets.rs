@@ -18,11 +18,13 @@ use iroh_identity::PersistentEndpoint;
 use iroh_tickets::endpoint::EndpointTicket;
 
 use crate::support::{
-    LogCapture, NOBODY, SERVICE_USER, Site,
-    child::{Action, Holder, Task, run_to_end},
-    echo, echo_within, list, loopback, loopback_ticket, make_dir, relay_only, stable_builder,
-    temp_dir, write_private,
+    LogCapture,
+    child::{Action, Holder, Task},
+    echo, echo_within, list, loopback, loopback_ticket, relay_only, stable_builder, temp_dir,
+    write_private,
 };
+#[cfg(unix)]
+use crate::support::{NOBODY, SERVICE_USER, Site, child::run_to_end, make_dir};
 
 /// How soon the old ticket must reach a restarted server.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -59,6 +61,12 @@ fn ipv4_port(endpoint: &Endpoint) -> u16 {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine 8 keeps a killed process's UDP socket open in wineserver while receives are \
+              pending (seen for over 5 s after 1 in about 8 kills), so the next start must take \
+              a new port"
+)]
 async fn an_old_ticket_reaches_the_server_after_a_crash_and_after_a_graceful_restart()
 -> anyhow::Result<()> {
     let dir = temp_dir();
@@ -75,24 +83,36 @@ async fn an_old_ticket_reaches_the_server_after_a_crash_and_after_a_graceful_res
     let after_crash = echo_within(&ticket, b"after a crash", WITHIN).await?;
 
     // The next server starts while this one is still closing: it waits for the identity,
-    // then for the ports, which the old process holds a little longer.
-    second.terminate();
-    let third = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
-    assert!(second.exits_within(Duration::from_secs(10)).success());
-    assert_eq!(
-        third.ticket(),
-        ticket,
-        "the ticket changed after a graceful restart"
-    );
-    let after_close = echo_within(&ticket, b"after a graceful restart", WITHIN).await?;
-    eprintln!(
-        "old ticket to first echo: {after_crash:?} after a crash, {after_close:?} after a graceful restart"
-    );
+    // then for the ports, which the old process holds a little longer. (A graceful close
+    // is asked for with SIGTERM, which Windows does not have: there, the crash is what
+    // runs.)
+    #[cfg(unix)]
+    {
+        second.terminate();
+        let third = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
+        assert!(second.exits_within(Duration::from_secs(10)).success());
+        assert_eq!(
+            third.ticket(),
+            ticket,
+            "the ticket changed after a graceful restart"
+        );
+        let after_close = echo_within(&ticket, b"after a graceful restart", WITHIN).await?;
+        eprintln!(
+            "old ticket to first echo: {after_crash:?} after a crash, {after_close:?} after a graceful restart"
+        );
+    }
+    #[cfg(windows)]
+    {
+        second.kill();
+        eprintln!("old ticket to first echo: {after_crash:?} after a crash");
+    }
     assert_eq!(list(dir.path()), ["server.key", "server.key.ports"]);
     Ok(())
 }
 
+// A graceful close is asked for with SIGTERM, which Windows does not have.
 #[tokio::test]
+#[cfg(unix)]
 async fn a_graceful_restart_keeps_the_port_while_a_vanished_peer_holds_up_the_close()
 -> anyhow::Result<()> {
     // A closing endpoint releases the identity at once but keeps its sockets while its
@@ -175,16 +195,25 @@ async fn through_a_relay_the_old_ticket_reaches_a_server_restarted_after_a_crash
     first.kill();
     let second = Holder::start(serve());
     let after_crash = echo::echo(&client, addr, b"after a crash", limit).await?;
-    second.terminate();
-    let third = Holder::start(serve());
-    assert!(second.exits_within(Duration::from_secs(10)).success());
-    let after_close = echo::echo(&client, addr, b"after a graceful restart", limit).await?;
-    eprintln!(
-        "old ticket to first echo through the relay: {after_crash:?} after a crash, \
-         {after_close:?} after a graceful restart"
-    );
+    // A graceful close is asked for with SIGTERM, which Windows does not have.
+    #[cfg(unix)]
+    {
+        second.terminate();
+        let third = Holder::start(serve());
+        assert!(second.exits_within(Duration::from_secs(10)).success());
+        let after_close = echo::echo(&client, addr, b"after a graceful restart", limit).await?;
+        eprintln!(
+            "old ticket to first echo through the relay: {after_crash:?} after a crash, \
+             {after_close:?} after a graceful restart"
+        );
+        drop(third);
+    }
+    #[cfg(windows)]
+    {
+        second.kill();
+        eprintln!("old ticket to first echo through the relay: {after_crash:?} after a crash");
+    }
     client.close().await;
-    drop(third);
     Ok(())
 }
 
@@ -320,6 +349,7 @@ async fn a_bad_ports_file_never_fails_an_open_and_is_left_as_it_was() -> anyhow:
 }
 
 /// A ports file as this crate writes it, remembering `port` for IPv4.
+#[cfg(unix)]
 fn ports_file(port: u16) -> String {
     format!(
         "# UDP ports of the iroh endpoint whose key is beside this file, bound again\n\
@@ -335,7 +365,10 @@ fn free_port(range: std::ops::Range<u16>) -> u16 {
         .expect("a free port")
 }
 
+// Unix owners, modes and links; on Windows the ports file's folder is the key's, where
+// no one else may add or change a file.
 #[tokio::test]
+#[cfg(unix)]
 async fn the_ports_file_is_ours_or_it_is_left_alone() -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
 
@@ -668,7 +701,9 @@ async fn identity_bind_never_waits_for_ports_it_does_not_ask_for() -> anyhow::Re
     Ok(())
 }
 
+// Another user, and the owner of a port as `/proc/net/udp` tells it.
 #[test]
+#[cfg(target_os = "linux")]
 fn a_remembered_port_another_user_took_costs_no_wait() {
     if crate::support::skip_unless_root("act as several users") {
         return;

@@ -69,6 +69,7 @@ fn assert_untrusted(err: &Error, key: &Path, path: &Path, problem: TrustProblem,
         "{err}"
     );
     assert_eq!(*found, problem, "{err}");
+    let owner = owner.expect("unix names the owner and mode");
     let message = err.to_string();
     assert!(!message.contains("chown"), "{message}");
     for part in [

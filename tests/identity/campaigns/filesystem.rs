@@ -2,20 +2,17 @@
 //! clear and names the path, no partial key is published and no temporary file is left.
 //! A read-only key directory with the key present works: see `read_only`.
 
-use std::{
-    fs, io,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::Path, process::Command};
+#[cfg(unix)]
+use std::{io, path::PathBuf};
 
 use super::figure;
-use crate::{
-    read_only::ReadOnlyKey,
-    support::{
-        child::{Action, Task, run_to_end},
-        is_root, list, temp_dir,
-    },
+use crate::support::{
+    child::{Action, Task, run_to_end},
+    list, temp_dir,
 };
+#[cfg(unix)]
+use crate::{read_only::ReadOnlyKey, support::is_root};
 
 /// Runs `command` (a child opening `path`) and checks that it fails with an error that
 /// contains `phrase` and names `named`, and that the directory of `path`, if there is
@@ -42,6 +39,7 @@ fn assert_fails_cleanly(fault: &str, command: Command, path: &Path, named: &Path
 }
 
 #[test]
+#[cfg(unix)]
 fn a_key_directory_that_is_not_writable_is_a_clear_error() {
     let key = ReadOnlyKey::new(0o400, None);
     let missing = key.dir.join("other.key");
@@ -78,13 +76,19 @@ fn a_parent_that_is_a_file_is_a_clear_error() -> anyhow::Result<()> {
         Task::new(Action::Open, &path).trace().command(),
         &path,
         &file,
-        "Not a directory",
+        if cfg!(windows) {
+            "not a directory"
+        } else {
+            "Not a directory"
+        },
     );
     assert_eq!(list(dir.path()), ["file"]);
     Ok(())
 }
 
+// RLIMIT_FSIZE; Windows has no limit on the size of a process's files.
 #[test]
+#[cfg(unix)]
 fn a_file_size_limit_is_a_clear_error_and_leaves_nothing() {
     // 0: not a byte may be written; 100: the write stops inside the 119-byte key.
     for limit in [0, 100] {
@@ -104,10 +108,12 @@ fn a_file_size_limit_is_a_clear_error_and_leaves_nothing() {
 }
 
 /// A tiny tmpfs, filled to the last byte; unmounted when dropped.
+#[cfg(unix)]
 struct FullFileSystem {
     dir: tempfile::TempDir,
 }
 
+#[cfg(unix)]
 impl FullFileSystem {
     /// `None` when the machine does not let us mount one (not root, or no capability).
     fn mount() -> Option<Self> {
@@ -133,13 +139,16 @@ impl FullFileSystem {
     }
 }
 
+#[cfg(unix)]
 impl Drop for FullFileSystem {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
 
+// A tmpfs mounted by root.
 #[test]
+#[cfg(unix)]
 fn a_full_file_system_is_a_clear_error_and_leaves_nothing() {
     if !is_root() {
         eprintln!("skipped: only root can mount a small file system to fill");

@@ -33,6 +33,9 @@ const WITHIN: Duration = Duration::from_secs(1);
 
 /// The median, 90th percentile and maximum, in ms.
 fn spread(mut times: Vec<Duration>) -> String {
+    if times.is_empty() {
+        return "none".to_owned();
+    }
     times.sort_unstable();
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -45,6 +48,12 @@ fn spread(mut times: Vec<Duration>) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine 8 keeps a killed process's UDP socket open in wineserver while receives are \
+              pending (seen for over 5 s after 1 in about 8 kills), so the next start must take \
+              a new port"
+)]
 async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> anyhow::Result<()> {
     // At least two, so that both kinds of restart happen.
     let restarts = size(4, 100);
@@ -62,20 +71,32 @@ async fn a_restarted_server_keeps_its_ticket_and_the_old_ticket_reaches_it() -> 
     let mut long_lived_times = vec![];
     let (mut ready_after_crash, mut ready_after_close) = (vec![], vec![]);
     for n in 0..restarts {
-        let graceful = n % 2 == 1;
+        // A graceful close is asked for with SIGTERM, which Windows does not have: there
+        // every restart is a kill (TerminateProcess).
+        let graceful = cfg!(unix) && n % 2 == 1;
         let start = Instant::now();
         server = if graceful {
             // The next server starts while this one closes.
-            server.terminate();
-            let next = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
-            assert!(server.exits_within(Duration::from_secs(10)).success());
-            next
+            #[cfg(unix)]
+            {
+                server.terminate();
+                let next = Holder::start(Task::new(Action::Serve { relay: None }, &key).command());
+                assert!(server.exits_within(Duration::from_secs(10)).success());
+                next
+            }
+            #[cfg(not(unix))]
+            unreachable!("a graceful restart needs SIGTERM")
         } else {
             server.kill();
             Holder::start(Task::new(Action::Serve { relay: None }, &key).command())
         };
         let ready = start.elapsed();
-        assert_eq!(server.ticket(), ticket, "restart {n} changed the ticket");
+        assert_eq!(
+            server.ticket(),
+            ticket,
+            "restart {n} changed the ticket; the server said: {}",
+            server.stderr_text()
+        );
         let reconnect = echo_within(&ticket, b"after a restart", WITHIN).await?;
         if graceful {
             after_close.push(reconnect);

@@ -13,7 +13,6 @@ use std::{
 use iroh::{RelayConfig, RelayMap, RelayUrl, endpoint::presets, protocol::Router};
 use iroh_tickets::endpoint::EndpointTicket;
 use serde::{Deserialize, Serialize};
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{echo, process::Process};
 
@@ -164,7 +163,7 @@ impl Task {
     }
 
     /// Guards the identity with a lease in the etcd at `endpoints`, of `ttl_s` seconds.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn lease(mut self, endpoints: Vec<String>, ttl_s: u64) -> Self {
         self.lease = Some(LeaseTask {
             endpoints,
@@ -177,42 +176,42 @@ impl Task {
     }
 
     /// The lease, for the methods that set its details.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     fn lease_mut(&mut self) -> &mut LeaseTask {
         self.lease.as_mut().expect("a lease, set first")
     }
 
     /// Talks to etcd over TLS: `ca` verifies etcd, `identity` (a certificate and its key)
     /// is the client's.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn etcd_tls(mut self, ca: PathBuf, identity: Option<(PathBuf, PathBuf)>) -> Self {
         self.lease_mut().tls = Some(EtcdTls { ca, identity });
         self
     }
 
     /// Authenticates to etcd as `user`.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn etcd_user(mut self, user: &str, password: &str) -> Self {
         self.lease_mut().user = Some((user.to_owned(), password.to_owned()));
         self
     }
 
     /// Keeps the lease's key under `prefix`.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn lease_prefix(mut self, prefix: &str) -> Self {
         self.lease_mut().prefix = Some(prefix.to_owned());
         self
     }
 
     /// A `Hold` child keeps its endpoint for up to `hold` if nobody stops it.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn hold_for(mut self, hold: Duration) -> Self {
         self.holding.at_most_ms = Some(u64::try_from(hold.as_millis()).expect("a short hold"));
         self
     }
 
     /// Logs WARN and ERROR lines to stderr, each after its time in epoch milliseconds.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn log(mut self) -> Self {
         self.log = true;
         self
@@ -403,6 +402,7 @@ pub(crate) fn outcome(process: Process) -> Outcome {
 }
 
 /// What a started child said once it exited, or was killed when `limit` had passed.
+#[cfg(unix)]
 pub(crate) fn outcome_within(process: Process, limit: Duration) -> Outcome {
     Outcome::of(process.finish(Some(limit)))
 }
@@ -414,6 +414,7 @@ pub(crate) fn run_to_end(mut command: Command) -> Outcome {
 
 /// Runs a child to the end, killing it and failing the test if it takes longer than
 /// `limit`: for what must not hang.
+#[cfg(unix)]
 pub(crate) fn run_within(mut command: Command, limit: Duration) -> Outcome {
     let mut process = Process::start(&mut command);
     let in_time = process.exit_within(limit).is_some();
@@ -503,6 +504,7 @@ impl Holder {
 
     /// Waits up to `limit` for it to exit by itself (after a [`terminate`](Process::terminate),
     /// say), or fails the test.
+    #[cfg(unix)]
     pub(crate) fn exits_within(mut self, limit: Duration) -> ExitStatus {
         self.process.exits_within(limit)
     }
@@ -544,7 +546,7 @@ impl Process {
 }
 
 /// What a child that holds a lease reports.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", target_os = "linux"))]
 impl Process {
     /// The fencing token and the wall-clock time at which it started holding, with when
     /// that arrived: waiting up to `limit`.
@@ -601,11 +603,14 @@ pub(crate) fn run() {
         return;
     };
     let task: Task = serde_json::from_str(&task).expect("a task");
+    #[cfg(unix)]
     if let Some(umask) = task.umask {
         // SAFETY: umask has no preconditions; this child runs one test on one thread.
         unsafe { libc::umask(umask as libc::mode_t) };
     }
-    if task.trace {
+    // `IROH_IDENTITY_CHILD_TRACE` set in a test's environment traces every child: to see
+    // what a child did in a test that does not ask for it.
+    if task.trace || std::env::var_os("IROH_IDENTITY_CHILD_TRACE").is_some() {
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
@@ -619,6 +624,7 @@ pub(crate) fn run() {
             .with_writer(std::io::stderr)
             .init();
     }
+    #[cfg(unix)]
     if let Some(limit) = task.file_size_limit {
         limit_file_size(limit);
     }
@@ -642,14 +648,21 @@ pub(crate) fn run() {
             Action::Serve { relay } => serve(&task, relay.as_deref()).await,
             Action::Dial { ticket } => dial(ticket).await,
             Action::CreateMany { runs } => create_many(&task.path, *runs).await,
+            #[cfg(unix)]
             Action::Swap { runs, targets } => swap(&task.path, *runs, targets),
             Action::OpenMany { runs } => open_many(&task.path, *runs).await,
+            #[cfg(unix)]
             Action::Toggle { runs, target } => toggle(&task.path, *runs, target),
+            #[cfg(target_os = "linux")]
             Action::Squat { names } => squat(names),
             Action::BindUdp { ports } => bind_udp(ports),
+            #[cfg(target_os = "linux")]
             Action::Flood { names, millis } => flood(names, *millis),
+            #[cfg(target_os = "linux")]
             Action::Sockets { count } => sockets(*count),
             Action::OpenKeys { runs } => open_keys(&task, *runs).await,
+            #[cfg(not(target_os = "linux"))]
+            action => panic!("{action:?} is a task of unix's or Linux's tests"),
         }
     });
 }
@@ -726,10 +739,10 @@ async fn open(task: &Task) {
 
 /// Keeps the endpoint until killed, SIGTERM (then closes it) or the loss of its lease.
 async fn hold(endpoint: &iroh::Endpoint, lease: &Lease, at_most: Duration) {
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let terminate = terminated();
     tokio::select! {
         () = tokio::time::sleep(at_most) => {}
-        _ = terminate.recv() => {
+        () = terminate => {
             endpoint.close().await;
             say(Report::Closed { at_ms: super::now_ms() });
             lease.released().await;
@@ -859,9 +872,9 @@ async fn serve(task: &Task, relay: Option<&str>) {
     lease.say_holding();
     say(Report::Ticket(ticket.to_string()));
     say(Report::Ready);
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let terminate = terminated();
     tokio::select! {
-        _ = terminate.recv() => {}
+        () = terminate => {}
         () = tokio::time::sleep(HOLD_AT_MOST) => {}
         reason = lease.lost() => return say(Report::Lost { reason, at_ms: super::now_ms() }),
     }
@@ -910,6 +923,7 @@ async fn create_many(dir: &Path, runs: usize) {
 }
 
 /// The attacker of the directory-swap attack.
+#[cfg(unix)]
 fn swap(dir: &Path, runs: usize, targets: &[PathBuf]) {
     use std::{fs, os::unix::fs::symlink};
 
@@ -950,6 +964,7 @@ async fn open_many(dir: &Path, runs: usize) {
 }
 
 /// The attacker of the planted-directory race.
+#[cfg(unix)]
 fn toggle(dir: &Path, runs: usize, target: &Path) {
     use std::{fs, os::unix::fs::PermissionsExt};
 
@@ -978,6 +993,7 @@ fn toggle(dir: &Path, runs: usize, target: &Path) {
 }
 
 /// The squatter of the host lock's names.
+#[cfg(target_os = "linux")]
 fn squat(names: &[String]) {
     use std::os::{
         fd::{FromRawFd, OwnedFd},
@@ -1024,6 +1040,7 @@ fn squat(names: &[String]) {
 }
 
 /// The flooder of the host lock.
+#[cfg(target_os = "linux")]
 fn flood(names: &[String], millis: u64) {
     use std::os::{
         linux::net::SocketAddrExt,
@@ -1061,6 +1078,7 @@ fn flood(names: &[String], millis: u64) {
 }
 
 /// A long table of unix sockets.
+#[cfg(target_os = "linux")]
 fn sockets(count: usize) {
     use std::os::unix::net::UnixDatagram;
 
@@ -1119,6 +1137,21 @@ async fn open_keys(task: &Task, runs: usize) {
     say(Report::Opened { ids, refused });
 }
 
+/// Resolves when this process is asked to close gracefully: SIGTERM on unix. Windows has
+/// no such signal for a process without a console of its own, so there it never does
+/// (the tests of a graceful stop are unix's).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        terminate.recv().await;
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
+}
+
 /// An error and its causes, `: `-separated, as `anyhow` prints them with `{:#}`.
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -1131,6 +1164,7 @@ pub(crate) fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Makes writes beyond `bytes` fail with `EFBIG` instead of killing the process.
+#[cfg(unix)]
 fn limit_file_size(bytes: u64) {
     let limit = libc::rlimit {
         rlim_cur: bytes,

@@ -147,17 +147,19 @@ impl Process {
         })
     }
 
+    #[cfg(unix)]
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Its stdin, where it was piped; once only.
-    #[cfg(feature = "keyring")]
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
     pub(crate) fn stdin(&mut self) -> std::process::ChildStdin {
         self.child.stdin.take().expect("a piped stdin, taken once")
     }
 
     /// Sends `signal`, unless it was reaped already (its pid may be another's by then).
+    #[cfg(unix)]
     pub(crate) fn signal(&self, signal: libc::c_int) {
         if self.status.is_none() {
             super::signal(self.pid(), signal);
@@ -165,15 +167,18 @@ impl Process {
     }
 
     /// Asks it to stop (SIGTERM), as `systemctl stop` and `docker stop` do; returns at once.
+    #[cfg(unix)]
     pub(crate) fn terminate(&self) {
         self.signal(libc::SIGTERM);
     }
 
-    /// SIGKILL (after a SIGCONT, should it be stopped), and the wall-clock time it was sent:
-    /// no close, no clean-up, as in a crash. Returns once it is reaped.
+    /// SIGKILL (after a SIGCONT, should it be stopped; on Windows, `TerminateProcess`), and
+    /// the wall-clock time it was sent: no close, no clean-up, as in a crash. Returns once
+    /// it is reaped.
     pub(crate) fn kill(&mut self) -> u64 {
         let at = now_ms();
         if self.status.is_none() {
+            #[cfg(unix)]
             self.signal(libc::SIGCONT);
             let _ = self.child.kill();
             self.status = Some(self.child.wait().expect("reap a child"));
@@ -206,6 +211,7 @@ impl Process {
 
     /// Waits up to `limit` for it to exit by itself, or fails the test, showing what it
     /// printed on stderr.
+    #[cfg(unix)]
     pub(crate) fn exits_within(&mut self, limit: Duration) -> ExitStatus {
         match self.exit_within(limit) {
             Some(status) => status,
@@ -228,7 +234,7 @@ impl Process {
 
     /// The first line of stderr that `pick` takes: waiting up to `limit` while stderr
     /// lasts.
-    #[cfg(feature = "etcd")]
+    #[cfg(all(feature = "etcd", target_os = "linux"))]
     pub(crate) fn stderr_line<T>(
         &self,
         limit: Duration,
