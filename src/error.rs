@@ -146,8 +146,8 @@ pub enum Error {
     /// The path is walked one name at a time, as the kernel would, and never looked up by
     /// name again: what is planted on it after it was checked is never followed. On unix
     /// it is walked through descriptors, and new directories and files are made through
-    /// the descriptor of their directory; on Windows every folder walked is held open so
-    /// that no one can rename or remove it meanwhile, and links and junctions are opened
+    /// the descriptor of their directory; on Windows no one else may rename or remove a folder
+    /// on the way (the rules above), and links and junctions are opened
     /// as themselves, never followed unjudged. Temporary files get random names. All of
     /// these checks, and only these, are what
     /// [`Builder::allow_insecure_permissions`](crate::Builder::allow_insecure_permissions)

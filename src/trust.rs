@@ -107,7 +107,7 @@ pub(crate) fn others_may_add_names(owner: &Owner, _process: Process) -> bool {
 mod rights {
     use windows_sys::Win32::Storage::FileSystem::{
         DELETE, FILE_ADD_FILE, FILE_ADD_SUBDIRECTORY, FILE_APPEND_DATA, FILE_DELETE_CHILD,
-        FILE_READ_DATA, FILE_WRITE_DATA, WRITE_DAC, WRITE_OWNER,
+        FILE_EXECUTE, FILE_READ_DATA, FILE_WRITE_DATA, WRITE_DAC, WRITE_OWNER,
     };
 
     /// Changing the DACL or the owner gives every other right; `DELETE` removes or
@@ -122,7 +122,8 @@ mod rights {
     /// What lets another change or replace a file.
     pub(super) const CHANGE_FILE: u32 = TAKE_OVER | FILE_WRITE_DATA | FILE_APPEND_DATA;
     /// Reading a file's content.
-    pub(super) const READ: u32 = FILE_READ_DATA;
+    /// Executing a file maps it into memory, where its bytes can be read.
+    pub(super) const READ: u32 = FILE_READ_DATA | FILE_EXECUTE;
 }
 
 /// What the rules say of `owner`, the owner and DACL of a path of `kind`, for `process`:
@@ -448,6 +449,22 @@ mod tests {
                 assert!(message.contains(&part), "{part:?} missing in: {message}");
             }
         }
+    }
+
+    #[test]
+    fn a_key_others_may_execute_or_may_read_on_a_condition_is_refused() {
+        // FX: generic execute (a file executed is mapped, and its bytes read).
+        let dacl = format!("P(A;;FA;;;{})(A;;FX;;;BU)", me());
+        assert!(matches!(
+            judged(&me(), &dacl, PathKind::KeyFile),
+            Some(TrustProblem::ReadableBy { principal }) if principal.sid() == "S-1-5-32-545"
+        ));
+        // A conditional allow grants whenever its condition holds: counted as granted.
+        let dacl = format!("P(A;;FA;;;{})(XA;;FR;;;WD;(Member_of {{SID(WD)}}))", me());
+        assert!(matches!(
+            judged(&me(), &dacl, PathKind::KeyFile),
+            Some(TrustProblem::ReadableBy { principal }) if principal.sid() == "S-1-1-0"
+        ));
     }
 
     #[test]

@@ -69,15 +69,21 @@ impl Drop for LockFile {
         // locked, where Windows answers ERROR_NOT_LOCKED (Wine bug 59711: std's
         // `File::unlock` fails so under Wine though it released the lock). Unlocking the
         // byte this handle locked succeeds under Wine too, as measured, so an error here
-        // is not expected; when one comes, another handle's attempt at the byte tells a
-        // misreport (the byte can be taken: it was released) from a real failure (it
-        // cannot: still held), which is logged. Closing the handle next releases it
-        // whichever it was.
-        if !is_free(&self.dir, self.offset) {
+        // is not expected. Error 33 alone may be Wine's misreport: another handle's
+        // attempt at the byte tells it (the byte can be taken: it was released) from a
+        // real failure (it cannot: still held), which is logged; every other error is
+        // logged as it is. Closing the handle next releases it whichever it was.
+        let misreport =
+            err.raw_os_error() == Some(LOCK_VIOLATION) && is_free(&self.dir, self.offset);
+        if !misreport {
             tracing::warn!(%err, "cannot release a lock; it is released when its handle closes");
         }
     }
 }
+
+/// `ERROR_LOCK_VIOLATION`, what Wine answers to an unlock it carried out.
+#[cfg(windows)]
+const LOCK_VIOLATION: i32 = windows_sys::Win32::Foundation::ERROR_LOCK_VIOLATION as i32;
 
 /// The file of all the user's locks on Windows.
 #[cfg(windows)]
@@ -93,10 +99,37 @@ fn offset_of(name: &OsString) -> u64 {
     u64::from_le_bytes(bytes) >> 2
 }
 
+/// Opens the user's file of locks, made private if it is missing, and refuses it if
+/// another may use it: one who may open it could take any of the user's locks and keep
+/// it (guarantee 9).
+#[cfg(windows)]
+fn open_locks(dir: &Dir) -> std::io::Result<std::fs::File> {
+    use crate::trust::{PathKind, Untrusted, problem};
+
+    let file = dir.open_lock_file(LOCKS.as_ref())?;
+    let owner = crate::sys::Stat::of_handle(&file)?.owner;
+    match problem(&owner, crate::sys::process(), PathKind::KeyFile) {
+        None => Ok(file),
+        Some(problem) => {
+            let path = dir.path().join(LOCKS);
+            let untrusted = Untrusted {
+                key: &path,
+                path: &path,
+                kind: &PathKind::KeyFile,
+                owner: &None,
+                problem: &problem,
+            };
+            Err(std::io::Error::other(format!(
+                "the file of the user's locks: {untrusted}"
+            )))
+        }
+    }
+}
+
 /// Whether another handle can take the byte at `offset` now, letting go of it at once.
 #[cfg(windows)]
 fn is_free(dir: &Dir, offset: u64) -> bool {
-    let Ok(file) = dir.open_lock_file(LOCKS.as_ref()) else {
+    let Ok(file) = open_locks(dir) else {
         return false;
     };
     let free = matches!(crate::sys::try_lock_byte(&file, offset), Ok(true));
@@ -165,7 +198,7 @@ pub(crate) fn try_lock(name: &OsString) -> Result<Option<LockFile>, Error> {
         path: Some(dir.path().join(LOCKS)),
         source,
     };
-    let file = dir.open_lock_file(LOCKS.as_ref()).map_err(unreachable)?;
+    let file = open_locks(&dir).map_err(unreachable)?;
     let offset = offset_of(name);
     match crate::sys::try_lock_byte(&file, offset) {
         Ok(true) => Ok(Some(LockFile { dir, file, offset })),
@@ -200,7 +233,7 @@ pub(crate) fn is_held(name: &OsString) -> Option<bool> {
 #[cfg(windows)]
 pub(crate) fn is_held(name: &OsString) -> Option<bool> {
     let dir = dir().ok()?;
-    let file = dir.open_lock_file(LOCKS.as_ref()).ok()?;
+    let file = open_locks(&dir).ok()?;
     let offset = offset_of(name);
     match crate::sys::try_lock_byte(&file, offset) {
         Ok(true) => {

@@ -1,14 +1,15 @@
-//! Windows: directories held open so that no one can rename or remove them while they
-//! are used, files and directories created with an owner-only DACL, security
-//! descriptors read through handles, and byte-range locks. No policy: what is trusted is
-//! decided in [`crate::trust`].
+//! Windows: directories opened one name at a time, files and directories created with an
+//! owner-only DACL, security descriptors read through handles, and byte-range locks. No
+//! policy: what is trusted is decided in [`crate::trust`].
 //!
-//! Windows has no `openat`: a file in a directory is reached by the directory's path and
-//! its name. What keeps that path from being redirected is that every directory the
-//! crate walks through is held open without `FILE_SHARE_DELETE`, so that while it is held
-//! Windows refuses to rename or remove it (a sharing violation), and that each name is
-//! opened with `FILE_FLAG_OPEN_REPARSE_POINT`, so that a symbolic link or junction is
-//! seen as what it is, never followed unawares.
+//! Windows has no `openat` in its documented API: a file in a directory is reached by the
+//! directory's path and its name. What keeps that path from being redirected is the
+//! trust rules, which refuse a path where another may rename or remove a folder on the
+//! way (`DELETE` on it, `FILE_DELETE_CHILD` on its parent), and that each name is opened
+//! with `FILE_OPEN_REPARSE_POINT`, so that a symbolic link or junction is seen as what it
+//! is, never followed unawares. A directory is opened for its attributes and its
+//! security descriptor only: rights that no sharing mode can refuse, so that another
+//! user who holds a folder such as `C:\Users` open with no sharing stalls nothing.
 //!
 //! Everything here goes through [`windows_sys`]; what std offers (opening with flags,
 //! renaming over a file, hard links, reading links) goes through std.
@@ -49,15 +50,17 @@ use windows_sys::Win32::{
         BY_HANDLE_FILE_INFORMATION, CREATE_NEW, CreateDirectoryW, CreateFileW, DELETE,
         FILE_ALL_ACCESS, FILE_ATTRIBUTE_NORMAL, FILE_ATTRIBUTE_REPARSE_POINT,
         FILE_DISPOSITION_INFO, FILE_FLAG_BACKUP_SEMANTICS, FILE_FLAG_OPEN_REPARSE_POINT,
-        FILE_GENERIC_EXECUTE, FILE_GENERIC_READ, FILE_GENERIC_WRITE, FILE_LIST_DIRECTORY,
-        FILE_READ_ATTRIBUTES, FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE, FILE_TRAVERSE,
-        FileDispositionInfo, GetFileInformationByHandle, LOCKFILE_EXCLUSIVE_LOCK,
-        LOCKFILE_FAIL_IMMEDIATELY, LockFileEx, MOVEFILE_WRITE_THROUGH, MoveFileExW, READ_CONTROL,
-        SYNCHRONIZE, SetFileInformationByHandle, UnlockFileEx,
+        FILE_GENERIC_EXECUTE, FILE_GENERIC_READ, FILE_GENERIC_WRITE, FILE_READ_ATTRIBUTES,
+        FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE, FileDispositionInfo,
+        GetFileInformationByHandle, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx,
+        MOVEFILE_WRITE_THROUGH, MoveFileExW, OPEN_ALWAYS, READ_CONTROL, SYNCHRONIZE,
+        SetFileInformationByHandle, UnlockFileEx,
     },
     System::{
         IO::OVERLAPPED,
-        SystemServices::{ACCESS_ALLOWED_ACE_TYPE, ACCESS_DENIED_ACE_TYPE},
+        SystemServices::{
+            ACCESS_ALLOWED_ACE_TYPE, ACCESS_ALLOWED_CALLBACK_ACE_TYPE, ACCESS_DENIED_ACE_TYPE,
+        },
         Threading::{GetCurrentProcess, OpenProcessToken},
     },
 };
@@ -142,6 +145,10 @@ impl Sid {
     /// `DOMAIN\name`, or the name alone for a principal of no domain (Everyone).
     #[allow(unsafe_code)]
     fn account_name(&self) -> Option<String> {
+        // The SID of a token that could not be read (see `process`) is no SID at all.
+        if self.0.is_empty() {
+            return None;
+        }
         let (mut name, mut domain) = (vec![0u16; 256], vec![0u16; 256]);
         loop {
             let (mut name_len, mut domain_len) = (name.len() as u32, domain.len() as u32);
@@ -376,11 +383,16 @@ unsafe fn grants(acl: *mut ACL) -> io::Result<Vec<Grant>> {
         if u32::from(header.AceFlags) & INHERIT_ONLY_ACE != 0 {
             continue;
         }
-        let kind = u32::from(header.AceType);
-        if kind != ACCESS_ALLOWED_ACE_TYPE && kind != ACCESS_DENIED_ACE_TYPE {
-            // Object and callback ACEs: none of them is put on files by Windows.
-            continue;
-        }
+        let kind = match u32::from(header.AceType) {
+            // A callback (conditional) allow grants what it says whenever its condition
+            // holds: counted as granted, so that a DACL is judged at least as open as it
+            // is. Its SID is where an allow's is.
+            ACCESS_ALLOWED_ACE_TYPE | ACCESS_ALLOWED_CALLBACK_ACE_TYPE => ACCESS_ALLOWED_ACE_TYPE,
+            // A callback deny takes away only when its condition holds: not counted.
+            ACCESS_DENIED_ACE_TYPE => ACCESS_DENIED_ACE_TYPE,
+            // Object ACEs (of directory objects) and audit ACEs: none grants file access.
+            _ => continue,
+        };
         // SAFETY: the SID of an allowed or denied ACE, inside the ACL.
         let sid = unsafe { Sid::copy_from(sid) };
         let rights = file_rights(mask);
@@ -563,9 +575,10 @@ impl Private {
     }
 }
 
-/// What a directory is opened for: listing it, going through it and reading its owner.
-const DIR_ACCESS: u32 =
-    FILE_LIST_DIRECTORY | FILE_TRAVERSE | FILE_READ_ATTRIBUTES | READ_CONTROL | SYNCHRONIZE;
+/// What a directory is opened for: its attributes and its owner and DACL. Windows checks
+/// sharing modes only for the rights to read, write, execute or delete, so an open of
+/// these alone cannot be refused by another's handle that shares nothing.
+const DIR_ACCESS: u32 = FILE_READ_ATTRIBUTES | READ_CONTROL | SYNCHRONIZE;
 
 /// Every other opener may read and write, but none may rename or remove it meanwhile:
 /// no `FILE_SHARE_DELETE`.
@@ -689,18 +702,33 @@ impl Dir {
         Ok(unsafe { File::from_raw_handle(handle) })
     }
 
-    /// Opens the lock file `name`, creating it if it is missing (private, as the
-    /// directory's DACL gives it); fails if it is a link. While it is open no one can
-    /// rename or remove it.
+    /// Opens the lock file `name`, creating it private (see [`Private`]) if it is
+    /// missing, whatever the DACL it would inherit; fails if it is a link. While it is
+    /// open no one can rename or remove it. Who else may open it is the caller's to
+    /// judge ([`Stat::of_handle`]).
+    #[allow(unsafe_code)]
     pub(crate) fn open_lock_file(&self, name: &OsStr) -> io::Result<File> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .share_mode(PINNED)
-            .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-            .open(self.path.join(name))?;
+        let private = Private::new(false)?;
+        let attributes = private.attributes();
+        let wide = wide(&self.path.join(name));
+        // SAFETY: a NUL-terminated path and security attributes that outlive the call
+        // (used only if the file is created).
+        let handle = unsafe {
+            CreateFileW(
+                wide.as_ptr(),
+                GENERIC_READ | GENERIC_WRITE | READ_CONTROL,
+                PINNED,
+                &attributes,
+                OPEN_ALWAYS,
+                FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT,
+                null_mut(),
+            )
+        };
+        if handle == INVALID_HANDLE_VALUE {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new handle that nothing else owns.
+        let file = unsafe { File::from_raw_handle(handle) };
         if !file.metadata()?.is_file() {
             return Err(io::Error::other("it is not a regular file"));
         }
@@ -835,7 +863,7 @@ impl Dir {
 fn open_dir_handle(path: &Path, flags: u32) -> io::Result<File> {
     OpenOptions::new()
         .access_mode(DIR_ACCESS)
-        .share_mode(PINNED)
+        .share_mode(SHARE_ALL)
         .custom_flags(flags)
         .open(path)
 }
