@@ -269,21 +269,7 @@ impl Owner {
     #[cfg(test)]
     #[allow(unsafe_code)]
     pub(crate) fn of_sddl(sddl: &str) -> io::Result<Self> {
-        let sddl: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
-        let mut descriptor = null_mut();
-        // SAFETY: a NUL-terminated string and a pointer to write the descriptor to.
-        let ok = unsafe {
-            ConvertStringSecurityDescriptorToSecurityDescriptorW(
-                sddl.as_ptr(),
-                SDDL_REVISION_1,
-                &mut descriptor,
-                null_mut(),
-            )
-        };
-        if ok == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let descriptor = Local(descriptor);
+        let descriptor = descriptor_of(sddl)?;
         // SAFETY: the descriptor just made, alive until the end.
         unsafe { Self::of_descriptor(descriptor.0) }
     }
@@ -428,6 +414,28 @@ fn file_rights(mask: u32) -> u32 {
     rights
 }
 
+/// The security descriptor that `sddl` writes (`O:...D:P(A;;FA;;;SY)...`), made by
+/// Windows.
+#[allow(unsafe_code)]
+fn descriptor_of(sddl: &str) -> io::Result<Local> {
+    let sddl: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
+    let mut descriptor = null_mut();
+    // SAFETY: a NUL-terminated string, and a pointer to write the descriptor to, which is
+    // freed when the result is dropped.
+    let ok = unsafe {
+        ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            sddl.as_ptr(),
+            SDDL_REVISION_1,
+            &mut descriptor,
+            null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Local(descriptor))
+}
+
 /// Memory that Windows allocated for a result, freed when dropped.
 struct Local(*mut core::ffi::c_void);
 
@@ -548,22 +556,7 @@ impl Private {
         let flags = if inheritable { "OICI" } else { "" };
         let user = process().user;
         let sddl = format!("D:P(A;{flags};FA;;;SY)(A;{flags};FA;;;BA)(A;{flags};FA;;;{user})");
-        let sddl: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
-        let mut descriptor = null_mut();
-        // SAFETY: a NUL-terminated string, and a pointer to write the descriptor to,
-        // which is freed when the value is dropped.
-        let ok = unsafe {
-            ConvertStringSecurityDescriptorToSecurityDescriptorW(
-                sddl.as_ptr(),
-                SDDL_REVISION_1,
-                &mut descriptor,
-                null_mut(),
-            )
-        };
-        if ok == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self(Local(descriptor)))
+        descriptor_of(&sddl).map(Self)
     }
 
     fn attributes(&self) -> SECURITY_ATTRIBUTES {
@@ -678,8 +671,25 @@ impl Dir {
     /// [`remove_abandoned`](Self::remove_abandoned) passes it over; others may open it
     /// only to read it, or to rename or remove it (as
     /// [`publish_no_clobber`](Self::publish_no_clobber) does by name).
-    #[allow(unsafe_code)]
     pub(crate) fn create_temporary_file(&self, name: &OsStr) -> io::Result<File> {
+        self.open_private(
+            name,
+            GENERIC_READ | GENERIC_WRITE,
+            FILE_SHARE_READ | FILE_SHARE_DELETE,
+            CREATE_NEW,
+        )
+    }
+
+    /// Opens `name` (a link as itself) for `access`, sharing `share`, as `disposition`
+    /// says; a file it creates is private (see [`Private`]).
+    #[allow(unsafe_code)]
+    fn open_private(
+        &self,
+        name: &OsStr,
+        access: u32,
+        share: u32,
+        disposition: u32,
+    ) -> io::Result<File> {
         let private = Private::new(false)?;
         let attributes = private.attributes();
         let wide = wide(&self.path.join(name));
@@ -687,10 +697,10 @@ impl Dir {
         let handle = unsafe {
             CreateFileW(
                 wide.as_ptr(),
-                GENERIC_READ | GENERIC_WRITE,
-                FILE_SHARE_READ | FILE_SHARE_DELETE,
+                access,
+                share,
                 &attributes,
-                CREATE_NEW,
+                disposition,
                 FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT,
                 null_mut(),
             )
@@ -706,29 +716,13 @@ impl Dir {
     /// missing, whatever the DACL it would inherit; fails if it is a link. While it is
     /// open no one can rename or remove it. Who else may open it is the caller's to
     /// judge ([`Stat::of_handle`]).
-    #[allow(unsafe_code)]
     pub(crate) fn open_lock_file(&self, name: &OsStr) -> io::Result<File> {
-        let private = Private::new(false)?;
-        let attributes = private.attributes();
-        let wide = wide(&self.path.join(name));
-        // SAFETY: a NUL-terminated path and security attributes that outlive the call
-        // (used only if the file is created).
-        let handle = unsafe {
-            CreateFileW(
-                wide.as_ptr(),
-                GENERIC_READ | GENERIC_WRITE | READ_CONTROL,
-                PINNED,
-                &attributes,
-                OPEN_ALWAYS,
-                FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT,
-                null_mut(),
-            )
-        };
-        if handle == INVALID_HANDLE_VALUE {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new handle that nothing else owns.
-        let file = unsafe { File::from_raw_handle(handle) };
+        let file = self.open_private(
+            name,
+            GENERIC_READ | GENERIC_WRITE | READ_CONTROL,
+            PINNED,
+            OPEN_ALWAYS,
+        )?;
         if !file.metadata()?.is_file() {
             return Err(io::Error::other("it is not a regular file"));
         }

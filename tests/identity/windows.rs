@@ -114,23 +114,29 @@ fn security_of(path: &Path) -> (String, Vec<Ace>) {
     }
 }
 
-/// Gives what is at `path` the DACL `dacl` (SDDL: `(A;;FR;;;WD)...`), inheriting
-/// nothing: as an administrator or another program would.
+/// The security descriptor that `sddl` writes, for the caller to free with `LocalFree`.
 #[allow(unsafe_code)]
-fn set_dacl(path: &Path, dacl: &str) {
-    let sddl = wide(&format!("D:P{dacl}"));
+fn descriptor(sddl: &str) -> windows_sys::Win32::Security::PSECURITY_DESCRIPTOR {
+    let text = wide(sddl);
     let mut descriptor = std::ptr::null_mut();
-    // SAFETY: a NUL-terminated string and a pointer to write the descriptor to, freed
-    // below.
+    // SAFETY: a NUL-terminated string and a pointer to write the descriptor to.
     let ok = unsafe {
         ConvertStringSecurityDescriptorToSecurityDescriptorW(
-            sddl.as_ptr(),
+            text.as_ptr(),
             SDDL_REVISION_1,
             &mut descriptor,
             std::ptr::null_mut(),
         )
     };
-    assert_ne!(ok, 0, "{dacl}");
+    assert_ne!(ok, 0, "{sddl}");
+    descriptor
+}
+
+/// Gives what is at `path` the DACL `dacl` (SDDL: `(A;;FR;;;WD)...`), inheriting
+/// nothing: as an administrator or another program would.
+#[allow(unsafe_code)]
+fn set_dacl(path: &Path, dacl: &str) {
+    let descriptor = descriptor(&format!("D:P{dacl}"));
     let (mut present, mut acl, mut defaulted) = (0, std::ptr::null_mut(), 0);
     let wide = wide(path.as_os_str().to_str().expect("a UTF-8 path"));
     // SAFETY: the descriptor just made, and pointers to write to; the DACL points into
@@ -175,19 +181,7 @@ pub(crate) fn write_private(path: &Path, content: &[u8]) {
         }
         _ => {}
     }
-    let sddl = wide(&format!("D:P(A;;FA;;;SY)(A;;FA;;;BA)(A;;FA;;;{})", me()));
-    let mut descriptor = std::ptr::null_mut();
-    // SAFETY: a NUL-terminated string and a pointer to write the descriptor to, freed
-    // below.
-    let ok = unsafe {
-        ConvertStringSecurityDescriptorToSecurityDescriptorW(
-            sddl.as_ptr(),
-            SDDL_REVISION_1,
-            &mut descriptor,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_ne!(ok, 0, "an owner-only descriptor");
+    let descriptor = descriptor(&format!("D:P(A;;FA;;;SY)(A;;FA;;;BA)(A;;FA;;;{})", me()));
     let attributes = SECURITY_ATTRIBUTES {
         nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
         lpSecurityDescriptor: descriptor,

@@ -135,11 +135,16 @@ fn racing_first_runs_on_an_empty_keychain_entry_all_get_the_same_key() {
             outcome.assert_no_secret(&key);
         }
     }
+    let store = if cfg!(windows) {
+        "the Credential Manager"
+    } else {
+        "GNOME Keyring"
+    };
     figure(
         "race keychain",
         format_args!(
-            "{rounds} rounds of {RACERS} processes on an empty entry of GNOME Keyring: 1 \
-             identity in every round, 0 failures, {:.2} s per round",
+            "{rounds} rounds of {RACERS} processes on an empty entry of {store}: 1 identity in \
+             every round, 0 failures, {:.2} s per round",
             start.elapsed().as_secs_f64() / rounds as f64
         ),
     );
