@@ -580,9 +580,10 @@ const PINNED: u32 = FILE_SHARE_READ | FILE_SHARE_WRITE;
 /// Every sharing: for opening what another process may be renaming or removing.
 const SHARE_ALL: u32 = FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE;
 
-/// An open directory, which no one can rename or remove while it is held. Files in it
-/// are reached by its path and their name, which therefore lead where they led when the
-/// directory was opened.
+/// An open directory: a handle for its attributes and security descriptor, and its path.
+/// Files in it are reached by that path and their name, which lead where they led when it
+/// was opened as long as no one may rename or remove a folder on the way, which the
+/// trust rules see to.
 #[derive(Debug)]
 pub(crate) struct Dir {
     handle: File,
