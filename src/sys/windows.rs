@@ -628,7 +628,7 @@ impl Dir {
     pub(crate) fn create_dir(&self, name: &OsStr, _mode: u32) -> io::Result<Self> {
         let private = Private::new(true)?;
         let attributes = private.attributes();
-        let wide = wide(&self.path.join(name));
+        let wide = wide(&self.path.join(name))?;
         // SAFETY: a NUL-terminated path and security attributes that outlive the call.
         if unsafe { CreateDirectoryW(wide.as_ptr(), &attributes) } == 0 {
             return Err(io::Error::last_os_error());
@@ -693,7 +693,7 @@ impl Dir {
     ) -> io::Result<File> {
         let private = Private::new(false)?;
         let attributes = private.attributes();
-        let wide = wide(&self.path.join(name));
+        let wide = wide(&self.path.join(name))?;
         // SAFETY: a NUL-terminated path and security attributes that outlive the call.
         let handle = unsafe {
             CreateFileW(
@@ -765,7 +765,7 @@ impl Dir {
     /// schedule. See [`sync`](Self::sync).
     #[allow(unsafe_code)]
     pub(crate) fn publish_no_clobber(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
-        let (from, to) = (wide(&self.path.join(from)), wide(&self.path.join(to)));
+        let (from, to) = (wide(&self.path.join(from))?, wide(&self.path.join(to))?);
         // SAFETY: NUL-terminated paths that outlive the call.
         if unsafe { MoveFileExW(from.as_ptr(), to.as_ptr(), MOVEFILE_WRITE_THROUGH) } == 0 {
             return Err(io::Error::last_os_error());
@@ -941,6 +941,15 @@ fn at(offset: u64) -> OVERLAPPED {
     overlapped
 }
 
-fn wide(path: &Path) -> Vec<u16> {
-    path.as_os_str().encode_wide().chain(Some(0)).collect()
+/// `path` as Windows takes it, NUL-terminated; a path with a NUL of its own is refused,
+/// as std refuses it, since Windows would read it as a shorter path.
+fn wide(path: &Path) -> io::Result<Vec<u16>> {
+    let wide: Vec<u16> = path.as_os_str().encode_wide().collect();
+    if wide.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a path must not contain a NUL character",
+        ));
+    }
+    Ok(wide.into_iter().chain(Some(0)).collect())
 }
