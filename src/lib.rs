@@ -66,9 +66,9 @@
 //!   network namespaces; the lease is the same code) holds there in the form Windows
 //!   gives it: DACLs for modes and owners, a byte-range lock of the user's for the host
 //!   lock (per user: [`Identity`] says what that means), the Credential Manager for the
-//!   secret store. What Wine cannot show (symbolic links, a DACL naming `Users`) is
-//!   named in RELIABILITY.md. macOS is compiled nowhere here, for want of Apple's
-//!   toolchain: nothing is claimed for it.
+//!   secret store. What Wine cannot show (symbolic links, a DACL naming `Users`, a second
+//!   user to attack with) is named in RELIABILITY.md. macOS is compiled nowhere here, for
+//!   want of Apple's toolchain: nothing is claimed for it.
 //! - The host lock is per host and, on Linux, per network namespace: two machines, or
 //!   two containers with network namespaces of their own, need a lease (guarantee 12).
 //! - The checks of who may change a key see owners and modes, not ACLs; in a rootless
