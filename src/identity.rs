@@ -375,7 +375,8 @@ impl Builder {
 
     /// Turns off the checks of who may read and change the key, instead of failing with
     /// [`Error::InsecurePermissions`] or [`Error::UntrustedPath`] (guarantees 5 and 9 of
-    /// the [crate docs](crate#guarantees)). Unix only; off by default.
+    /// the [crate docs](crate#guarantees)); on Windows, the checks of owners and DACLs
+    /// alike. Off by default.
     ///
     /// With it, a key file of the current user that group or others may access is
     /// accepted, and so is a key file, a directory above it or a symbolic link on the
@@ -384,8 +385,8 @@ impl Builder {
     /// are still created private, through descriptors and never through a link, and an
     /// existing key is still never written.
     ///
-    /// The checks trust root, the process's user and the members of its groups; they see
-    /// owners and modes, not ACLs. In a user namespace (a rootless container), files of
+    /// On unix the checks trust root, the process's user and the members of its groups;
+    /// they see owners and modes, not POSIX ACLs. In a user namespace (a rootless container), files of
     /// users it does not map, `/` among them, belong to the overflow user (65534), and
     /// every key is refused: there, turn the checks off with this.
     pub fn allow_insecure_permissions(mut self, allow: bool) -> Self {
